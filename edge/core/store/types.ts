@@ -1,0 +1,114 @@
+/**
+ * The storage contract every cache tier implements (memory, LMDB, tiered,
+ * and later the Workers Cache API / R2).
+ *
+ * Modelled on undici's three-verb cache store (`get`, `createWriteStream`,
+ * `delete`): reads hand back metadata plus a lazily-read body, writes go
+ * through a writer that only becomes visible on `commit()`, so a body that
+ * fails half-way is never stored (atomic writes).
+ *
+ * Keys: `key` is the primary cache key (see `cache-key.ts`); `variant` is
+ * the secondary key derived from the response's `Vary` header ('' when the
+ * response has no `Vary`). A primary key holds at most a handful of variants.
+ */
+
+/** Serialised `http-cache-semantics` CachePolicy (`toObject()`), plain JSON. */
+export type SerializedPolicy = Record<string, unknown>;
+
+export interface CacheEntryMeta {
+  /** Primary cache key. */
+  key: string;
+  /** Secondary key built from the request headers named in `Vary`; '' when none. */
+  variant: string;
+  /** Response status code as received from the origin (or 200 for pushes). */
+  status: number;
+  /**
+   * Response headers as stored: lower-case names, multi-valued fields joined
+   * with `, `, hop-by-hop fields removed. Downstream-only transforms (Age,
+   * Cache-Status, removal of targeted cache-control fields) happen on output.
+   */
+  headers: Record<string, string>;
+  /** Freshness state, `CachePolicy.toObject()`. */
+  policy: SerializedPolicy;
+  /** Body length in bytes. */
+  size: number;
+  /** Surrogate keys from `Cache-Tag` / `Surrogate-Key` or the push API. */
+  tags: string[];
+  /** When the entry was written, ms since epoch. */
+  storedAt: number;
+  /**
+   * When the entry stops being useful even stale (freshness plus any
+   * stale-while-revalidate / stale-if-error / grace window), ms since epoch.
+   * Eviction removes such entries first.
+   */
+  expiresAt: number;
+  /** Pushed through the admin API: never asks the origin, not evicted by pull pressure. */
+  pushed?: boolean;
+  /** For derived entries (image variants): the primary key of the source object. */
+  sourceKey?: string;
+  /** Soft-purged: kept, but must be revalidated before it is served again. */
+  invalidated?: boolean;
+}
+
+/** A stored body: whole bytes when the tier keeps them in memory, otherwise a stream. */
+export interface StoredBody {
+  readonly size: number;
+  /** The whole body, when the tier holds it in memory (the fast path for hits). */
+  readonly bytes?: Uint8Array;
+  /**
+   * Stream the body, or the inclusive byte range `[start, end]` of it.
+   * Reads are lazy: nothing is read until the stream is pulled.
+   */
+  stream(start?: number, end?: number): ReadableStream<Uint8Array>;
+}
+
+export interface CacheEntry {
+  meta: CacheEntryMeta;
+  body: StoredBody;
+}
+
+/**
+ * Accepts a body chunk by chunk. Nothing is visible to readers until
+ * `commit()` resolves; `abort()` discards everything written so far and
+ * leaves any previous version of the entry intact.
+ */
+export interface CacheWriter {
+  write(chunk: Uint8Array): void;
+  /** Make the entry visible, replacing any previous version atomically. Resolves false if the tier declined it (e.g. too large). */
+  commit(meta: CacheEntryMeta): Promise<boolean>;
+  abort(): Promise<void>;
+}
+
+export interface CacheListFilter {
+  /** Primary keys starting with this string. */
+  prefix?: string;
+  /** Entries carrying this tag. */
+  tag?: string;
+  /** Entries derived from this source key (image variants). */
+  sourceKey?: string;
+  /** Only pushed (true) or only pulled (false) entries. */
+  pushed?: boolean;
+}
+
+export interface CacheStoreStats {
+  entries: number;
+  bytes: number;
+  maxBytes: number;
+}
+
+export interface CacheStore {
+  /** Short tier name used in logs and metrics, e.g. `memory`, `disk`. */
+  readonly name: string;
+  /** All stored variants of a primary key (possibly none). */
+  get(key: string): Promise<CacheEntry[]>;
+  /** Start writing one variant of a key; see {@link CacheWriter}. */
+  createWriter(key: string, variant: string, expectedSize?: number): CacheWriter;
+  /** Replace an entry's metadata (e.g. after a 304); false if the entry is gone. */
+  updateMeta(meta: CacheEntryMeta): Promise<boolean>;
+  /** Delete one variant, or every variant of a key; resolves to the number removed. */
+  delete(key: string, variant?: string): Promise<number>;
+  /** Iterate entry metadata matching a filter (all entries when empty). */
+  list(filter?: CacheListFilter): AsyncIterable<CacheEntryMeta>;
+  stats(): CacheStoreStats;
+  close(): Promise<void>;
+}
