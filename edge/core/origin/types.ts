@@ -16,6 +16,8 @@ export interface OriginRequest {
   signal?: AbortSignal;
   /** The primary cache key, for clients that route by key (shield rendezvous hashing). */
   cacheKey?: string;
+  /** Called for each 1xx interim response (e.g. 103 Early Hints) before the final one. */
+  onInformational?: (status: number, headers: Record<string, string | string[]>) => void;
 }
 
 export interface OriginClient {

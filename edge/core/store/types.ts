@@ -65,6 +65,8 @@ export interface StoredBody {
 export interface CacheEntry {
   meta: CacheEntryMeta;
   body: StoredBody;
+  /** Which tier answered (`memory`, `disk`, ...), for logs and metrics. Set by tiers that know. */
+  tier?: string;
 }
 
 /**

@@ -1,0 +1,68 @@
+/**
+ * Request collapsing ("single flight"): the first request for a key does
+ * the work, concurrent ones wait for its outcome instead of going to the
+ * origin too. The same idea as lru-cache's `fetch()` dedupe, but the
+ * leader's outcome here is "the cache now holds it" (followers re-read the
+ * cache) rather than a value, because bodies stream and are not shared.
+ */
+
+export type FlightOutcome =
+  /** The leader stored a response: followers read it from the cache. */
+  | { kind: 'stored' }
+  /** The response could not be shared (not storable): followers go upstream themselves. */
+  | { kind: 'uncacheable' }
+  /** Upstream failed: followers get the same error (or serve stale). */
+  | { kind: 'failed'; error: unknown };
+
+export interface Flight {
+  /** Resolves once the leader knows the outcome. Never rejects. */
+  readonly done: Promise<FlightOutcome>;
+  /** How many requests are waiting on it. */
+  waiters: number;
+}
+
+export class FlightTable {
+  private readonly flights = new Map<string, Flight & { resolve(outcome: FlightOutcome): void }>();
+
+  /** Join the flight for `key` if one is under way. */
+  join(key: string): Flight | undefined {
+    const flight = this.flights.get(key);
+    if (flight) flight.waiters++;
+    return flight;
+  }
+
+  /**
+   * Lead a new flight; call the returned `land` exactly once with the
+   * outcome. Landing twice is harmless (the first outcome wins).
+   */
+  lead(key: string): (outcome: FlightOutcome) => void {
+    let resolve!: (outcome: FlightOutcome) => void;
+    const done = new Promise<FlightOutcome>((r) => (resolve = r));
+    const flight = { done, waiters: 0, resolve };
+    this.flights.set(key, flight);
+    let landed = false;
+    return (outcome) => {
+      if (landed) return;
+      landed = true;
+      if (this.flights.get(key) === flight) this.flights.delete(key);
+      resolve(outcome);
+    };
+  }
+
+  get size(): number {
+    return this.flights.size;
+  }
+}
+
+/** Wait for a flight, but no longer than `timeoutMs` (then the follower proceeds alone). */
+export async function waitForFlight(flight: Flight, timeoutMs: number): Promise<FlightOutcome | 'timeout'> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<'timeout'>((resolve) => {
+    timer = setTimeout(() => resolve('timeout'), timeoutMs);
+  });
+  try {
+    return await Promise.race([flight.done, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -1,0 +1,161 @@
+/**
+ * The node's one options object: every option, its default and its
+ * validation, in one zod schema. `resolveEdgeOptions()` is called once at
+ * start-up (Node CLI, Workers env) and fails with one line per bad option
+ * naming the option, the value given and what is allowed.
+ *
+ * Sizes accept bytes or `256MB` / `4GB` / `512KiB` (binary multiples, as
+ * nginx and Varnish read them); durations accept ms or `500ms` / `5s` / `2m` / `1h`.
+ */
+import { z } from 'zod';
+
+const SIZE_UNITS: Record<string, number> = {
+  '': 1,
+  b: 1,
+  k: 1024,
+  kb: 1024,
+  kib: 1024,
+  m: 1024 ** 2,
+  mb: 1024 ** 2,
+  mib: 1024 ** 2,
+  g: 1024 ** 3,
+  gb: 1024 ** 3,
+  gib: 1024 ** 3,
+  t: 1024 ** 4,
+  tb: 1024 ** 4,
+  tib: 1024 ** 4,
+};
+
+/** Parse `256MB`-style sizes into bytes; undefined when malformed. */
+export function parseSize(value: string | number): number | undefined {
+  if (typeof value === 'number') return Number.isFinite(value) && value >= 0 ? Math.floor(value) : undefined;
+  const match = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(value);
+  if (!match) return undefined;
+  const unit = SIZE_UNITS[match[2]!.toLowerCase()];
+  return unit === undefined ? undefined : Math.floor(Number(match[1]) * unit);
+}
+
+const DURATION_UNITS: Record<string, number> = { '': 1, ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** Parse `5s`-style durations into milliseconds; undefined when malformed. */
+export function parseDuration(value: string | number): number | undefined {
+  if (typeof value === 'number') return Number.isFinite(value) && value >= 0 ? value : undefined;
+  const match = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$/.exec(value);
+  if (!match) return undefined;
+  return Number(match[1]) * DURATION_UNITS[match[2] ?? '']!;
+}
+
+const size = (min: number, hint: string) =>
+  z.union([z.number(), z.string()]).transform((value, ctx) => {
+    const bytes = parseSize(value);
+    if (bytes === undefined || bytes < min) {
+      ctx.addIssue({ code: 'custom', message: `expected a size such as ${hint} (bytes, or with KB/MB/GB)` });
+      return z.NEVER;
+    }
+    return bytes;
+  });
+
+const duration = (hint: string) =>
+  z.union([z.number(), z.string()]).transform((value, ctx) => {
+    const ms = parseDuration(value);
+    if (ms === undefined) {
+      ctx.addIssue({ code: 'custom', message: `expected a duration such as ${hint} (ms, or with s/m/h)` });
+      return z.NEVER;
+    }
+    return ms;
+  });
+
+const seconds = z.coerce.number().int().min(0);
+
+// z.coerce.boolean() would read the string "false" as true.
+const flag = z.union([z.boolean(), z.enum(['true', 'false', '1', '0', 'yes', 'no'])]).transform((v) => v === true || v === 'true' || v === '1' || v === 'yes');
+
+const list = z
+  .union([z.array(z.string()), z.string()])
+  .transform((value) => (Array.isArray(value) ? value : value.split(',')).map((v) => v.trim()).filter(Boolean));
+
+const originUrl = z.string().refine(
+  (value) => {
+    try {
+      const url = new URL(value);
+      return url.protocol === 'http:' || url.protocol === 'https:';
+    } catch {
+      return false;
+    }
+  },
+  { message: 'expected an http:// or https:// URL, e.g. http://127.0.0.1:9000' },
+);
+
+export const edgeOptionsSchema = z
+  .object({
+    origin: originUrl.optional().describe('Upstream origin URL. Unset on Node: the embedded demo origin is started.'),
+    port: z.coerce.number().int().min(0).max(65535).default(8080).describe('Port to listen on; 0 picks a free one. (default 8080)'),
+    host: z.string().min(1).default('0.0.0.0').describe('Address to listen on. (default 0.0.0.0)'),
+    dataDir: z.string().min(1).default('./.edge-data').describe('Directory of the LMDB disk tier. (default ./.edge-data)'),
+    memorySize: size(0, '256MB').default(256 * 1024 ** 2).describe('Memory tier budget; 0 disables the memory tier. (default 256MB)'),
+    memoryMaxObjectSize: size(1, '8MB').default(8 * 1024 ** 2).describe('Largest object kept in the memory tier. (default 8MB)'),
+    diskSize: size(1024 * 1024, '4GB').default(4 * 1024 ** 3).describe('Disk tier budget. (default 4GB)'),
+    maxObjectSize: size(1, '64MB').default(64 * 1024 ** 2).describe('Objects larger than this pass through uncached. (default 64MB)'),
+    adminToken: z.string().min(16, 'must be at least 16 characters (use a random secret)').optional().describe('Bearer token for the admin API under /_edge/; the API is off when unset.'),
+    connectTimeout: duration('5s').default(5000).describe('Connecting to the origin may take this long before a 502. (default 5s)'),
+    originTimeout: duration('30s').default(30_000).describe('Waiting for the origin\'s response headers may take this long before a 504. (default 30s)'),
+    bodyTimeout: duration('30s').default(30_000).describe('A gap this long while reading a body aborts it (the entry is not stored). (default 30s)'),
+    originConnections: z.coerce.number().int().min(1).max(10_000).default(128).describe('Keep-alive connections per origin. (default 128)'),
+    staleGrace: seconds.default(0).describe('Serve stale for this many seconds when the origin is down, for responses without stale-if-error. (default 0)'),
+    heuristicFraction: z.coerce.number().min(0).max(1).default(0.1).describe('Fraction of (Date - Last-Modified) used as heuristic freshness. (default 0.1)'),
+    heuristicMaxAge: seconds.default(86_400).describe('Upper bound for heuristic freshness, seconds. (default 86400)'),
+    defaultTtl: seconds.default(0).describe('Freshness for responses with no freshness information and no validator, seconds. 0 = RFC behaviour (not cached). (default 0)'),
+    cacheSetCookie: flag.default(false).describe('Store responses that carry Set-Cookie (the cookie itself is never stored or replayed). (default false)'),
+    honorRequestCacheControl: flag.default(true).describe('Honour client Cache-Control (no-cache, max-age, min-fresh, max-stale). (default true)'),
+    ignoreQueryParams: list.default(['utm_*', 'fbclid', 'gclid']).describe('Query parameters dropped from cache keys; `*` suffix matches a prefix. (default [utm_*,fbclid,gclid])'),
+    sortQuery: flag.default(true).describe('Sort query parameters in cache keys. (default true)'),
+    trustedProxies: list.default([]).describe('Peers whose X-Forwarded-* headers are trusted (IP addresses). (default [])'),
+    targetedCacheControl: z
+      .string()
+      .regex(/^[a-zA-Z0-9-]+$/, 'must be a header field name')
+      .transform((v) => v.toLowerCase())
+      .default('edge-cache-control').describe('Node-specific targeted cache-control field (RFC 9213), above CDN-Cache-Control. (default edge-cache-control)'),
+    name: z.string().regex(/^[a-zA-Z0-9._-]+$/, 'must be a token (letters, digits, . _ -)').default('edge').describe('This node\'s name in Cache-Status and Via. (default edge)'),
+    collapseTimeout: duration('10s').default(10_000).describe('Concurrent requests waiting behind one origin fetch give up and go to the origin after this long. (default 10s)'),
+    logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info').describe('Log level for the per-request log. (default info)'),
+  })
+  .strict();
+
+export type EdgeOptionsInput = z.input<typeof edgeOptionsSchema>;
+export type EdgeOptions = z.output<typeof edgeOptionsSchema>;
+
+/** CLI flag and environment variable for each option, for error messages and `--help`. */
+export function optionFlag(name: string): string {
+  return '--' + name.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
+}
+
+export function optionEnv(name: string): string {
+  return 'EDGE_' + name.replace(/[A-Z]/g, (c) => '_' + c).toUpperCase();
+}
+
+export class EdgeOptionsError extends Error {
+  readonly problems: string[];
+  constructor(problems: string[]) {
+    super(problems.join('\n'));
+    this.name = 'EdgeOptionsError';
+    this.problems = problems;
+  }
+}
+
+/**
+ * Validate and default the options. Throws `EdgeOptionsError` whose lines
+ * each read like: `--memory-size (EDGE_MEMORY_SIZE): got "lots": expected a size such as 256MB`.
+ */
+export function resolveEdgeOptions(input: Record<string, unknown>): EdgeOptions {
+  const result = edgeOptionsSchema.safeParse(input);
+  if (result.success) return result.data;
+  const problems = result.error.issues.map((issue) => {
+    if (issue.code === 'unrecognized_keys') {
+      return `unknown option(s) ${issue.keys.map((k) => `"${k}"`).join(', ')}: see --help for the list`;
+    }
+    const name = String(issue.path[0] ?? '');
+    const given = name in input ? JSON.stringify(input[name]) : 'nothing';
+    return `${optionFlag(name)} (${optionEnv(name)}): got ${given}: ${issue.message}`;
+  });
+  throw new EdgeOptionsError(problems);
+}

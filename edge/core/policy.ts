@@ -1,0 +1,351 @@
+/**
+ * HTTP caching policy (RFC 9111 shared cache, RFC 5861 stale extensions,
+ * RFC 9213 targeted fields), kept behind a few verbs so the rest of the
+ * node never touches `http-cache-semantics` directly.
+ *
+ * `http-cache-semantics` computes storability, freshness lifetime, age and
+ * revalidation headers. We deliberately do NOT use its `evaluateRequest()`:
+ * it treats `must-revalidate` as "always revalidate" even while fresh, and
+ * `proxy-revalidate` as "never fresh" in a shared cache, both stricter than
+ * RFC 9111 5.2.2.2 / 5.2.2.8 (which only forbid serving *stale*). We strip
+ * those two directives from what the library sees and apply them here.
+ */
+import CachePolicy from 'http-cache-semantics';
+
+/** Statuses that may get heuristic freshness (RFC 9110 15.1 "heuristically cacheable"). */
+const HEURISTICALLY_CACHEABLE = new Set([200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501]);
+
+/** Fields a 304 must not overwrite: they describe the stored body (RFC 9111 3.2). */
+const NOT_UPDATED_BY_304 = new Set(['content-length', 'content-encoding', 'content-range', 'transfer-encoding']);
+
+export type CacheControl = Map<string, string | true>;
+
+/**
+ * Parse a Cache-Control-style field. Hand-written because the library does
+ * not export its parser and we need quoted field lists (`no-cache="a, b"`).
+ * Directive names are case-insensitive; unknown directives are kept and ignored.
+ */
+export function parseCacheControl(value: string | undefined | null): CacheControl {
+  const out: CacheControl = new Map();
+  if (!value) return out;
+  const re = /([!#$%&'*+\-.^_`|~0-9A-Za-z]+)\s*(?:=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*)))?/g;
+  let match: RegExpExecArray | null;
+  while ((match = re.exec(value)) !== null) {
+    const name = match[1]!.toLowerCase();
+    const arg = match[2] !== undefined ? match[2].replace(/\\(.)/g, '$1') : match[3];
+    // RFC 9111 4.2.1: with duplicated directives, the first one wins.
+    if (!out.has(name)) out.set(name, arg === undefined || arg === '' ? true : arg);
+    // Skip to the next comma so a malformed token does not shift parsing.
+    const comma = value.indexOf(',', re.lastIndex);
+    if (comma === -1) break;
+    re.lastIndex = comma + 1;
+  }
+  return out;
+}
+
+function formatCacheControl(cc: CacheControl): string {
+  return [...cc].map(([name, arg]) => (arg === true ? name : /[\s,"]/.test(arg) ? `${name}="${arg}"` : `${name}=${arg}`)).join(', ');
+}
+
+/** delta-seconds (RFC 9111 1.2.2): digits only, anything else is invalid. */
+export function deltaSeconds(arg: string | true | undefined): number | undefined {
+  if (typeof arg !== 'string' || !/^\d+$/.test(arg)) return undefined;
+  return Math.min(Number(arg), 2 ** 31);
+}
+
+export interface PolicyOptions {
+  /** Fraction of (Date - Last-Modified) used as heuristic freshness. @default 0.1 */
+  heuristicFraction: number;
+  /** Upper bound for heuristic freshness, seconds. @default 86400 */
+  heuristicMaxAge: number;
+  /** Freshness for responses that carry none, seconds; 0 disables (RFC default). @default 0 */
+  defaultTtl: number;
+  /** Targeted cache-control fields, highest precedence first (RFC 9213). @default ['edge-cache-control', 'cdn-cache-control'] */
+  targetedFields: string[];
+  /** The clock, ms since epoch. */
+  now: () => number;
+}
+
+interface LibraryInternals {
+  _rescc: Record<string, string | boolean>;
+  _resHeaders: Record<string, string>;
+  _status: number;
+}
+
+/** Request as the policy needs it: lower-case header record. */
+export interface PolicyRequest {
+  url: string;
+  method: string;
+  headers: Record<string, string>;
+}
+
+export interface StoredResponseInfo {
+  status: number;
+  /** Stored headers (see CacheEntryMeta.headers). */
+  headers: Record<string, string>;
+}
+
+/**
+ * What this cache should obey: the first targeted field present replaces
+ * Cache-Control, Expires and Pragma for our decisions (RFC 9213 2.2).
+ */
+function policyHeaders(headers: Record<string, string>, targetedFields: string[]): { view: Record<string, string>; cc: CacheControl } {
+  const view: Record<string, string> = { ...headers };
+  let ccValue = headers['cache-control'];
+  for (const field of targetedFields) {
+    const targeted = headers[field];
+    if (targeted !== undefined) {
+      ccValue = targeted;
+      delete view.expires;
+      delete view.pragma;
+      break;
+    }
+  }
+  const cc = parseCacheControl(ccValue);
+  const libCc: CacheControl = new Map(cc);
+  libCc.delete('must-revalidate');
+  libCc.delete('proxy-revalidate');
+  // Qualified no-cache/private name fields we already dropped at store time,
+  // after which the rest of the response may be reused (RFC 9111 5.2.2.4, 5.2.2.7).
+  if (typeof cc.get('no-cache') === 'string') libCc.delete('no-cache');
+  if (typeof cc.get('private') === 'string') libCc.delete('private');
+  if (ccValue !== undefined || libCc.size > 0) view['cache-control'] = formatCacheControl(libCc);
+  // An invalid Age is ignored (RFC 9111 5.1); the library would parse "12abc" as 12.
+  if (view.age !== undefined) {
+    const first = view.age.split(',')[0]!.trim();
+    if (/^\d+$/.test(first)) view.age = first;
+    else delete view.age;
+  }
+  return { view, cc };
+}
+
+/**
+ * The names a qualified `no-cache="..."` / `private="..."` asks a shared
+ * cache not to store (RFC 9111 5.2.2.4, 5.2.2.7). Dropped before storing.
+ */
+export function fieldsNotToStore(headers: Record<string, string>, targetedFields: string[]): string[] {
+  const { cc } = policyHeaders(headers, targetedFields);
+  const names: string[] = [];
+  for (const directive of ['no-cache', 'private']) {
+    const arg = cc.get(directive);
+    if (typeof arg === 'string') names.push(...arg.split(',').map((n) => n.trim().toLowerCase()).filter(Boolean));
+  }
+  return names;
+}
+
+export type Freshness =
+  /** Serve as is. */
+  | 'fresh'
+  /** Stale but inside stale-while-revalidate: serve and refresh in the background. */
+  | 'stale-while-revalidate'
+  /** The client accepts it stale (`max-stale`). */
+  | 'stale-allowed'
+  /** Must be revalidated before use. */
+  | 'revalidate';
+
+/** A stored response's policy, with the verbs the proxy needs. */
+export class EdgePolicy {
+  readonly lib: CachePolicy;
+  private readonly cc: CacheControl;
+  private readonly options: PolicyOptions;
+
+  constructor(lib: CachePolicy, cc: CacheControl, options: PolicyOptions) {
+    this.lib = lib;
+    this.cc = cc;
+    this.options = options;
+  }
+
+  private get internals(): LibraryInternals {
+    return this.lib as unknown as LibraryInternals;
+  }
+
+  /** May a shared cache store this response at all? */
+  storable(): boolean {
+    if (!this.lib.storable()) return false;
+    if (this.cc.has('no-store')) return false;
+    return true;
+  }
+
+  /** Freshness lifetime in seconds (RFC 9111 4.2.1), heuristics bounded. */
+  freshnessLifetime(): number {
+    return this.lib.maxAge();
+  }
+
+  /** Current age in seconds (RFC 9111 4.2.3). */
+  age(): number {
+    return Math.max(0, this.lib.age());
+  }
+
+  isFresh(): boolean {
+    return this.freshnessLifetime() > this.age();
+  }
+
+  /** must-revalidate, or proxy-revalidate / s-maxage for a shared cache: never serve stale. */
+  forbidsStale(): boolean {
+    return this.cc.has('must-revalidate') || this.cc.has('proxy-revalidate');
+  }
+
+  /** s-maxage implies proxy-revalidate (RFC 9111 5.2.2.10) for uses the origin did not opt into. */
+  private forbidsImplicitStale(): boolean {
+    return this.forbidsStale() || this.cc.has('s-maxage');
+  }
+
+  staleWhileRevalidateSeconds(): number {
+    return deltaSeconds(this.cc.get('stale-while-revalidate')) ?? 0;
+  }
+
+  staleIfErrorSeconds(): number {
+    return deltaSeconds(this.cc.get('stale-if-error')) ?? 0;
+  }
+
+  /** Does the response carry a validator we can revalidate with? */
+  hasValidator(): boolean {
+    const h = this.internals._resHeaders;
+    return h.etag !== undefined || h['last-modified'] !== undefined;
+  }
+
+  /**
+   * How this stored response may answer `request` (RFC 9111 4.2, 5.2.1).
+   * Vary matching is done by the caller (variant selection).
+   */
+  evaluate(request: PolicyRequest, honorRequestCacheControl: boolean): Freshness {
+    const age = this.age();
+    const lifetime = this.freshnessLifetime();
+    if (honorRequestCacheControl) {
+      const reqCc = parseCacheControl(request.headers['cache-control']);
+      const pragmaNoCache = !request.headers['cache-control'] && /no-cache/i.test(request.headers.pragma ?? '');
+      if (reqCc.has('no-cache') || pragmaNoCache) return 'revalidate';
+      const maxAge = deltaSeconds(reqCc.get('max-age'));
+      if (maxAge !== undefined && age > maxAge) return 'revalidate';
+      const minFresh = deltaSeconds(reqCc.get('min-fresh'));
+      if (minFresh !== undefined && lifetime - age < minFresh) return 'revalidate';
+      if (lifetime <= age && reqCc.has('max-stale') && !this.forbidsStale()) {
+        const maxStale = deltaSeconds(reqCc.get('max-stale'));
+        if (reqCc.get('max-stale') === true || (maxStale !== undefined && age - lifetime <= maxStale)) return 'stale-allowed';
+      }
+    }
+    if (lifetime > age) return 'fresh';
+    if (!this.forbidsStale()) {
+      const swr = this.staleWhileRevalidateSeconds();
+      if (swr > 0 && lifetime + swr > age) return 'stale-while-revalidate';
+    }
+    return 'revalidate';
+  }
+
+  /**
+   * May this stale response be served because the origin failed
+   * (RFC 5861 stale-if-error, or the node's grace period)?
+   */
+  canServeStaleOnError(graceSeconds: number): boolean {
+    if (this.forbidsStale()) return false;
+    const overdue = this.age() - this.freshnessLifetime();
+    if (overdue < this.staleIfErrorSeconds()) return true;
+    return !this.forbidsImplicitStale() && overdue < graceSeconds;
+  }
+
+  /** Conditional request headers for revalidating (If-None-Match / If-Modified-Since). */
+  revalidationHeaders(request: PolicyRequest): Record<string, string> {
+    const headers = this.lib.revalidationHeaders({ ...request, method: 'GET' }) as Record<string, string>;
+    return headers;
+  }
+
+  /**
+   * The ms timestamp after which this entry is of no use even stale:
+   * freshness plus the longest stale window. Entries that can be
+   * revalidated stay useful for `keepWithValidator` longer.
+   */
+  usefulUntil(graceSeconds: number, keepWithValidatorSeconds: number): number {
+    const remaining = this.freshnessLifetime() - this.age();
+    const staleWindow = this.forbidsStale()
+      ? 0
+      : Math.max(this.staleWhileRevalidateSeconds(), this.staleIfErrorSeconds(), this.forbidsImplicitStale() ? 0 : graceSeconds);
+    const validatorWindow = this.hasValidator() ? keepWithValidatorSeconds : 0;
+    return this.options.now() + Math.max(0, remaining + Math.max(staleWindow, validatorWindow)) * 1000;
+  }
+
+  toObject(): Record<string, unknown> {
+    return this.lib.toObject() as unknown as Record<string, unknown>;
+  }
+}
+
+/**
+ * Build a policy class bound to a clock: `http-cache-semantics` reads time
+ * through an overridable `now()` method, which is how tests inject time.
+ */
+export function createPolicyFactory(options: PolicyOptions) {
+  const { now, heuristicMaxAge, defaultTtl } = options;
+
+  class ClockedPolicy extends CachePolicy {
+    now(): number {
+      return now();
+    }
+
+    override maxAge(): number {
+      const self = this as unknown as LibraryInternals;
+      const explicit =
+        self._rescc['s-maxage'] !== undefined || self._rescc['max-age'] !== undefined || self._resHeaders.expires !== undefined;
+      let lifetime = super.maxAge();
+      if (!explicit && !self._rescc.immutable) {
+        if (!HEURISTICALLY_CACHEABLE.has(self._status)) lifetime = 0;
+        else lifetime = Math.min(lifetime, heuristicMaxAge);
+        // Opt-in default TTL, only for responses that say nothing at all.
+        if (lifetime === 0 && defaultTtl > 0 && !self._rescc['no-cache'] && this.storable()) lifetime = defaultTtl;
+      }
+      return lifetime;
+    }
+  }
+
+  const libOptions = { shared: true, cacheHeuristic: options.heuristicFraction, immutableMinTimeToLive: 24 * 3600 * 1000 };
+
+  return {
+    /** Policy for a response just received from upstream. */
+    fromResponse(request: PolicyRequest, response: StoredResponseInfo): EdgePolicy {
+      const { view, cc } = policyHeaders(response.headers, options.targetedFields);
+      const lib = new ClockedPolicy(
+        { url: request.url, method: request.method === 'HEAD' ? 'GET' : request.method, headers: request.headers },
+        { status: response.status, headers: view },
+        libOptions,
+      );
+      return new EdgePolicy(lib, cc, options);
+    },
+
+    /** Rehydrate a stored policy; the stored headers carry the targeted fields again. */
+    fromStored(serialized: Record<string, unknown>, storedHeaders: Record<string, string>): EdgePolicy {
+      const lib = ClockedPolicy.fromObject(serialized as never) as CachePolicy;
+      const { cc } = policyHeaders(storedHeaders, options.targetedFields);
+      return new EdgePolicy(lib, cc, options);
+    },
+
+    /**
+     * Apply a 304 to a stored response (RFC 9111 4.3.4): every field in the
+     * 304 replaces or joins the stored ones, except those describing the
+     * body. Returns null when the 304's validators do not match the stored
+     * response (then the stored entry must not be updated).
+     */
+    freshen(
+      stored: EdgePolicy,
+      storedHeaders: Record<string, string>,
+      storedStatus: number,
+      request: PolicyRequest,
+      notModified: StoredResponseInfo,
+    ): { policy: EdgePolicy; headers: Record<string, string> } | null {
+      const { matches } = stored.lib.revalidatedPolicy(
+        { ...request, method: 'GET' },
+        { status: 304, headers: policyHeaders(notModified.headers, options.targetedFields).view },
+      );
+      if (!matches) return null;
+      const headers: Record<string, string> = { ...storedHeaders };
+      // The 304 is a new response: its Age and Date describe it, not the stored ones.
+      delete headers.age;
+      headers.date = notModified.headers.date ?? new Date(options.now()).toUTCString();
+      for (const [name, value] of Object.entries(notModified.headers)) {
+        if (NOT_UPDATED_BY_304.has(name)) continue;
+        headers[name] = value;
+      }
+      const policy = this.fromResponse(request, { status: storedStatus, headers });
+      return { policy, headers };
+    },
+  };
+}
+
+export type PolicyFactory = ReturnType<typeof createPolicyFactory>;

@@ -1,0 +1,513 @@
+/**
+ * Pull mode: the caching reverse proxy. For GET/HEAD it looks the request
+ * up in the store, serves fresh entries, revalidates stale ones
+ * (conditionally, with stale-while-revalidate / stale-if-error), collapses
+ * concurrent misses into one origin request and streams misses to the
+ * client while they fill the cache. Other methods pass through and
+ * invalidate the URL (RFC 9111 4.4).
+ */
+import { formatCacheStatus, type CacheOutcome, type CacheStatusFields, type ForwardReason } from './cache-status.js';
+import { compileParamMatcher, keyPath, MAX_KEY_LENGTH, normaliseQuery, primaryKey, variantFor, varyNames } from './cache-key.js';
+import { FlightTable, waitForFlight, type FlightOutcome } from './collapse.js';
+import { EdgeError } from './errors.js';
+import { drainInBackground, fillWhileStreaming } from './fill.js';
+import { appendVia, forwardRequestHeaders, headersToRecord, splitList, withoutHopByHop, type ForwardingOptions } from './headers.js';
+import type { EdgeOptions } from './options.js';
+import type { OriginClient } from './origin/types.js';
+import { fieldsNotToStore, parseCacheControl, type EdgePolicy, type PolicyFactory, type PolicyRequest } from './policy.js';
+import {
+  clientValidatorsMatch,
+  decideRange,
+  downstreamHeaders,
+  entryBody,
+  INTERNAL_RESPONSE_FIELDS,
+  notModifiedHeaders,
+  statusAllowsBody,
+} from './respond.js';
+import type { CacheEntry, CacheEntryMeta, CacheStore } from './store/types.js';
+
+/** Per-request facts recorded for the access log and metrics. */
+export interface RequestLog {
+  key?: string;
+  outcome?: CacheOutcome;
+  tier?: string;
+  /** Time to the origin's response headers, ms. */
+  originMs?: number;
+  collapsed?: boolean;
+  detail?: string;
+}
+
+/** What the runtime adapter provides for each request. */
+export interface RequestContext {
+  /** Address of the connected peer. */
+  clientIp?: string;
+  /** Keep background work (refreshes, cache fills) alive after the response is sent. */
+  waitUntil(promise: Promise<unknown>): void;
+  /** Relay a 103 Early Hints response to the client, where the runtime can. */
+  sendEarlyHints?(headers: Record<string, string | string[]>): void;
+  log: RequestLog;
+}
+
+export interface PullDeps {
+  options: EdgeOptions;
+  store: CacheStore;
+  origin: OriginClient;
+  policies: PolicyFactory;
+  now: () => number;
+}
+
+/** Conditional and range fields: a cache fill needs the whole, unconditional response. */
+const FILL_STRIPPED_REQUEST_FIELDS = ['if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since', 'if-range', 'range'];
+
+/** Stored entries with a validator stay useful this long past freshness: they can be revalidated. */
+const KEEP_WITH_VALIDATOR_SECONDS = 7 * 24 * 3600;
+
+/** A GET/HEAD on its way through the pull path. */
+interface PullRequest {
+  request: Request;
+  key: string;
+  pathAndQuery: string;
+  headers: Record<string, string>;
+  policyRequest: PolicyRequest;
+  isHead: boolean;
+  forwarding: ForwardingOptions;
+  ctx: RequestContext;
+}
+
+interface OriginFetchPlan {
+  reason: ForwardReason;
+  /** The stale entry being revalidated, if any. */
+  stale?: { entry: CacheEntry; policy: EdgePolicy };
+  /** Lands the collapsing flight this request leads. */
+  land?: (outcome: FlightOutcome) => void;
+}
+
+export class PullCache {
+  private readonly deps: PullDeps;
+  private readonly flights = new FlightTable();
+  private readonly refreshing = new Set<string>();
+  private readonly ignoreParam: (name: string) => boolean;
+  private readonly trusted: Set<string>;
+  private readonly policyMemo = new WeakMap<CacheEntryMeta, EdgePolicy>();
+
+  constructor(deps: PullDeps) {
+    this.deps = deps;
+    this.ignoreParam = compileParamMatcher(deps.options.ignoreQueryParams);
+    this.trusted = new Set(deps.options.trustedProxies);
+  }
+
+  /** The primary cache key and forwarding facts for a request. */
+  describe(request: Request, clientIp: string | undefined, dropParam?: (name: string) => boolean) {
+    const url = new URL(request.url);
+    const trustedPeer = clientIp !== undefined && this.trusted.has(clientIp);
+    const forwardedProto = trustedPeer ? request.headers.get('x-forwarded-proto') : null;
+    const forwardedHost = trustedPeer ? request.headers.get('x-forwarded-host') : null;
+    const proto = (forwardedProto ?? url.protocol.slice(0, -1)).split(',')[0]!.trim();
+    const host = (forwardedHost ?? request.headers.get('host') ?? url.host).split(',')[0]!.trim();
+    const query = normaliseQuery(url.search, this.ignoreParam, this.deps.options.sortQuery, dropParam);
+    const key = primaryKey(url.pathname + query, proto, host);
+    const forwarding: ForwardingOptions = { clientIp, trustedPeer, proto, host, port: url.port || undefined, via: this.deps.options.name };
+    return { url, key, forwarding, pathAndQuery: url.pathname + url.search };
+  }
+
+  async handle(request: Request, ctx: RequestContext): Promise<Response> {
+    const { key, forwarding, pathAndQuery } = this.describe(request, ctx.clientIp);
+    ctx.log.key = key;
+    if (request.method !== 'GET' && request.method !== 'HEAD') {
+      return this.passUnsafe(request, ctx, key, forwarding, pathAndQuery);
+    }
+    const headers = headersToRecord(request.headers);
+    const pull: PullRequest = {
+      request,
+      key,
+      pathAndQuery,
+      headers,
+      policyRequest: { url: pathAndQuery, method: 'GET', headers },
+      isHead: request.method === 'HEAD',
+      forwarding,
+      ctx,
+    };
+    if (key.length > MAX_KEY_LENGTH) return this.fetchFromOrigin(pull, { reason: 'bypass' }, false);
+    // A request with credentials is not answered from the shared cache; its
+    // response may still be stored if the origin marks it public (RFC 9111 3.5).
+    if (headers.authorization !== undefined) return this.fetchFromOrigin(pull, { reason: 'request' });
+    return this.serve(pull);
+  }
+
+  /** Look up, then hit, revalidate or miss. */
+  async serve(pull: PullRequest): Promise<Response> {
+    const entries = await this.deps.store.get(pull.key);
+    const entry = this.selectVariant(entries, pull.headers);
+    if (entry) {
+      const policy = this.policyOf(entry.meta);
+      const freshness = entry.meta.invalidated ? 'revalidate' : policy.evaluate(pull.policyRequest, this.deps.options.honorRequestCacheControl);
+      if (freshness === 'fresh' || freshness === 'stale-allowed') {
+        pull.ctx.log.outcome = freshness === 'fresh' ? 'hit' : 'stale';
+        return this.fromCache(pull, entry, policy, { hit: true, ttl: policy.freshnessLifetime() - policy.age() });
+      }
+      if (freshness === 'stale-while-revalidate') {
+        pull.ctx.log.outcome = 'stale';
+        this.refreshInBackground(pull, entry, policy);
+        return this.fromCache(pull, entry, policy, {
+          hit: true,
+          ttl: policy.freshnessLifetime() - policy.age(),
+          detail: 'stale-while-revalidate',
+        });
+      }
+      return this.collapsed(pull, `${pull.key}\u0000${entry.meta.variant}`, { reason: 'stale', stale: { entry, policy } });
+    }
+    if (parseCacheControl(pull.headers['cache-control']).has('only-if-cached') && this.deps.options.honorRequestCacheControl) {
+      pull.ctx.log.outcome = 'miss';
+      return new Response(null, {
+        status: 504,
+        headers: { 'cache-status': formatCacheStatus(this.deps.options.name, { fwd: 'miss', detail: 'only-if-cached' }) },
+      });
+    }
+    return this.collapsed(pull, pull.key, { reason: entries.length > 0 ? 'vary-miss' : 'uri-miss' });
+  }
+
+  /** One origin request per flight key; others wait and then read the cache. */
+  private async collapsed(pull: PullRequest, flightKey: string, plan: OriginFetchPlan): Promise<Response> {
+    const joinedAt = this.deps.now();
+    const flight = this.flights.join(flightKey);
+    if (!flight) return this.fetchFromOrigin(pull, { ...plan, land: this.flights.lead(flightKey) });
+
+    const outcome = await waitForFlight(flight, this.deps.options.collapseTimeout);
+    pull.ctx.log.collapsed = true;
+    if (outcome !== 'timeout') {
+      if (outcome.kind === 'failed') {
+        if (plan.stale && plan.stale.policy.canServeStaleOnError(this.deps.options.staleGrace)) {
+          pull.ctx.log.outcome = 'stale';
+          return this.fromCache(pull, plan.stale.entry, plan.stale.policy, { fwd: 'stale', collapsed: true, detail: 'stale-if-error' });
+        }
+        throw outcome.error;
+      }
+      if (outcome.kind === 'stored') {
+        const entry = this.selectVariant(await this.deps.store.get(pull.key), pull.headers);
+        // The entry the leader just stored answers its followers even when it
+        // was stale on arrival (max-age=0): they asked at the same moment.
+        if (entry && !entry.meta.invalidated && entry.meta.storedAt >= joinedAt - 1) {
+          const policy = this.policyOf(entry.meta);
+          pull.ctx.log.outcome = plan.stale ? 'revalidated' : 'miss';
+          return this.fromCache(pull, entry, policy, { fwd: plan.reason, collapsed: true, ttl: policy.freshnessLifetime() - policy.age() });
+        }
+      }
+    }
+    return this.fetchFromOrigin(pull, { reason: plan.reason, stale: plan.stale });
+  }
+
+  /** Stale-while-revalidate: one background refresh per entry at a time. */
+  private refreshInBackground(pull: PullRequest, entry: CacheEntry, policy: EdgePolicy): void {
+    const refreshKey = `${pull.key}\u0000${entry.meta.variant}`;
+    if (this.refreshing.has(refreshKey)) return;
+    this.refreshing.add(refreshKey);
+    const background: PullRequest = { ...pull, isHead: true, ctx: { ...pull.ctx, log: {}, sendEarlyHints: undefined } };
+    const work = this.fetchFromOrigin(background, { reason: 'stale', stale: { entry, policy } })
+      .then((response) => response.body?.cancel())
+      .catch(() => {
+        // A failed refresh leaves the stale entry; the next request retries.
+      })
+      .finally(() => this.refreshing.delete(refreshKey));
+    pull.ctx.waitUntil(work);
+  }
+
+  /**
+   * Go to the origin for a GET (HEAD is sent as GET so the cache fills),
+   * conditionally when revalidating, and store what may be stored.
+   */
+  async fetchFromOrigin(pull: PullRequest, plan: OriginFetchPlan, mayStore = true): Promise<Response> {
+    const { options, origin, policies, store, now } = this.deps;
+    const headers = forwardRequestHeaders(pull.request.headers, pull.forwarding);
+    for (const name of FILL_STRIPPED_REQUEST_FIELDS) headers.delete(name);
+    const stale = plan.stale;
+    if (stale) {
+      const stored = stale.entry.meta.headers;
+      if (stored.etag !== undefined) headers.set('if-none-match', stored.etag);
+      if (stored['last-modified'] !== undefined) headers.set('if-modified-since', stored['last-modified']);
+    }
+
+    const started = now();
+    let response: Response;
+    try {
+      response = await origin.fetch({
+        method: 'GET',
+        pathAndQuery: pull.pathAndQuery,
+        headers,
+        cacheKey: pull.key,
+        onInformational: (status, info) => {
+          if (status === 103) pull.ctx.sendEarlyHints?.(info);
+        },
+      });
+    } catch (error) {
+      pull.ctx.log.originMs = now() - started;
+      if (stale && stale.policy.canServeStaleOnError(options.staleGrace)) {
+        plan.land?.({ kind: 'failed', error });
+        pull.ctx.log.outcome = 'stale';
+        return this.fromCache(pull, stale.entry, stale.policy, { fwd: 'stale', detail: 'stale-if-error' });
+      }
+      plan.land?.({ kind: 'failed', error });
+      pull.ctx.log.outcome = 'error';
+      throw error;
+    }
+    pull.ctx.log.originMs = now() - started;
+
+    if (stale && response.status === 304) {
+      await response.body?.cancel();
+      const freshened = policies.freshen(stale.policy, stale.entry.meta.headers, stale.entry.meta.status, pull.policyRequest, {
+        status: 304,
+        headers: this.storableHeaders(response.headers).stored,
+      });
+      if (freshened) {
+        const meta: CacheEntryMeta = {
+          ...stale.entry.meta,
+          headers: freshened.headers,
+          policy: freshened.policy.toObject(),
+          storedAt: now(),
+          expiresAt: freshened.policy.usefulUntil(options.staleGrace, KEEP_WITH_VALIDATOR_SECONDS),
+          invalidated: false,
+        };
+        await store.updateMeta(meta);
+        this.policyMemo.set(meta, freshened.policy);
+        plan.land?.({ kind: 'stored' });
+        pull.ctx.log.outcome = 'revalidated';
+        return this.fromCache(pull, { meta, body: stale.entry.body }, freshened.policy, {
+          fwd: 'stale',
+          fwdStatus: 304,
+          ttl: freshened.policy.freshnessLifetime() - freshened.policy.age(),
+        });
+      }
+      // The 304 does not describe what we hold (RFC 9111 4.3.3): ask again, unconditionally.
+      return this.fetchFromOrigin(pull, { reason: plan.reason, land: plan.land }, mayStore);
+    }
+
+    if (stale && response.status >= 500 && stale.policy.canServeStaleOnError(options.staleGrace)) {
+      await response.body?.cancel();
+      plan.land?.({ kind: 'failed', error: new EdgeError('EDGE_ORIGIN_BAD_RESPONSE', `The origin answered ${response.status}.`) });
+      pull.ctx.log.outcome = 'stale';
+      return this.fromCache(pull, stale.entry, stale.policy, { fwd: 'stale', fwdStatus: response.status, detail: 'stale-if-error' });
+    }
+
+    return this.storeAndRespond(pull, plan, response, mayStore);
+  }
+
+  /** Split the origin's headers into what the client gets and what is stored. */
+  private storableHeaders(originHeaders: Headers) {
+    const clean = withoutHopByHop(originHeaders);
+    const upstreamStatus = clean.get('cache-status');
+    clean.delete('cache-status');
+    const setCookies = clean.getSetCookie();
+    const stored = headersToRecord(clean);
+    for (const field of fieldsNotToStore(stored, this.targetedFields())) delete stored[field];
+    return { clean, stored, setCookies, upstreamStatus };
+  }
+
+  private targetedFields(): string[] {
+    return [this.deps.options.targetedCacheControl, 'cdn-cache-control'];
+  }
+
+  private async storeAndRespond(pull: PullRequest, plan: OriginFetchPlan, response: Response, mayStore: boolean): Promise<Response> {
+    const { options, policies, store, now } = this.deps;
+    const { clean, stored, setCookies, upstreamStatus } = this.storableHeaders(response.headers);
+    const status = response.status;
+    if (stored.date === undefined) stored.date = new Date(now()).toUTCString();
+    const policy = policies.fromResponse(pull.policyRequest, { status, headers: stored });
+    const vary = varyNames(stored.vary);
+    const contentLength = response.headers.has('content-length') ? Number(response.headers.get('content-length')) : undefined;
+    const storable =
+      mayStore &&
+      policy.storable() &&
+      vary !== '*' &&
+      (setCookies.length === 0 || options.cacheSetCookie) &&
+      // No freshness and no validator: storing it could never save a fetch.
+      (policy.freshnessLifetime() > 0 || policy.hasValidator()) &&
+      !(contentLength !== undefined && contentLength > options.maxObjectSize) &&
+      response.body !== null === statusAllowsBody(status);
+
+    if (plan.stale && !storable) pull.ctx.waitUntil(store.delete(pull.key, plan.stale.entry.meta.variant));
+
+    const fields: CacheStatusFields = plan.stale
+      ? { fwd: 'stale', fwdStatus: status, stored: storable }
+      : { fwd: plan.reason, stored: storable };
+    if (storable) fields.ttl = policy.freshnessLifetime() - policy.age();
+    const clientHeaders = this.downstream(clean, formatCacheStatus(options.name, fields, upstreamStatus));
+    pull.ctx.log.outcome = plan.reason === 'bypass' || plan.reason === 'request' ? 'bypass' : plan.stale ? 'stale' : 'miss';
+
+    if (!storable) {
+      plan.land?.({ kind: 'uncacheable' });
+      if (pull.isHead) {
+        await response.body?.cancel();
+        return new Response(null, { status, headers: clientHeaders });
+      }
+      return new Response(response.body, { status, headers: clientHeaders });
+    }
+
+    const variant = variantFor(vary as string[], pull.headers);
+    const tags = [...splitList(stored['cache-tag']), ...(stored['surrogate-key'] ?? '').split(/\s+/).filter(Boolean)];
+    const writer = store.createWriter(pull.key, variant, contentLength);
+    const body = response.body ?? new ReadableStream<Uint8Array>({ start: (c) => c.close() });
+    const filled = fillWhileStreaming(body, {
+      writer,
+      maxBytes: options.maxObjectSize,
+      expectedSize: contentLength,
+      waitUntil: pull.ctx.waitUntil,
+      commit: (size) =>
+        writer.commit({
+          key: pull.key,
+          variant,
+          status,
+          headers: stored,
+          policy: policy.toObject(),
+          size,
+          tags,
+          storedAt: now(),
+          expiresAt: policy.usefulUntil(options.staleGrace, KEEP_WITH_VALIDATOR_SECONDS),
+        }),
+      onSettled: (ok, error) => {
+        if (ok) plan.land?.({ kind: 'stored' });
+        else if (error !== undefined) plan.land?.({ kind: 'failed', error });
+        else plan.land?.({ kind: 'uncacheable' });
+      },
+    });
+
+    if (pull.isHead) {
+      drainInBackground(filled, pull.ctx.waitUntil);
+      return new Response(null, { status, headers: clientHeaders });
+    }
+    if (status === 200 && clientValidatorsMatch(pull.headers, stored)) {
+      drainInBackground(filled, pull.ctx.waitUntil);
+      return new Response(null, { status: 304, headers: notModifiedHeaders(headersToRecord(clientHeaders)) });
+    }
+    return new Response(statusAllowsBody(status) ? filled : null, { status, headers: clientHeaders });
+  }
+
+  /** Client-facing headers for an origin response (miss or pass). */
+  private downstream(clean: Headers, cacheStatus: string): Headers {
+    const out = new Headers(clean);
+    for (const name of INTERNAL_RESPONSE_FIELDS) out.delete(name);
+    out.delete(this.deps.options.targetedCacheControl);
+    appendVia(out, this.deps.options.name);
+    out.set('cache-status', cacheStatus);
+    return out;
+  }
+
+  /** Answer from a stored entry: validators, ranges, HEAD. */
+  fromCache(pull: PullRequest, entry: CacheEntry, policy: EdgePolicy, fields: CacheStatusFields): Response {
+    const { meta } = entry;
+    const { options } = this.deps;
+    if (entry.tier) pull.ctx.log.tier = entry.tier;
+    const headers = downstreamHeaders(meta.headers, options.targetedCacheControl);
+    headers.age = String(Math.floor(policy.age()));
+    headers.via = headers.via ? `${headers.via}, 1.1 ${options.name}` : `1.1 ${options.name}`;
+    headers['cache-status'] = formatCacheStatus(options.name, fields);
+
+    if (meta.status === 200 && clientValidatorsMatch(pull.headers, meta.headers)) {
+      return new Response(null, { status: 304, headers: notModifiedHeaders(headers) });
+    }
+    if (!statusAllowsBody(meta.status)) {
+      delete headers['content-length'];
+      return new Response(null, { status: meta.status, headers });
+    }
+    const size = entry.body.size;
+    if (meta.status === 200) {
+      headers['accept-ranges'] = 'bytes';
+      const range = pull.isHead ? ({ kind: 'full' } as const) : decideRange(pull.headers, meta.headers, size);
+      if (range.kind === 'unsatisfiable') {
+        headers['content-range'] = `bytes */${size}`;
+        delete headers['content-length'];
+        return new Response(null, { status: 416, headers });
+      }
+      if (range.kind === 'partial') {
+        headers['content-range'] = `bytes ${range.start}-${range.end}/${size}`;
+        headers['content-length'] = String(range.end - range.start + 1);
+        return new Response(entryBody(entry, range.start, range.end), { status: 206, headers });
+      }
+    }
+    headers['content-length'] = String(size);
+    return new Response(pull.isHead ? null : entryBody(entry), { status: meta.status, headers });
+  }
+
+  /** The stored variant matching the request's Vary-named headers (RFC 9111 4.1). */
+  private selectVariant(entries: CacheEntry[], requestHeaders: Record<string, string>): CacheEntry | undefined {
+    let best: CacheEntry | undefined;
+    for (const entry of entries) {
+      const names = varyNames(entry.meta.headers.vary);
+      if (names === '*') continue;
+      if (variantFor(names, requestHeaders) !== entry.meta.variant) continue;
+      // Several matches (Vary changed over time): the most recent wins (RFC 9111 4.1).
+      if (!best || entry.meta.storedAt > best.meta.storedAt) best = entry;
+    }
+    return best;
+  }
+
+  policyOf(meta: CacheEntryMeta): EdgePolicy {
+    let policy = this.policyMemo.get(meta);
+    if (!policy) {
+      policy = this.deps.policies.fromStored(meta.policy, meta.headers);
+      this.policyMemo.set(meta, policy);
+    }
+    return policy;
+  }
+
+  /** Methods other than GET/HEAD: pass through, then invalidate what they changed. */
+  private async passUnsafe(request: Request, ctx: RequestContext, key: string, forwarding: ForwardingOptions, pathAndQuery: string): Promise<Response> {
+    const headers = forwardRequestHeaders(request.headers, forwarding);
+    const started = this.deps.now();
+    let response: Response;
+    try {
+      response = await this.deps.origin.fetch({
+        method: request.method,
+        pathAndQuery,
+        headers,
+        body: request.body,
+        cacheKey: key,
+      });
+    } catch (error) {
+      ctx.log.outcome = 'error';
+      throw error;
+    }
+    ctx.log.originMs = this.deps.now() - started;
+    ctx.log.outcome = 'bypass';
+    if (response.status < 400) {
+      // RFC 9111 4.4: a non-error response to an unsafe method invalidates
+      // the target URI and same-origin Location / Content-Location.
+      const targets = new Set([key]);
+      for (const field of ['location', 'content-location']) {
+        const value = response.headers.get(field);
+        if (!value) continue;
+        try {
+          const target = new URL(value, request.url);
+          const sameHost = target.host === new URL(request.url).host;
+          if (!sameHost) continue;
+          const targetRequest = new Request(target, { headers: request.headers });
+          targets.add(this.describe(targetRequest, ctx.clientIp).key);
+        } catch {
+          // An unparsable Location invalidates nothing.
+        }
+      }
+      await Promise.all([...targets].map((target) => this.invalidate(target)));
+    }
+    const clean = withoutHopByHop(response.headers);
+    const upstreamStatus = clean.get('cache-status');
+    clean.delete('cache-status');
+    const body = statusAllowsBody(response.status) ? response.body : null;
+    return new Response(body, {
+      status: response.status,
+      headers: this.downstream(clean, formatCacheStatus(this.deps.options.name, { fwd: 'method' }, upstreamStatus)),
+    });
+  }
+
+  /** Remove a key, every variant of it, and everything derived from it (image variants). */
+  async invalidate(key: string): Promise<number> {
+    const { store } = this.deps;
+    let removed = await store.delete(key);
+    const derived: string[] = [];
+    for await (const meta of store.list({ sourceKey: key })) derived.push(meta.key);
+    for (const derivedKey of new Set(derived)) removed += await store.delete(derivedKey);
+    return removed;
+  }
+
+  /** For diagnostics and tests: path part of a key. */
+  static pathOf(key: string): string {
+    return keyPath(key);
+  }
+}

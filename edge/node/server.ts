@@ -1,0 +1,116 @@
+/**
+ * The Node edge server: memory tier over an LMDB disk tier, undici origin,
+ * `@hono/node-server` on a real socket, one pino line per request and
+ * Prometheus metrics. `startEdgeServer()` is what the CLI, the tests and
+ * the benchmark start.
+ */
+import type { AddressInfo } from 'node:net';
+import type { Server } from 'node:http';
+import { serve, type HttpBindings } from '@hono/node-server';
+import type { Context } from 'hono';
+import pino, { type Logger } from 'pino';
+import { createEdgeApp, type EdgeApp, type RequestRecord } from '../core/app.js';
+import type { EdgeOptions } from '../core/options.js';
+import type { OriginClient } from '../core/origin/types.js';
+import { MemoryCacheStore } from '../core/store/memory.js';
+import { TieredCacheStore } from '../core/store/tiered.js';
+import type { CacheStore } from '../core/store/types.js';
+import { LmdbCacheStore } from './lmdb-store.js';
+import { createEdgeMetrics } from './metrics.js';
+import { UndiciOriginClient } from './undici-origin.js';
+
+export interface EdgeServerOverrides {
+  /** Injected clock (tests). @default Date.now */
+  now?: () => number;
+  /** Replace the origin client (the shield chain, tests of faults a local server cannot produce). */
+  origin?: OriginClient;
+  /** Logger; `false` silences the access log. @default pino on stdout at options.logLevel */
+  logger?: Logger | false;
+}
+
+export interface EdgeServer {
+  url: string;
+  port: number;
+  edge: EdgeApp;
+  store: CacheStore;
+  server: Server;
+  close(): Promise<void>;
+}
+
+function clientAddress(c: Context): string | undefined {
+  const address = (c.env as HttpBindings | undefined)?.incoming?.socket?.remoteAddress;
+  // IPv4 clients on a dual-stack socket appear as ::ffff:a.b.c.d.
+  return address?.startsWith('::ffff:') ? address.slice(7) : address;
+}
+
+export function createTieredStore(options: EdgeOptions, now: () => number): CacheStore {
+  const disk = new LmdbCacheStore({ path: options.dataDir, maxBytes: options.diskSize, clock: now });
+  if (options.memorySize === 0) return disk;
+  const memory = new MemoryCacheStore({
+    maxBytes: options.memorySize,
+    maxEntryBytes: Math.min(options.memoryMaxObjectSize, options.memorySize),
+    clock: now,
+  });
+  return new TieredCacheStore({ tiers: [memory, disk] });
+}
+
+export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServerOverrides = {}): Promise<EdgeServer> {
+  if (!options.origin && !overrides.origin) throw new TypeError('startEdgeServer: options.origin is required (or an origin override).');
+  const now = overrides.now ?? Date.now;
+  const logger = overrides.logger === undefined ? pino({ level: options.logLevel, base: { node: options.name } }) : overrides.logger;
+  const store = createTieredStore(options, now);
+  const origin =
+    overrides.origin ??
+    new UndiciOriginClient({
+      url: options.origin!,
+      connectTimeout: options.connectTimeout,
+      headersTimeout: options.originTimeout,
+      bodyTimeout: options.bodyTimeout,
+      connections: options.originConnections,
+    });
+  const metrics = createEdgeMetrics(store);
+
+  const edge = createEdgeApp({
+    options,
+    store,
+    origin,
+    now,
+    clientIp: clientAddress,
+    sendEarlyHints: (c, headers) => {
+      const outgoing = (c.env as HttpBindings | undefined)?.outgoing;
+      if (outgoing && !outgoing.headersSent) outgoing.writeEarlyHints(headers as Record<string, string | string[]>);
+    },
+    onRequest: (record: RequestRecord) => {
+      metrics.observe(record);
+      if (logger) logger.info({ req: record }, 'request');
+    },
+    metrics: () => metrics.render(),
+  });
+
+  const server = await new Promise<Server>((resolve, reject) => {
+    const s = serve({ fetch: edge.app.fetch, port: options.port, hostname: options.host }, () => resolve(s as Server));
+    s.once('error', reject);
+  });
+  // Keep-alive longer than typical load balancers' idle timeouts, so they close first.
+  server.keepAliveTimeout = 65_000;
+  const { port } = server.address() as AddressInfo;
+  const host = options.host === '0.0.0.0' || options.host === '::' ? '127.0.0.1' : options.host;
+
+  return {
+    url: `http://${host.includes(':') ? `[${host}]` : host}:${port}`,
+    port,
+    edge,
+    store,
+    server,
+    async close() {
+      await new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeIdleConnections();
+        setTimeout(() => server.closeAllConnections(), 2000).unref();
+      });
+      await edge.settle();
+      await origin.close?.();
+      await store.close();
+    },
+  };
+}
