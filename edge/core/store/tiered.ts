@@ -1,0 +1,292 @@
+/**
+ * Composes cache tiers, fastest first (memory over disk), in the manner of
+ * unstorage's overlay driver: reads go down the list until a hit, writes go
+ * to every tier, and a hit in a lower tier is copied up in the background.
+ */
+import type {
+  CacheEntry,
+  CacheEntryMeta,
+  CacheListFilter,
+  CacheStore,
+  CacheStoreStats,
+  CacheWriter,
+} from './types.js';
+
+/** Options for {@link TieredCacheStore}. */
+export interface TieredCacheStoreOptions {
+  /**
+   * Tiers, fastest first. The last one is treated as authoritative: its
+   * metadata wins in `list()` when a key is in several tiers.
+   * @example [new MemoryCacheStore({ maxBytes: 256 * MiB }), new LmdbCacheStore({ path, maxBytes: 10 * GiB })]
+   */
+  tiers: CacheStore[];
+  /**
+   * Name used in logs and metrics.
+   * @default 'tiered'
+   */
+  name?: string;
+  /**
+   * Receives failures that do not fail the caller: a background promotion,
+   * or one tier's write while another tier stored the entry.
+   * @default ignore
+   */
+  onError?: (err: unknown, tier: string) => void;
+}
+
+/** One tier's figures, from {@link TieredCacheStore.tiers}. */
+export interface TierStats extends CacheStoreStats {
+  /** The tier's `name`, e.g. `memory` or `disk`. */
+  name: string;
+}
+
+/**
+ * Optional tier capabilities, discovered at run time so the `CacheStore`
+ * contract stays small. `MemoryCacheStore` has `maxEntryBytes` and
+ * `settled`, `LmdbCacheStore` has `touch` and `settled`.
+ */
+interface TierExtras {
+  /** Largest entry the tier stores; promotions of bigger bodies are skipped without reading them. */
+  readonly maxEntryBytes?: number;
+  /** Record a use served by an upper tier, so this tier's LRU order stays truthful. */
+  touch?(key: string, variant?: string): void;
+  /** Resolves when the tier's background work is done. */
+  settled?(): Promise<void>;
+}
+
+interface Promotion {
+  key: string;
+  /** Set when the entry is written, updated or deleted meanwhile: copying the old body up would resurrect it. */
+  stale: boolean;
+  done: Promise<void>;
+}
+
+const SEP = '\u0000';
+
+export class TieredCacheStore implements CacheStore {
+  readonly name: string;
+  readonly #tiers: ReadonlyArray<CacheStore & TierExtras>;
+  readonly #onError: (err: unknown, tier: string) => void;
+  /** In-flight promotions by storage key; also dedupes concurrent hits on one entry. */
+  readonly #promotions = new Map<string, Promotion>();
+
+  constructor(options: TieredCacheStoreOptions) {
+    if (!Array.isArray(options.tiers) || options.tiers.length === 0) {
+      throw new TypeError('TieredCacheStore: tiers must be a non-empty array of cache stores');
+    }
+    this.#tiers = [...options.tiers];
+    this.name = options.name ?? 'tiered';
+    this.#onError = options.onError ?? (() => {});
+  }
+
+  /**
+   * Stops at the first tier with a hit, except when the hit includes `Vary`
+   * variants: an upper tier may hold only some of a key's variants (they
+   * are evicted one by one), so lower tiers are asked for the rest.
+   * Without that, a variant evicted from memory would look like a miss.
+   */
+  async get(key: string): Promise<CacheEntry[]> {
+    const found = new Map<string, CacheEntry>();
+    for (let i = 0; i < this.#tiers.length; i++) {
+      const tier = this.#tiers[i];
+      const fresh = (await tier.get(key)).filter((entry) => !found.has(entry.meta.variant));
+      for (const entry of fresh) found.set(entry.meta.variant, entry);
+      if (i > 0) for (const entry of fresh) this.#promote(entry, i);
+      if (found.size > 0 && [...found.keys()].every((variant) => variant === '')) {
+        for (const lower of this.#tiers.slice(i + 1)) lower.touch?.(key, '');
+        break;
+      }
+    }
+    return [...found.values()];
+  }
+
+  createWriter(key: string, variant: string, expectedSize?: number): CacheWriter {
+    const writers = this.#tiers.map((tier) => tier.createWriter(key, variant, expectedSize));
+    return new TieredWriter(this.#tiers, writers, key, variant, {
+      onCommit: () => this.#invalidatePromotions(key, variant),
+      onError: this.#onError,
+    });
+  }
+
+  async updateMeta(meta: CacheEntryMeta): Promise<boolean> {
+    this.#invalidatePromotions(meta.key, meta.variant);
+    const results = await Promise.all(this.#tiers.map((tier) => tier.updateMeta(meta)));
+    return results.some(Boolean);
+  }
+
+  /** Counts each variant once even when several tiers held it. */
+  async delete(key: string, variant?: string): Promise<number> {
+    this.#invalidatePromotions(key, variant);
+    const counts = await Promise.all(this.#tiers.map((tier) => tier.delete(key, variant)));
+    return Math.max(...counts);
+  }
+
+  /** Lowest tier first, so its metadata wins; upper tiers only add entries it lacks. */
+  async *list(filter: CacheListFilter = {}): AsyncIterable<CacheEntryMeta> {
+    const seen = new Set<string>();
+    for (let i = this.#tiers.length - 1; i >= 0; i--) {
+      for await (const meta of this.#tiers[i].list(filter)) {
+        const storageKey = meta.key + SEP + meta.variant;
+        if (seen.has(storageKey)) continue;
+        seen.add(storageKey);
+        yield meta;
+      }
+    }
+  }
+
+  /**
+   * The lowest tier's figures: it holds every entry (upper tiers hold
+   * copies), so its count and bytes are the cache's. Summing would count
+   * each promoted entry twice; {@link TieredCacheStore.tiers} has the rest.
+   */
+  stats(): CacheStoreStats {
+    return this.#tiers[this.#tiers.length - 1].stats();
+  }
+
+  /** Each tier's stats, in tier order. */
+  tiers(): TierStats[] {
+    return this.#tiers.map((tier) => ({ name: tier.name, ...tier.stats() }));
+  }
+
+  /** Resolves once promotions and every tier's background work have finished. */
+  async settled(): Promise<void> {
+    while (this.#promotions.size > 0) {
+      await Promise.all([...this.#promotions.values()].map((promotion) => promotion.done));
+    }
+    await Promise.all(this.#tiers.map((tier) => tier.settled?.()));
+  }
+
+  async close(): Promise<void> {
+    await this.settled();
+    await Promise.all(this.#tiers.map((tier) => tier.close()));
+  }
+
+  #invalidatePromotions(key: string, variant?: string): void {
+    if (variant !== undefined) {
+      const promotion = this.#promotions.get(key + SEP + variant);
+      if (promotion) promotion.stale = true;
+      return;
+    }
+    for (const promotion of this.#promotions.values()) if (promotion.key === key) promotion.stale = true;
+  }
+
+  /** Copies a lower-tier hit into the tiers above it; never awaited by the reader. */
+  #promote(entry: CacheEntry, from: number): void {
+    const { meta, body } = entry;
+    const storageKey = meta.key + SEP + meta.variant;
+    if (this.#promotions.has(storageKey)) return;
+    const targets = this.#tiers
+      .slice(0, from)
+      .filter((tier) => body.size <= (tier.maxEntryBytes ?? tier.stats().maxBytes));
+    if (targets.length === 0) return;
+
+    const promotion: Promotion = { key: meta.key, stale: false, done: Promise.resolve() };
+    promotion.done = (async () => {
+      const writers = targets.map((tier) => tier.createWriter(meta.key, meta.variant, body.size));
+      try {
+        // Read once, fan out: one pass over the disk body feeds every upper tier.
+        if (body.bytes) {
+          for (const writer of writers) writer.write(body.bytes);
+        } else {
+          const reader = body.stream().getReader();
+          for (;;) {
+            const { done, value } = await reader.read();
+            if (done) break;
+            if (promotion.stale) {
+              await reader.cancel();
+              break;
+            }
+            for (const writer of writers) writer.write(value);
+          }
+        }
+        // Checked right before commit: a memory tier commits synchronously,
+        // so nothing can slip in between the check and the copy landing.
+        if (promotion.stale) {
+          await Promise.all(writers.map((writer) => writer.abort()));
+          return;
+        }
+        await Promise.all(writers.map((writer) => writer.commit(meta)));
+      } catch (err) {
+        await Promise.allSettled(writers.map((writer) => writer.abort()));
+        this.#onError(err, targets.map((tier) => tier.name).join(','));
+      }
+    })().finally(() => {
+      this.#promotions.delete(storageKey);
+    });
+    this.#promotions.set(storageKey, promotion);
+  }
+}
+
+interface TieredWriterHooks {
+  onCommit: () => void;
+  onError: (err: unknown, tier: string) => void;
+}
+
+/** Fans one body out to every tier; each tier may decline it independently. */
+class TieredWriter implements CacheWriter {
+  readonly #failed: Array<unknown>;
+
+  constructor(
+    private readonly tiers: ReadonlyArray<CacheStore>,
+    private readonly writers: CacheWriter[],
+    private readonly key: string,
+    private readonly variant: string,
+    private readonly hooks: TieredWriterHooks,
+  ) {
+    this.#failed = writers.map(() => undefined);
+  }
+
+  write(chunk: Uint8Array): void {
+    // One tier failing must not cost the others the entry; only when every
+    // tier has failed is the caller's write itself broken.
+    let failures = 0;
+    for (let i = 0; i < this.writers.length; i++) {
+      if (this.#failed[i] === undefined) {
+        try {
+          this.writers[i].write(chunk);
+          continue;
+        } catch (err) {
+          this.#failed[i] = err;
+        }
+      }
+      failures++;
+    }
+    if (failures === this.writers.length) throw this.#failed[0];
+  }
+
+  /**
+   * True when at least one tier stored the entry. Tiers that declined or
+   * failed lose their previous version of it, so no tier serves a body
+   * older than the one just committed.
+   */
+  async commit(meta: CacheEntryMeta): Promise<boolean> {
+    this.hooks.onCommit();
+    const results = await Promise.allSettled(
+      this.writers.map((writer, i) =>
+        this.#failed[i] === undefined ? writer.commit(meta) : writer.abort().then(() => Promise.reject(this.#failed[i])),
+      ),
+    );
+    const stored = results.map((result) => result.status === 'fulfilled' && result.value);
+    const errors = results.flatMap((result, i) => (result.status === 'rejected' ? [[result.reason, i] as const] : []));
+    if (!stored.some(Boolean)) {
+      if (errors.length === results.length) throw errors[0][0];
+      for (const [err, i] of errors) this.hooks.onError(err, this.tiers[i].name);
+      return false;
+    }
+    for (const [err, i] of errors) this.hooks.onError(err, this.tiers[i].name);
+    await Promise.all(
+      this.tiers.map(async (tier, i) => {
+        if (stored[i]) return;
+        try {
+          await tier.delete(this.key, this.variant);
+        } catch (err) {
+          this.hooks.onError(err, tier.name);
+        }
+      }),
+    );
+    return true;
+  }
+
+  async abort(): Promise<void> {
+    await Promise.allSettled(this.writers.map((writer) => writer.abort()));
+  }
+}

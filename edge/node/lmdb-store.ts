@@ -1,0 +1,596 @@
+/**
+ * Disk cache tier on LMDB: one environment, four named databases.
+ *
+ * - `meta`:    `key\0variant` → {@link CacheEntryMeta} plus `bodyId`/`chunkSize`
+ * - `chunks`:  `[bodyId, index]` → fixed-size slices of the body (binary)
+ * - `tags`, `sources`: dupSort indexes (tag / sourceKey → `key\0variant`)
+ *
+ * Bodies are written under a fresh `bodyId` and only become reachable when
+ * the meta record pointing at them is committed, so a reader never sees a
+ * mix of two versions and an aborted or crashed write leaves only orphan
+ * chunks (swept at the next open). Reads are synchronous (mmap), writes are
+ * lmdb-js's asynchronous, batched transactions.
+ */
+import { randomBytes } from 'node:crypto';
+import { open } from 'lmdb';
+import { EdgeError } from '../core/errors.js';
+import { assertKey, assertMetaMatches, matchesFilter, resolveRange } from '../core/store/memory.js';
+import type {
+  CacheEntry,
+  CacheEntryMeta,
+  CacheListFilter,
+  CacheStore,
+  CacheStoreStats,
+  CacheWriter,
+  StoredBody,
+} from '../core/store/types.js';
+
+/** Options for {@link LmdbCacheStore}. */
+export interface LmdbCacheStoreOptions {
+  /**
+   * Directory holding the LMDB environment; created if missing. Reopening
+   * the same directory restores every committed entry.
+   * @example '/var/cache/edge'
+   */
+  path: string;
+  /**
+   * Budget for stored body bytes. A commit that pushes the total above it
+   * starts a background eviction down to 90 % of it.
+   * @example 10 * 1024 ** 3
+   */
+  maxBytes: number;
+  /**
+   * Size of the slices bodies are stored in. Fixed-size chunks make a range
+   * read start at chunk `floor(start / chunkSize)` without scanning.
+   * @default 256 * 1024
+   */
+  chunkSize?: number;
+  /**
+   * Time source in ms since epoch, compared with `meta.expiresAt` during
+   * eviction. Inject one in tests instead of sleeping.
+   * @default Date.now
+   */
+  clock?: () => number;
+  /**
+   * Let eviction remove pushed entries too. Off by default because a pushed
+   * object has no origin to be fetched from again.
+   * @default false
+   */
+  evictPushed?: boolean;
+  /**
+   * Receives failures of background work (eviction, orphan sweep); the
+   * next commit over budget retries eviction.
+   * @default ignore
+   */
+  onError?: (err: unknown) => void;
+}
+
+/** What the `meta` database holds: the public metadata plus where the body lives. */
+interface StoredMeta extends CacheEntryMeta {
+  bodyId: string;
+  /** The chunk size the body was written with; the option may change between runs. */
+  chunkSize: number;
+}
+
+type ChunkKey = [string, number];
+
+const SEP = '\u0000';
+const AFTER_SEP = '\u0001';
+/** LMDB's key limit is 1978 bytes; keep a margin for ordered-binary's framing. */
+const MAX_KEY_BYTES = 1900;
+const LIST_PAGE = 256;
+const EVICT_TO = 0.9;
+
+export class LmdbCacheStore implements CacheStore {
+  readonly name = 'disk';
+  readonly #root;
+  readonly #meta;
+  readonly #chunks;
+  readonly #tags;
+  readonly #sources;
+  readonly #maxBytes: number;
+  readonly #chunkSize: number;
+  readonly #clock: () => number;
+  readonly #evictPushed: boolean;
+  readonly #onError: (err: unknown) => void;
+  #bytes = 0;
+  #entries = 0;
+  /**
+   * Storage keys in order of last use (Set insertion order, re-inserted on
+   * each touch). Entries missing here were not used since open and rank
+   * before all of these, by `storedAt`. Exact LRU without clock resolution issues.
+   */
+  readonly #recent = new Set<string>();
+  #evicting: Promise<void> | undefined;
+  #evictAgain = false;
+  #sweeping: Promise<void> | undefined;
+  #closed = false;
+
+  constructor(options: LmdbCacheStoreOptions) {
+    const { path, maxBytes, chunkSize = 256 * 1024 } = options;
+    if (typeof path !== 'string' || path === '') throw new TypeError('LmdbCacheStore: path must be a non-empty string');
+    if (!Number.isSafeInteger(maxBytes) || maxBytes <= 0) {
+      throw new TypeError(`LmdbCacheStore: maxBytes must be a positive integer, got ${String(maxBytes)}`);
+    }
+    if (!Number.isSafeInteger(chunkSize) || chunkSize <= 0) {
+      throw new TypeError(`LmdbCacheStore: chunkSize must be a positive integer, got ${String(chunkSize)}`);
+    }
+    this.#maxBytes = maxBytes;
+    this.#chunkSize = chunkSize;
+    this.#clock = options.clock ?? Date.now;
+    this.#evictPushed = options.evictPushed ?? false;
+    this.#onError = options.onError ?? (() => {});
+
+    this.#root = open({ path, maxDbs: 8 });
+    this.#meta = this.#root.openDB<StoredMeta, string>('meta', {});
+    this.#chunks = this.#root.openDB<Uint8Array, ChunkKey>('chunks', { encoding: 'binary' });
+    this.#tags = this.#root.openDB<string, string>('tags', { dupSort: true, encoding: 'ordered-binary' });
+    this.#sources = this.#root.openDB<string, string>('sources', { dupSort: true, encoding: 'ordered-binary' });
+
+    const live = new Set<string>();
+    for (const { value } of this.#meta.getRange()) {
+      this.#bytes += value.size;
+      this.#entries++;
+      live.add(value.bodyId);
+    }
+    this.#sweepOrphans(live);
+    if (this.#bytes > this.#maxBytes) this.#scheduleEviction();
+  }
+
+  async get(key: string): Promise<CacheEntry[]> {
+    if (this.#closed || key.includes(SEP) || !fitsKey(key)) return [];
+    const entries: CacheEntry[] = [];
+    for (const { key: storageKey, value } of this.#meta.getRange({ start: key + SEP, end: key + AFTER_SEP })) {
+      entries.push({ meta: publicMeta(value), body: this.#body(value) });
+      this.#touch(storageKey);
+    }
+    return entries;
+  }
+
+  /**
+   * Mark variants of a key as just used without reading them. The tiered
+   * store calls this when an upper tier serves a hit, so the disk's LRU
+   * order does not treat memory-hot entries as cold.
+   */
+  touch(key: string, variant?: string): void {
+    if (this.#closed || key.includes(SEP) || !fitsKey(key)) return;
+    if (variant !== undefined) {
+      const storageKey = key + SEP + variant;
+      if (this.#recent.has(storageKey) || this.#meta.doesExist(storageKey)) this.#touch(storageKey);
+      return;
+    }
+    for (const storageKey of this.#meta.getKeys({ start: key + SEP, end: key + AFTER_SEP })) this.#touch(storageKey);
+  }
+
+  createWriter(key: string, variant: string, expectedSize?: number): CacheWriter {
+    assertKey(key);
+    const storageKey = key + SEP + variant;
+    const declined =
+      this.#closed || !fitsKey(storageKey) || (expectedSize !== undefined && expectedSize > this.#maxBytes);
+    return new LmdbWriter({
+      key,
+      variant,
+      declined,
+      maxBytes: this.#maxBytes,
+      chunkSize: this.#chunkSize,
+      isClosed: () => this.#closed,
+      putChunk: (chunkKey, data) => this.#chunks.put(chunkKey, data),
+      removeChunks: (bodyId, count) =>
+        this.#root.transaction(() => {
+          for (let i = 0; i < count; i++) this.#chunks.removeSync([bodyId, i]);
+        }),
+      publish: (meta, bodyId, size) => this.#publish(storageKey, meta, bodyId, size),
+    });
+  }
+
+  async updateMeta(meta: CacheEntryMeta): Promise<boolean> {
+    const storageKey = meta.key + SEP + meta.variant;
+    if (this.#closed || meta.key.includes(SEP) || !fitsKey(storageKey)) return false;
+    const updated = await this.#root.transaction(() => {
+      const previous = this.#meta.get(storageKey);
+      if (!previous) return false;
+      // The body is untouched, so its size and location stay authoritative.
+      const record: StoredMeta = {
+        ...meta,
+        size: previous.size,
+        bodyId: previous.bodyId,
+        chunkSize: previous.chunkSize,
+      };
+      this.#unindex(storageKey, previous);
+      this.#meta.putSync(storageKey, record);
+      this.#index(storageKey, record);
+      return true;
+    });
+    if (updated) this.#touch(storageKey);
+    return updated;
+  }
+
+  async delete(key: string, variant?: string): Promise<number> {
+    if (this.#closed || key.includes(SEP) || !fitsKey(key)) return 0;
+    const removed = await this.#root.transaction(() => {
+      const storageKeys =
+        variant === undefined
+          ? [...this.#meta.getKeys({ start: key + SEP, end: key + AFTER_SEP })]
+          : [key + SEP + variant];
+      const gone: Array<[string, StoredMeta]> = [];
+      for (const storageKey of storageKeys) {
+        const record = this.#meta.get(storageKey);
+        if (!record) continue;
+        this.#removeRecord(storageKey, record);
+        gone.push([storageKey, record]);
+      }
+      return gone;
+    });
+    this.#forget(removed);
+    return removed.length;
+  }
+
+  async *list(filter: CacheListFilter = {}): AsyncIterable<CacheEntryMeta> {
+    if (this.#closed) return;
+    const indexed =
+      filter.tag !== undefined && fitsKey(filter.tag)
+        ? this.#tags.getValues(filter.tag)
+        : filter.sourceKey !== undefined && fitsKey(filter.sourceKey)
+          ? this.#sources.getValues(filter.sourceKey)
+          : undefined;
+    if (indexed) {
+      // Indexed sets are small; materialise them so no cursor stays open
+      // while the caller awaits (typically deleting what it lists).
+      for (const storageKey of [...indexed]) {
+        const record = this.#closed ? undefined : this.#meta.get(storageKey);
+        if (record && matchesFilter(record, filter)) yield publicMeta(record);
+      }
+      return;
+    }
+    const prefix = filter.prefix ?? '';
+    if (!fitsKey(prefix)) return;
+    let after: string | undefined;
+    for (;;) {
+      if (this.#closed) return;
+      // Paged, re-opened after each page for the same reason as above.
+      const page = [
+        ...this.#meta.getRange({
+          start: after ?? (prefix === '' ? undefined : prefix),
+          exclusiveStart: after !== undefined,
+          limit: LIST_PAGE,
+        }),
+      ];
+      for (const { key: storageKey, value } of page) {
+        if (!storageKey.startsWith(prefix)) return;
+        if (matchesFilter(value, filter)) yield publicMeta(value);
+      }
+      if (page.length < LIST_PAGE) return;
+      after = page[page.length - 1].key;
+    }
+  }
+
+  stats(): CacheStoreStats {
+    return { entries: this.#entries, bytes: this.#bytes, maxBytes: this.#maxBytes };
+  }
+
+  /** Resolves once background eviction and the startup orphan sweep are finished. */
+  async settled(): Promise<void> {
+    while (this.#evicting || this.#sweeping) await Promise.all([this.#evicting, this.#sweeping]);
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.settled();
+    await this.#root.close();
+  }
+
+  #body(record: StoredMeta): StoredBody {
+    const { bodyId, size, chunkSize } = record;
+    return new LmdbBody(size, chunkSize, (index) => {
+      if (this.#closed) return undefined;
+      // getBinary copies out of the map: the chunk outlives the next read
+      // and any later replacement of the entry.
+      return this.#chunks.getBinary([bodyId, index]);
+    });
+  }
+
+  async #publish(storageKey: string, meta: CacheEntryMeta, bodyId: string, size: number): Promise<boolean> {
+    const record: StoredMeta = { ...meta, size, bodyId, chunkSize: this.#chunkSize };
+    const previous = await this.#root.transaction(() => {
+      const previous = this.#meta.get(storageKey);
+      // Old chunks go in the same transaction as the new pointer: there is
+      // never a moment where a committed meta points at missing chunks.
+      if (previous) this.#unindexAndDropBody(storageKey, previous);
+      this.#meta.putSync(storageKey, record);
+      this.#index(storageKey, record);
+      return previous;
+    });
+    this.#bytes += size - (previous?.size ?? 0);
+    if (!previous) this.#entries++;
+    this.#touch(storageKey);
+    if (this.#bytes > this.#maxBytes) this.#scheduleEviction();
+    return true;
+  }
+
+  #touch(storageKey: string): void {
+    this.#recent.delete(storageKey);
+    this.#recent.add(storageKey);
+  }
+
+  #forget(removed: Array<[string, StoredMeta]>): void {
+    for (const [storageKey, record] of removed) {
+      this.#recent.delete(storageKey);
+      this.#bytes -= record.size;
+      this.#entries--;
+    }
+  }
+
+  /** Must run inside a write transaction. */
+  #removeRecord(storageKey: string, record: StoredMeta): void {
+    this.#unindexAndDropBody(storageKey, record);
+    this.#meta.removeSync(storageKey);
+  }
+
+  #unindexAndDropBody(storageKey: string, record: StoredMeta): void {
+    this.#unindex(storageKey, record);
+    const count = Math.ceil(record.size / record.chunkSize);
+    for (let i = 0; i < count; i++) this.#chunks.removeSync([record.bodyId, i]);
+  }
+
+  // Over-long tags or source keys are simply not indexed; list() falls back
+  // to a scan for them, so they stay findable.
+  #index(storageKey: string, record: StoredMeta): void {
+    for (const tag of record.tags) if (fitsKey(tag)) this.#tags.putSync(tag, storageKey);
+    if (record.sourceKey !== undefined && fitsKey(record.sourceKey)) this.#sources.putSync(record.sourceKey, storageKey);
+  }
+
+  #unindex(storageKey: string, record: StoredMeta): void {
+    for (const tag of record.tags) if (fitsKey(tag)) this.#tags.removeSync(tag, storageKey);
+    if (record.sourceKey !== undefined && fitsKey(record.sourceKey)) {
+      this.#sources.removeSync(record.sourceKey, storageKey);
+    }
+  }
+
+  /**
+   * Chunks whose bodyId no meta points at are left by writes interrupted by
+   * a crash. The orphan set is computed synchronously here, before any
+   * writer of this process exists, so a fresh body is never mistaken for one.
+   */
+  #sweepOrphans(live: Set<string>): void {
+    const orphans: ChunkKey[] = [];
+    for (const chunkKey of this.#chunks.getKeys()) if (!live.has(chunkKey[0])) orphans.push(chunkKey);
+    if (orphans.length === 0) return;
+    this.#sweeping = this.#root
+      .transaction(() => {
+        for (const chunkKey of orphans) this.#chunks.removeSync(chunkKey);
+      })
+      .then(
+        () => undefined,
+        (err: unknown) => this.#onError(err),
+      )
+      .finally(() => {
+        this.#sweeping = undefined;
+      });
+  }
+
+  #scheduleEviction(): void {
+    if (this.#evicting) {
+      this.#evictAgain = true;
+      return;
+    }
+    this.#evicting = (async () => {
+      do {
+        this.#evictAgain = false;
+        await this.#evict();
+      } while (this.#evictAgain && !this.#closed && this.#bytes > this.#maxBytes);
+    })()
+      .catch((err: unknown) => this.#onError(err))
+      .finally(() => {
+        this.#evicting = undefined;
+      });
+  }
+
+  /**
+   * Evicts down to 90 % of the budget so that a cache at capacity does not
+   * scan on every commit. Expired entries go first, then least recently
+   * used; pushed entries only with `evictPushed`.
+   */
+  async #evict(): Promise<void> {
+    if (this.#closed || this.#bytes <= this.#maxBytes) return;
+    const target = Math.floor(this.#maxBytes * EVICT_TO);
+    const now = this.#clock();
+    const expired: Array<[string, StoredMeta]> = [];
+    const live = new Map<string, StoredMeta>();
+    for (const { key: storageKey, value } of this.#meta.getRange()) {
+      if (value.size === 0 || (value.pushed && !this.#evictPushed)) continue;
+      if (value.expiresAt < now) expired.push([storageKey, value]);
+      else live.set(storageKey, value);
+    }
+    expired.sort((a, b) => a[1].expiresAt - b[1].expiresAt);
+    const recent: Array<[string, StoredMeta]> = [];
+    for (const storageKey of this.#recent) {
+      const record = live.get(storageKey);
+      if (!record) continue;
+      live.delete(storageKey);
+      recent.push([storageKey, record]);
+    }
+    const untouched = [...live].sort((a, b) => a[1].storedAt - b[1].storedAt);
+
+    const victims: Array<[string, StoredMeta]> = [];
+    let projected = this.#bytes;
+    for (const candidate of [...expired, ...untouched, ...recent]) {
+      if (projected <= target) break;
+      victims.push(candidate);
+      projected -= candidate[1].size;
+    }
+    if (victims.length === 0) return;
+    const removed = await this.#root.transaction(() =>
+      victims.filter(([storageKey, seen]) => {
+        // Skip entries replaced since the scan: the new version was just written.
+        const record = this.#meta.get(storageKey);
+        if (!record || record.bodyId !== seen.bodyId) return false;
+        this.#removeRecord(storageKey, record);
+        return true;
+      }),
+    );
+    this.#forget(removed);
+  }
+}
+
+interface LmdbWriterInit {
+  key: string;
+  variant: string;
+  declined: boolean;
+  maxBytes: number;
+  chunkSize: number;
+  isClosed: () => boolean;
+  putChunk: (key: ChunkKey, data: Uint8Array) => Promise<boolean>;
+  removeChunks: (bodyId: string, count: number) => Promise<void>;
+  publish: (meta: CacheEntryMeta, bodyId: string, size: number) => Promise<boolean>;
+}
+
+/**
+ * Re-chunks incoming data into fixed-size slices and writes each one as
+ * soon as it is full, so memory use stays at one chunk however large the
+ * body is.
+ */
+class LmdbWriter implements CacheWriter {
+  readonly #init: LmdbWriterInit;
+  readonly #bodyId = randomBytes(16).toString('base64url');
+  readonly #writes: Promise<boolean>[] = [];
+  #buffer: Uint8Array | undefined;
+  #fill = 0;
+  #chunkCount = 0;
+  #size = 0;
+  #declined: boolean;
+  #done = false;
+  #committed = false;
+
+  constructor(init: LmdbWriterInit) {
+    this.#init = init;
+    this.#declined = init.declined;
+  }
+
+  write(chunk: Uint8Array): void {
+    if (this.#done) throw new TypeError('LmdbCacheStore: write() after commit() or abort()');
+    if (this.#declined) return;
+    this.#size += chunk.byteLength;
+    if (this.#size > this.#init.maxBytes || this.#init.isClosed()) {
+      this.#declined = true;
+      this.#buffer = undefined;
+      return;
+    }
+    const { chunkSize } = this.#init;
+    let offset = 0;
+    while (offset < chunk.byteLength) {
+      this.#buffer ??= new Uint8Array(chunkSize);
+      const n = Math.min(chunkSize - this.#fill, chunk.byteLength - offset);
+      this.#buffer.set(chunk.subarray(offset, offset + n), this.#fill);
+      this.#fill += n;
+      offset += n;
+      if (this.#fill === chunkSize) this.#flush();
+    }
+  }
+
+  async commit(meta: CacheEntryMeta): Promise<boolean> {
+    if (this.#done) throw new TypeError('LmdbCacheStore: commit() called twice or after abort()');
+    this.#done = true;
+    assertMetaMatches(meta, this.#init.key, this.#init.variant);
+    if (this.#declined || this.#init.isClosed()) {
+      await this.#discard();
+      return false;
+    }
+    this.#flush();
+    try {
+      await Promise.all(this.#writes);
+      this.#committed = await this.#init.publish(meta, this.#bodyId, this.#size);
+      return this.#committed;
+    } catch (err) {
+      await this.#discard();
+      throw err;
+    }
+  }
+
+  async abort(): Promise<void> {
+    // Once published the chunks belong to the entry; abort() is then a no-op.
+    if (this.#committed) return;
+    this.#done = true;
+    await this.#discard();
+  }
+
+  #flush(): void {
+    if (!this.#buffer || this.#fill === 0) return;
+    const data = this.#fill === this.#buffer.byteLength ? this.#buffer : this.#buffer.subarray(0, this.#fill);
+    const write = this.#init.putChunk([this.#bodyId, this.#chunkCount++], data);
+    // Awaited in commit(); this only keeps an early failure from being reported as unhandled.
+    write.catch(() => {});
+    this.#writes.push(write);
+    this.#buffer = undefined;
+    this.#fill = 0;
+  }
+
+  async #discard(): Promise<void> {
+    this.#buffer = undefined;
+    const count = this.#chunkCount;
+    this.#chunkCount = 0;
+    await Promise.allSettled(this.#writes);
+    // After close the orphans are swept at the next open instead.
+    if (count > 0 && !this.#init.isClosed()) await this.#init.removeChunks(this.#bodyId, count);
+  }
+}
+
+class LmdbBody implements StoredBody {
+  constructor(
+    readonly size: number,
+    private readonly chunkSize: number,
+    private readonly readChunk: (index: number) => Uint8Array | undefined,
+  ) {}
+
+  stream(start?: number, end?: number): ReadableStream<Uint8Array> {
+    const [from, to] = resolveRange(this.size, start, end);
+    const { size, chunkSize, readChunk } = this;
+    let position = from;
+    return new ReadableStream<Uint8Array>(
+      {
+        pull(controller) {
+          if (position > to) {
+            controller.close();
+            return;
+          }
+          const index = Math.floor(position / chunkSize);
+          const chunkStart = index * chunkSize;
+          const expected = Math.min(chunkSize, size - chunkStart);
+          let chunk: Uint8Array | undefined;
+          try {
+            chunk = readChunk(index);
+          } catch (err) {
+            controller.error(bodyGone(err));
+            return;
+          }
+          // A missing chunk means the entry was replaced, evicted or
+          // deleted mid-read: fail this stream rather than splice versions.
+          if (!chunk || chunk.byteLength !== expected) {
+            controller.error(bodyGone());
+            return;
+          }
+          const last = Math.min(to, chunkStart + expected - 1);
+          const offset = position - chunkStart;
+          controller.enqueue(new Uint8Array(chunk.buffer, chunk.byteOffset + offset, last - position + 1));
+          position = last + 1;
+          if (position > to) controller.close();
+        },
+      },
+      // Zero so that nothing is read before the consumer asks for it.
+      { highWaterMark: 0 },
+    );
+  }
+}
+
+function bodyGone(cause?: unknown): EdgeError {
+  return new EdgeError('EDGE_INTERNAL', 'The cached body was replaced or evicted while it was being read.', { cause });
+}
+
+function publicMeta(record: StoredMeta): CacheEntryMeta {
+  const { bodyId: _bodyId, chunkSize: _chunkSize, ...meta } = record;
+  return meta;
+}
+
+function fitsKey(value: string): boolean {
+  return Buffer.byteLength(value) <= MAX_KEY_BYTES;
+}

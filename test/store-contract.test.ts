@@ -1,0 +1,720 @@
+/**
+ * One contract for every cache tier (after undici's cache-store-test-utils
+ * and unstorage's testDriver): each tier must pass the same cases on real
+ * data. Tier-specific behaviour (persistence, large bodies, promotion) is
+ * tested after the contract runs.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { MemoryCacheStore } from '../edge/core/store/memory.js';
+import { TieredCacheStore } from '../edge/core/store/tiered.js';
+import type { CacheEntry, CacheEntryMeta, CacheStore, CacheWriter } from '../edge/core/store/types.js';
+import { LmdbCacheStore } from '../edge/node/lmdb-store.js';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const T0 = 1_700_000_000_000;
+const HOUR = 3_600_000;
+
+interface StoreFactoryOptions {
+  maxBytes: number;
+  clock: () => number;
+}
+
+/** Opens a fresh, empty store; called once per test. */
+type StoreFactory = (options: StoreFactoryOptions) => CacheStore | Promise<CacheStore>;
+
+interface ContractTraits {
+  /** Pushed entries survive byte pressure (disk-backed stores); a pure memory tier evicts them like any other. */
+  keepsPushed: boolean;
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+function makeMeta(key: string, variant = '', overrides: Partial<CacheEntryMeta> = {}): CacheEntryMeta {
+  return {
+    key,
+    variant,
+    status: 200,
+    headers: { 'content-type': 'application/octet-stream', etag: `"${key}|${variant}"` },
+    policy: { v: 1, t: T0, sh: true, ch: 0.1, imm: 0, st: 200, resh: { 'cache-control': 'max-age=60' } },
+    size: 0,
+    tags: [],
+    storedAt: T0,
+    expiresAt: T0 + HOUR,
+    ...overrides,
+  };
+}
+
+/** Writes `body` in slices of `sliceSize`, as a response body would arrive. */
+function feed(writer: CacheWriter, body: Uint8Array, sliceSize = 7 * KiB): void {
+  for (let offset = 0; offset < body.byteLength; offset += sliceSize) {
+    writer.write(body.slice(offset, offset + sliceSize));
+  }
+}
+
+async function put(
+  store: CacheStore,
+  meta: CacheEntryMeta,
+  body: Uint8Array,
+  sliceSize?: number,
+): Promise<boolean> {
+  const writer = store.createWriter(meta.key, meta.variant, body.byteLength);
+  feed(writer, body, sliceSize);
+  return writer.commit({ ...meta, size: body.byteLength });
+}
+
+async function readAll(stream: ReadableStream<Uint8Array>): Promise<Buffer> {
+  const reader = stream.getReader();
+  const chunks: Uint8Array[] = [];
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    chunks.push(value);
+  }
+  return Buffer.concat(chunks);
+}
+
+async function collect<T>(iterable: AsyncIterable<T>): Promise<T[]> {
+  const items: T[] = [];
+  for await (const item of iterable) items.push(item);
+  return items;
+}
+
+function ids(metas: CacheEntryMeta[]): string[] {
+  return metas.map((meta) => `${meta.key}|${meta.variant}`).sort();
+}
+
+function sha256(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
+/** Length and digest: vitest's deep equality walks large buffers byte by byte, which takes seconds. */
+function fingerprint(bytes: Uint8Array): string {
+  return `${bytes.byteLength} bytes, sha256 ${sha256(bytes)}`;
+}
+
+function expectBytes(actual: Uint8Array, expected: Uint8Array, label?: string): void {
+  expect(fingerprint(actual), label).toBe(fingerprint(expected));
+}
+
+/** Bytes whose value encodes their position, so a shifted or spliced range is visible. */
+function patterned(size: number, seed = 0): Buffer {
+  const bytes = Buffer.alloc(size);
+  for (let i = 0; i < size; i++) bytes[i] = (i * 31 + seed * 7 + (i >> 8)) & 0xff;
+  return bytes;
+}
+
+async function bodyOf(entry: CacheEntry): Promise<Buffer> {
+  return readAll(entry.body.stream());
+}
+
+function byVariant(entries: CacheEntry[], variant: string): CacheEntry {
+  const entry = entries.find((candidate) => candidate.meta.variant === variant);
+  if (!entry) throw new Error(`variant ${JSON.stringify(variant)} missing`);
+  return entry;
+}
+
+/** Waits for background eviction / promotion, where the store has any. */
+async function settle(store: CacheStore): Promise<void> {
+  await (store as CacheStore & { settled?: () => Promise<void> }).settled?.();
+}
+
+// ---------------------------------------------------------------------------
+// The contract
+
+function runCacheStoreContract(name: string, factory: StoreFactory, traits: ContractTraits): void {
+  describe(`CacheStore contract: ${name}`, () => {
+    let now = T0;
+    const opened: CacheStore[] = [];
+    const open = async (maxBytes = 64 * MiB): Promise<CacheStore> => {
+      now = T0;
+      const store = await factory({ maxBytes, clock: () => now });
+      opened.push(store);
+      return store;
+    };
+    afterEach(async () => {
+      await Promise.all(opened.splice(0).map((store) => store.close()));
+    });
+
+    it('round-trips metadata and bytes', async () => {
+      const store = await open();
+      const body = patterned(10_000);
+      const meta = makeMeta('/a.bin', '', {
+        tags: ['t1', 'product-7'],
+        sourceKey: '/src.bin',
+        invalidated: false,
+        headers: { 'content-type': 'image/png', 'cache-control': 'max-age=60', vary: 'accept' },
+      });
+      expect(await put(store, meta, body)).toBe(true);
+
+      const entries = await store.get('/a.bin');
+      expect(entries).toHaveLength(1);
+      expect(entries[0].meta).toEqual({ ...meta, size: body.byteLength });
+      expect(entries[0].body.size).toBe(body.byteLength);
+      expectBytes(await bodyOf(entries[0]), body);
+      if (entries[0].body.bytes) expectBytes(entries[0].body.bytes, body);
+      expect(await store.get('/a.bi')).toEqual([]);
+      expect(await store.get('/a.bin/')).toEqual([]);
+      expect(store.stats().entries).toBe(1);
+    });
+
+    it('stores an empty body', async () => {
+      const store = await open();
+      expect(await put(store, makeMeta('/empty'), new Uint8Array(0))).toBe(true);
+      const [entry] = await store.get('/empty');
+      expect(entry.meta.size).toBe(0);
+      expect(entry.body.size).toBe(0);
+      expect((await bodyOf(entry)).byteLength).toBe(0);
+    });
+
+    it('keeps variants of one key apart', async () => {
+      const store = await open();
+      const variants = ['', 'accept-encoding=br', 'accept-encoding=gzip'];
+      for (const [i, variant] of variants.entries()) {
+        expect(await put(store, makeMeta('/v', variant, { status: 200 + i }), patterned(1000 + i, i))).toBe(true);
+      }
+      const entries = await store.get('/v');
+      expect(entries.map((entry) => entry.meta.variant).sort()).toEqual([...variants].sort());
+      for (const [i, variant] of variants.entries()) {
+        const entry = byVariant(entries, variant);
+        expect(entry.meta.status).toBe(200 + i);
+        expectBytes(await bodyOf(entry), patterned(1000 + i, i));
+      }
+    });
+
+    it('streams byte ranges, including across chunk boundaries', async () => {
+      const store = await open();
+      const body = patterned(600_000);
+      await put(store, makeMeta('/range'), body, 10_007);
+      const [entry] = await store.get('/range');
+      const ranges: Array<[number, number | undefined]> = [
+        [0, 0],
+        [0, 99],
+        [262_143, 262_144],
+        [262_144, 524_288],
+        [100, 599_999],
+        [599_999, 599_999],
+        [500_000, undefined],
+        [10, 10_000_000],
+      ];
+      for (const [start, end] of ranges) {
+        const expected = body.subarray(start, end === undefined ? undefined : end + 1);
+        expectBytes(await readAll(entry.body.stream(start, end)), expected, `range ${start}-${end}`);
+      }
+      expectBytes(await readAll(entry.body.stream()), body);
+      expect(() => entry.body.stream(700_000, 700_010)).toThrow(RangeError);
+    });
+
+    it('keeps the previous version when a writer aborts', async () => {
+      const store = await open();
+      const v1 = patterned(5000, 1);
+      await put(store, makeMeta('/abort', '', { headers: { etag: '"v1"' } }), v1);
+
+      const writer = store.createWriter('/abort', '');
+      feed(writer, patterned(8000, 2));
+      await writer.abort();
+
+      const entries = await store.get('/abort');
+      expect(entries).toHaveLength(1);
+      expect(entries[0].meta.headers.etag).toBe('"v1"');
+      expectBytes(await bodyOf(entries[0]), v1);
+      expect(store.stats().entries).toBe(1);
+    });
+
+    it('hides a writer’s data until commit', async () => {
+      const store = await open();
+      const writer = store.createWriter('/pending', '');
+      feed(writer, patterned(300_000));
+      expect(await store.get('/pending')).toEqual([]);
+      expect(await collect(store.list())).toEqual([]);
+      expect(await writer.commit(makeMeta('/pending', '', { size: 300_000 }))).toBe(true);
+      const [entry] = await store.get('/pending');
+      expectBytes(await bodyOf(entry), patterned(300_000));
+    });
+
+    it('replaces an entry atomically; an old reader sees the old body or an error, never a mix', async () => {
+      const store = await open();
+      const v1 = patterned(600_000, 1);
+      const v2 = patterned(400_000, 2);
+      await put(store, makeMeta('/swap', '', { headers: { etag: '"v1"' } }), v1);
+
+      const [old] = await store.get('/swap');
+      const oldReader = old.body.stream().getReader();
+      const first = await oldReader.read();
+      expect(first.done).toBe(false);
+
+      const writer = store.createWriter('/swap', '');
+      feed(writer, v2);
+      // The old version stays whole until the new one is committed.
+      const [stillOld] = await store.get('/swap');
+      expect(stillOld.meta.headers.etag).toBe('"v1"');
+      expect(await writer.commit(makeMeta('/swap', '', { headers: { etag: '"v2"' } }))).toBe(true);
+
+      const entries = await store.get('/swap');
+      expect(entries).toHaveLength(1);
+      expect(entries[0].meta.headers.etag).toBe('"v2"');
+      expect(entries[0].meta.size).toBe(v2.byteLength);
+      expectBytes(await bodyOf(entries[0]), v2);
+
+      const rest: Uint8Array[] = [first.value as Uint8Array];
+      let failed = false;
+      try {
+        for (;;) {
+          const { done, value } = await oldReader.read();
+          if (done) break;
+          rest.push(value);
+        }
+      } catch (err) {
+        failed = true;
+        // A clean failure: a coded EdgeError, not a crash deep in the tier.
+        expect(err).toMatchObject({ code: 'EDGE_INTERNAL' });
+      }
+      const seen = Buffer.concat(rest);
+      if (failed) expectBytes(seen, v1.subarray(0, seen.byteLength));
+      else expectBytes(seen, v1);
+    });
+
+    it('lets the last of two concurrent writers win whole', async () => {
+      const store = await open();
+      const a = store.createWriter('/race', '');
+      const b = store.createWriter('/race', '');
+      for (let i = 0; i < 40; i++) {
+        a.write(patterned(10_000, 3).subarray(i * 250, (i + 1) * 250));
+        b.write(patterned(20_000, 4).subarray(i * 500, (i + 1) * 500));
+      }
+      expect(await a.commit(makeMeta('/race', '', { headers: { etag: '"a"' } }))).toBe(true);
+      expect(await b.commit(makeMeta('/race', '', { headers: { etag: '"b"' } }))).toBe(true);
+      const entries = await store.get('/race');
+      expect(entries).toHaveLength(1);
+      expect(entries[0].meta.headers.etag).toBe('"b"');
+      expectBytes(await bodyOf(entries[0]), patterned(20_000, 4));
+      expect(store.stats().entries).toBe(1);
+    });
+
+    it('deletes one variant or all of them, and only that key', async () => {
+      const store = await open();
+      for (const variant of ['', 'br', 'gzip']) await put(store, makeMeta('/a', variant), patterned(100));
+      await put(store, makeMeta('/ab'), patterned(100));
+      await put(store, makeMeta('/a/b'), patterned(100));
+
+      expect(await store.delete('/a', 'br')).toBe(1);
+      expect((await store.get('/a')).map((entry) => entry.meta.variant).sort()).toEqual(['', 'gzip']);
+      expect(await store.delete('/a', 'br')).toBe(0);
+      expect(await store.delete('/a')).toBe(2);
+      expect(await store.get('/a')).toEqual([]);
+      expect(await store.delete('/a')).toBe(0);
+      expect(await store.get('/ab')).toHaveLength(1);
+      expect(await store.get('/a/b')).toHaveLength(1);
+      expect(ids(await collect(store.list()))).toEqual(['/a/b|', '/ab|']);
+    });
+
+    it('lists by prefix, tag, sourceKey and pushed', async () => {
+      const store = await open();
+      await put(store, makeMeta('/img/src.jpg', '', { tags: ['img', 'p1'] }), patterned(100));
+      await put(store, makeMeta('/img/src.jpg?w=100', 'accept=webp', { tags: ['img'], sourceKey: '/img/src.jpg' }), patterned(50));
+      await put(store, makeMeta('/img/src.jpg?w=200', '', { tags: ['img'], sourceKey: '/img/src.jpg' }), patterned(60));
+      await put(store, makeMeta('/docs/a.pdf', '', { tags: ['p1'], pushed: true }), patterned(70));
+      await put(store, makeMeta('/imgx', '', { pushed: false }), patterned(10));
+
+      expect(ids(await collect(store.list()))).toEqual([
+        '/docs/a.pdf|',
+        '/img/src.jpg?w=100|accept=webp',
+        '/img/src.jpg?w=200|',
+        '/img/src.jpg|',
+        '/imgx|',
+      ]);
+      expect(ids(await collect(store.list({ prefix: '/img/' })))).toEqual([
+        '/img/src.jpg?w=100|accept=webp',
+        '/img/src.jpg?w=200|',
+        '/img/src.jpg|',
+      ]);
+      expect(ids(await collect(store.list({ prefix: '/img' })))).toHaveLength(4);
+      expect(ids(await collect(store.list({ tag: 'p1' })))).toEqual(['/docs/a.pdf|', '/img/src.jpg|']);
+      expect(ids(await collect(store.list({ tag: 'nope' })))).toEqual([]);
+      expect(ids(await collect(store.list({ sourceKey: '/img/src.jpg' })))).toEqual([
+        '/img/src.jpg?w=100|accept=webp',
+        '/img/src.jpg?w=200|',
+      ]);
+      expect(ids(await collect(store.list({ pushed: true })))).toEqual(['/docs/a.pdf|']);
+      expect(ids(await collect(store.list({ pushed: false })))).toHaveLength(4);
+      expect(ids(await collect(store.list({ prefix: '/img/', tag: 'p1' })))).toEqual(['/img/src.jpg|']);
+
+      const listed = (await collect(store.list({ tag: 'p1' }))).find((meta) => meta.key === '/docs/a.pdf');
+      expect(listed).toEqual(makeMeta('/docs/a.pdf', '', { tags: ['p1'], pushed: true, size: 70 }));
+    });
+
+    it('supports purging while listing', async () => {
+      const store = await open();
+      for (let i = 0; i < 300; i++) {
+        await put(store, makeMeta(`/p/${String(i).padStart(3, '0')}`, '', { tags: i % 3 === 0 ? ['purge'] : [] }), patterned(10, i));
+      }
+      const all = ids(await collect(store.list()));
+      expect(new Set(all).size).toBe(300);
+      expect(all).toHaveLength(300);
+      let purged = 0;
+      for await (const meta of store.list({ tag: 'purge' })) purged += await store.delete(meta.key);
+      expect(purged).toBe(100);
+      let removed = 0;
+      const visited: string[] = [];
+      for await (const meta of store.list({ prefix: '/p/' })) {
+        visited.push(meta.key);
+        if (Number(meta.key.slice(3)) % 2 === 0) removed += await store.delete(meta.key, meta.variant);
+      }
+      expect(removed).toBe(100);
+      expect(visited).toHaveLength(200);
+      expect(new Set(visited).size).toBe(200);
+      expect(await collect(store.list({ tag: 'purge' }))).toEqual([]);
+      expect(await collect(store.list())).toHaveLength(100);
+      expect(store.stats().entries).toBe(100);
+    });
+
+    it('updateMeta replaces metadata and keeps the body', async () => {
+      const store = await open();
+      const body = patterned(300_000);
+      await put(store, makeMeta('/u', 'br', { tags: ['old'] }), body);
+      const updated = makeMeta('/u', 'br', {
+        tags: ['new'],
+        headers: { etag: '"v2"', 'content-type': 'text/plain' },
+        storedAt: T0 + 5000,
+        expiresAt: T0 + 2 * HOUR,
+        invalidated: true,
+        size: body.byteLength,
+      });
+      expect(await store.updateMeta(updated)).toBe(true);
+      const [entry] = await store.get('/u');
+      expect(entry.meta).toEqual(updated);
+      expectBytes(await bodyOf(entry), body);
+      expect(ids(await collect(store.list({ tag: 'new' })))).toEqual(['/u|br']);
+      expect(await collect(store.list({ tag: 'old' }))).toEqual([]);
+      expect(await store.updateMeta(makeMeta('/u', 'gzip'))).toBe(false);
+      expect(await store.updateMeta(makeMeta('/missing'))).toBe(false);
+      expect(await store.get('/missing')).toEqual([]);
+    });
+
+    it('evicts expired entries first, then the least recently used, within the byte budget', async () => {
+      const maxBytes = 100_000;
+      const store = await open(maxBytes);
+      const long = T0 + HOUR;
+      const write = async (key: string, size: number, overrides: Partial<CacheEntryMeta> = {}) => {
+        expect(await put(store, makeMeta(key, '', { expiresAt: long, ...overrides }), patterned(size))).toBe(true);
+        await settle(store);
+      };
+      const has = async (key: string) => (await store.get(key)).length === 1;
+
+      await write('/A', 20_000, { pushed: true });
+      await write('/B', 20_000, { expiresAt: T0 + 10 });
+      await write('/C', 20_000);
+      await write('/D', 20_000);
+      expect(store.stats().bytes).toBeLessThanOrEqual(maxBytes);
+      now = T0 + 1000;
+      // /B becomes the most recently used, yet it is expired: it goes first.
+      expect(await has('/B')).toBe(true);
+
+      await write('/E', 30_000);
+      expect(await has('/B')).toBe(false);
+      for (const key of ['/A', '/C', '/D', '/E']) expect(await has(key), key).toBe(true);
+
+      // Least recently used is now /A (pushed), then /C.
+      await write('/F', 40_000);
+      expect(await has('/C')).toBe(false);
+      expect(await has('/E')).toBe(true);
+      expect(await has('/F')).toBe(true);
+      expect(await has('/A')).toBe(traits.keepsPushed);
+      await settle(store);
+      expect(ids(await collect(store.list({ pushed: true })))).toEqual(traits.keepsPushed ? ['/A|'] : []);
+    });
+
+    it('declines an entry larger than the whole budget and keeps the old one', async () => {
+      const maxBytes = 100_000;
+      const store = await open(maxBytes);
+      await put(store, makeMeta('/big'), patterned(1000));
+
+      const writer = store.createWriter('/big', '');
+      feed(writer, patterned(maxBytes + 1));
+      expect(await writer.commit(makeMeta('/big', '', { size: maxBytes + 1 }))).toBe(false);
+      const entries = await store.get('/big');
+      expect(entries).toHaveLength(1);
+      expectBytes(await bodyOf(entries[0]), patterned(1000));
+
+      const announced = store.createWriter('/big2', '', maxBytes + 1);
+      feed(announced, patterned(maxBytes + 1));
+      expect(await announced.commit(makeMeta('/big2', '', { size: maxBytes + 1 }))).toBe(false);
+      expect(await store.get('/big2')).toEqual([]);
+      await settle(store);
+      expect(store.stats().bytes).toBeLessThanOrEqual(maxBytes);
+    });
+
+    it('rejects a commit whose metadata names another entry', async () => {
+      const store = await open();
+      const writer = store.createWriter('/x', 'br');
+      writer.write(patterned(10));
+      await expect(writer.commit(makeMeta('/y', 'br'))).rejects.toThrow(TypeError);
+      expect(await store.get('/x')).toEqual([]);
+      expect(await store.get('/y')).toEqual([]);
+    });
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Tiers under test
+
+let lmdbSuiteDir = '';
+let lmdbSeq = 0;
+const nextLmdbPath = () => join(lmdbSuiteDir, `db-${lmdbSeq++}`);
+
+beforeAll(async () => {
+  lmdbSuiteDir = await mkdtemp(join(tmpdir(), 'edge-store-contract-'));
+});
+afterAll(async () => {
+  await rm(lmdbSuiteDir, { recursive: true, force: true });
+});
+
+// Entries in the budget case are a fifth of the budget; the default
+// (maxBytes / 8) is covered on its own below.
+const memoryFactory: StoreFactory = ({ maxBytes, clock }) =>
+  new MemoryCacheStore({ maxBytes, maxEntryBytes: Math.floor(maxBytes / 2), clock });
+const lmdbFactory: StoreFactory = ({ maxBytes, clock }) =>
+  new LmdbCacheStore({ path: nextLmdbPath(), maxBytes, clock });
+
+runCacheStoreContract('memory', memoryFactory, { keepsPushed: false });
+runCacheStoreContract('lmdb', lmdbFactory, { keepsPushed: true });
+runCacheStoreContract(
+  'tiered (memory over lmdb)',
+  async (options) => new TieredCacheStore({ tiers: [await memoryFactory(options), await lmdbFactory(options)] }),
+  { keepsPushed: true },
+);
+
+// ---------------------------------------------------------------------------
+// Tier-specific behaviour
+
+describe('MemoryCacheStore', () => {
+  it('declines entries over maxEntryBytes (default maxBytes / 8) without buffering them', async () => {
+    const store = new MemoryCacheStore({ maxBytes: 80_000 });
+    expect(store.maxEntryBytes).toBe(10_000);
+    expect(await put(store, makeMeta('/small'), patterned(5_000))).toBe(true);
+    expect(await put(store, makeMeta('/large'), patterned(12_000))).toBe(false);
+    expect(await store.get('/large')).toEqual([]);
+    expect(store.stats().entries).toBe(1);
+    expect(new MemoryCacheStore({ maxBytes: 1024 * MiB }).maxEntryBytes).toBe(8 * MiB);
+  });
+
+  it('validates its options', () => {
+    expect(() => new MemoryCacheStore({ maxBytes: 0 })).toThrow(/maxBytes/);
+    expect(() => new MemoryCacheStore({ maxBytes: 100, maxEntryBytes: 200 })).toThrow(/maxEntryBytes/);
+  });
+});
+
+describe('LmdbCacheStore', () => {
+  let dir = '';
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'edge-lmdb-'));
+  });
+  afterAll(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('survives close and reopen', async () => {
+    const path = join(dir, 'reopen');
+    const first = new LmdbCacheStore({ path, maxBytes: 64 * MiB });
+    const bodies = new Map([
+      ['', patterned(300_000, 1)],
+      ['br', patterned(1234, 2)],
+    ]);
+    for (const [variant, body] of bodies) {
+      await put(first, makeMeta('/persist', variant, { tags: ['keep'], pushed: variant === '' }), body);
+    }
+    await put(first, makeMeta('/other'), patterned(10));
+    const before = first.stats();
+    await first.close();
+
+    const second = new LmdbCacheStore({ path, maxBytes: 64 * MiB });
+    try {
+      expect(second.stats()).toEqual(before);
+      const entries = await second.get('/persist');
+      expect(entries).toHaveLength(2);
+      for (const [variant, body] of bodies) {
+        const entry = byVariant(entries, variant);
+        expect(entry.meta).toEqual(makeMeta('/persist', variant, { tags: ['keep'], pushed: variant === '', size: body.byteLength }));
+        expectBytes(await bodyOf(entry), body);
+      }
+      expect(ids(await collect(second.list({ tag: 'keep' })))).toEqual(['/persist|', '/persist|br']);
+      expect(ids(await collect(second.list({ pushed: true })))).toEqual(['/persist|']);
+    } finally {
+      await second.close();
+    }
+  });
+
+  it('streams a 5 MB body written in many small chunks back identical', async () => {
+    const store = new LmdbCacheStore({ path: join(dir, 'large'), maxBytes: 64 * MiB });
+    try {
+      const body = randomBytes(5 * MiB + 123);
+      const writer = store.createWriter('/large.bin', '');
+      // Uneven slices so chunk boundaries never line up with write boundaries.
+      for (let offset = 0, i = 0; offset < body.byteLength; i++) {
+        const slice = 1000 + ((i * 7919) % 9000);
+        writer.write(body.subarray(offset, offset + slice));
+        offset += slice;
+      }
+      expect(await writer.commit(makeMeta('/large.bin', '', { size: body.byteLength }))).toBe(true);
+
+      const [entry] = await store.get('/large.bin');
+      expect(entry.body.bytes).toBeUndefined();
+      expect(entry.body.size).toBe(body.byteLength);
+      expect(sha256(await readAll(entry.body.stream()))).toBe(sha256(body));
+      const start = 3 * 256 * KiB - 17;
+      const end = 4 * MiB + 5;
+      expect(sha256(await readAll(entry.body.stream(start, end)))).toBe(sha256(body.subarray(start, end + 1)));
+      expect(store.stats()).toEqual({ entries: 1, bytes: body.byteLength, maxBytes: 64 * MiB });
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('evicts pushed entries only when evictPushed is set', async () => {
+    const store = new LmdbCacheStore({
+      path: join(dir, 'evict-pushed'),
+      maxBytes: 100_000,
+      evictPushed: true,
+      clock: () => T0,
+    });
+    try {
+      await put(store, makeMeta('/pushed', '', { pushed: true }), patterned(60_000));
+      await put(store, makeMeta('/pulled'), patterned(60_000));
+      await store.settled();
+      expect(await store.get('/pushed')).toEqual([]);
+      expect(await store.get('/pulled')).toHaveLength(1);
+      expect(store.stats().bytes).toBe(60_000);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('leaves no orphan chunks after abort, replacement, delete or a crash mid-write', async () => {
+    const path = join(dir, 'orphans');
+    // The chunks database is internal; a raw handle on the closed store is the honest way to look.
+    const countChunks = async () => {
+      const { open } = await import('lmdb');
+      const root = open({ path, maxDbs: 8 });
+      try {
+        return [...root.openDB('chunks', { encoding: 'binary' }).getKeys()].length;
+      } finally {
+        await root.close();
+      }
+    };
+    const options = { path, maxBytes: 64 * MiB, chunkSize: 1000 };
+
+    let store = new LmdbCacheStore(options);
+    const aborted = store.createWriter('/gone', '');
+    feed(aborted, patterned(50_000));
+    await aborted.abort();
+    await put(store, makeMeta('/kept'), patterned(2500)); // 3 chunks
+    await put(store, makeMeta('/replaced'), patterned(5000)); // 5 chunks, then replaced by 2
+    await put(store, makeMeta('/replaced'), patterned(1500));
+    await put(store, makeMeta('/deleted'), patterned(4000));
+    expect(await store.delete('/deleted')).toBe(1);
+    await store.close();
+    expect(await countChunks()).toBe(5);
+
+    // A writer that never commits, as after a crash: its chunks are swept at the next open.
+    store = new LmdbCacheStore(options);
+    const interrupted = store.createWriter('/crash', '');
+    feed(interrupted, patterned(20_000));
+    await store.close();
+    expect(await countChunks()).toBeGreaterThan(5);
+    store = new LmdbCacheStore(options);
+    await store.settled();
+    expect(await store.get('/crash')).toEqual([]);
+    expectBytes(await bodyOf((await store.get('/kept'))[0]), patterned(2500));
+    await store.close();
+    expect(await countChunks()).toBe(5);
+  });
+});
+
+describe('TieredCacheStore', () => {
+  let dir = '';
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'edge-tiered-'));
+  });
+  afterAll(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  const build = (name: string, memoryOptions: { maxEntryBytes?: number } = {}) => {
+    const memory = new MemoryCacheStore({ maxBytes: 8 * MiB, ...memoryOptions });
+    const disk = new LmdbCacheStore({ path: join(dir, name), maxBytes: 64 * MiB });
+    return { memory, disk, tiered: new TieredCacheStore({ tiers: [memory, disk] }) };
+  };
+
+  it('promotes a disk hit to memory in the background', async () => {
+    const { memory, disk, tiered } = build('promote');
+    try {
+      const body = patterned(400_000);
+      const meta = makeMeta('/hot', '', { tags: ['t'] });
+      await put(disk, meta, body);
+      expect(await memory.get('/hot')).toEqual([]);
+
+      const [fromDisk] = await tiered.get('/hot');
+      expect(fromDisk.body.bytes).toBeUndefined();
+      expectBytes(await bodyOf(fromDisk), body);
+      await tiered.settled();
+
+      const [promoted] = await memory.get('/hot');
+      expect(promoted.meta).toEqual({ ...meta, size: body.byteLength });
+      expectBytes(promoted.body.bytes!, body);
+      const [fromMemory] = await tiered.get('/hot');
+      expect(fromMemory.body.bytes).toBeDefined();
+      expect(tiered.tiers().map((tier) => [tier.name, tier.entries])).toEqual([
+        ['memory', 1],
+        ['disk', 1],
+      ]);
+    } finally {
+      await tiered.close();
+    }
+  });
+
+  it('does not promote bodies larger than the memory tier accepts', async () => {
+    const { memory, disk, tiered } = build('no-promote', { maxEntryBytes: 100_000 });
+    try {
+      await put(disk, makeMeta('/huge'), patterned(200_000));
+      expect(await tiered.get('/huge')).toHaveLength(1);
+      await tiered.settled();
+      expect(await memory.get('/huge')).toEqual([]);
+    } finally {
+      await tiered.close();
+    }
+  });
+
+  it('fills variants missing from memory from disk', async () => {
+    const { memory, tiered } = build('variants');
+    try {
+      await put(tiered, makeMeta('/v', 'br'), patterned(100, 1));
+      await put(tiered, makeMeta('/v', 'gzip'), patterned(100, 2));
+      await memory.delete('/v', 'gzip');
+      const entries = await tiered.get('/v');
+      expect(entries.map((entry) => entry.meta.variant).sort()).toEqual(['br', 'gzip']);
+      expectBytes(await bodyOf(byVariant(entries, 'gzip')), patterned(100, 2));
+    } finally {
+      await tiered.close();
+    }
+  });
+
+  it('drops the stale copy from a tier that declines the new version', async () => {
+    const { memory, tiered } = build('stale', { maxEntryBytes: 100_000 });
+    try {
+      await put(tiered, makeMeta('/doc', '', { headers: { etag: '"v1"' } }), patterned(1000));
+      expect(await memory.get('/doc')).toHaveLength(1);
+      expect(await put(tiered, makeMeta('/doc', '', { headers: { etag: '"v2"' } }), patterned(200_000))).toBe(true);
+      expect(await memory.get('/doc')).toEqual([]);
+      const [entry] = await tiered.get('/doc');
+      expect(entry.meta.headers.etag).toBe('"v2"');
+      expectBytes(await bodyOf(entry), patterned(200_000));
+    } finally {
+      await tiered.close();
+    }
+  });
+});
