@@ -8,6 +8,7 @@ import { Hono, type Context } from 'hono';
 import { errorResponse, EdgeError } from './errors.js';
 import type { EdgeOptions } from './options.js';
 import type { OriginClient } from './origin/types.js';
+import { mountAdminApi } from './admin.js';
 import { createPolicyFactory } from './policy.js';
 import { PullCache, type RequestContext, type RequestLog } from './pull.js';
 import type { CacheStore } from './store/types.js';
@@ -37,13 +38,23 @@ export interface EdgeAppDeps {
   onRequest?: (record: RequestRecord) => void;
   /** Prometheus text for `GET /_edge/metrics`. */
   metrics?: () => Promise<string> | string;
+  /** Streaming content hash for pushed objects' ETags (Node: sha256 from node:crypto). */
+  createHasher?: () => ContentHasher;
   /** Extra readiness facts for `GET /_edge/health`. */
   health?: () => Record<string, unknown>;
+}
+
+/** Incremental hash: `update` per chunk, `digest` once at the end (hex). */
+export interface ContentHasher {
+  update(chunk: Uint8Array): void;
+  digest(): string;
 }
 
 export interface EdgeApp {
   app: Hono;
   pull: PullCache;
+  /** Resolves when start-up work (the pushed-object index) is done. */
+  ready: Promise<void>;
   /** Resolves when all background work (refreshes, cache fills) started so far is done. */
   settle(): Promise<void>;
 }
@@ -101,6 +112,8 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
     return c.body(await deps.metrics(), 200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' });
   });
 
+  mountAdminApi(app, { options, store: deps.store, pull, policies, now, createHasher: deps.createHasher, waitUntil: track });
+
   // Everything under /_edge/ belongs to the node and is never forwarded.
   app.all('/_edge/*', () => {
     throw new EdgeError('EDGE_NOT_FOUND', 'No such endpoint under /_edge/.');
@@ -119,6 +132,7 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
   return {
     app,
     pull,
+    ready: pull.loadPushedIndex(),
     async settle() {
       while (pending.size > 0) await Promise.all([...pending]);
     },

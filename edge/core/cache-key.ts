@@ -44,6 +44,15 @@ export function primaryKey(pathAndQuery: string, scheme: string, host: string): 
   return `${pathAndQuery} ${scheme}://${host.toLowerCase()}`;
 }
 
+/**
+ * Key of a pushed object: its path only, with a marker instead of a host,
+ * so a pushed object answers every host and any query string, and sorts
+ * beside the pulled copies of the same path (prefix purge covers both).
+ */
+export function pushedKey(pathname: string): string {
+  return `${pathname} push:`;
+}
+
 /** The path-and-query part of a primary key (what purge by URL and prefix match on). */
 export function keyPath(key: string): string {
   const space = key.lastIndexOf(' ');

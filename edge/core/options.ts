@@ -97,6 +97,8 @@ export const edgeOptionsSchema = z
     diskSize: size(1024 * 1024, '4GB').default(4 * 1024 ** 3).describe('Disk tier budget. (default 4GB)'),
     maxObjectSize: size(1, '64MB').default(64 * 1024 ** 2).describe('Objects larger than this pass through uncached. (default 64MB)'),
     adminToken: z.string().min(16, 'must be at least 16 characters (use a random secret)').optional().describe('Bearer token for the admin API under /_edge/; the API is off when unset.'),
+    maxUploadSize: size(1, '512MB').default(512 * 1024 ** 2).describe('Largest body accepted by PUT /_edge/push/...; larger uploads get 413 and store nothing. (default 512MB)'),
+    pushTtl: seconds.default(31_536_000).describe('Freshness of pushed objects whose upload sends no Cache-Control max-age, seconds. (default 31536000, one year)'),
     connectTimeout: duration('5s').default(5000).describe('Connecting to the origin may take this long before a 502. (default 5s)'),
     originTimeout: duration('30s').default(30_000).describe('Waiting for the origin\'s response headers may take this long before a 504. (default 30s)'),
     bodyTimeout: duration('30s').default(30_000).describe('A gap this long while reading a body aborts it (the entry is not stored). (default 30s)'),

@@ -7,7 +7,7 @@
  * invalidate the URL (RFC 9111 4.4).
  */
 import { formatCacheStatus, type CacheOutcome, type CacheStatusFields, type ForwardReason } from './cache-status.js';
-import { compileParamMatcher, keyPath, MAX_KEY_LENGTH, normaliseQuery, primaryKey, variantFor, varyNames } from './cache-key.js';
+import { compileParamMatcher, keyPath, MAX_KEY_LENGTH, normaliseQuery, primaryKey, pushedKey, variantFor, varyNames } from './cache-key.js';
 import { FlightTable, waitForFlight, type FlightOutcome } from './collapse.js';
 import { EdgeError } from './errors.js';
 import { drainInBackground, fillWhileStreaming } from './fill.js';
@@ -65,6 +65,7 @@ const KEEP_WITH_VALIDATOR_SECONDS = 7 * 24 * 3600;
 /** A GET/HEAD on its way through the pull path. */
 interface PullRequest {
   request: Request;
+  pathname: string;
   key: string;
   pathAndQuery: string;
   headers: Record<string, string>;
@@ -89,6 +90,12 @@ export class PullCache {
   private readonly ignoreParam: (name: string) => boolean;
   private readonly trusted: Set<string>;
   private readonly policyMemo = new WeakMap<CacheEntryMeta, EdgePolicy>();
+  /**
+   * Paths that have a pushed object, so that requests for other paths skip
+   * the pushed lookup. The admin API keeps it in step with the store;
+   * `loadPushedIndex()` rebuilds it at start-up.
+   */
+  readonly pushedPaths = new Set<string>();
 
   constructor(deps: PullDeps) {
     this.deps = deps;
@@ -110,8 +117,13 @@ export class PullCache {
     return { url, key, forwarding, pathAndQuery: url.pathname + url.search };
   }
 
+  /** Rebuild `pushedPaths` from the store (start-up). */
+  async loadPushedIndex(): Promise<void> {
+    for await (const meta of this.deps.store.list({ pushed: true })) this.pushedPaths.add(keyPath(meta.key));
+  }
+
   async handle(request: Request, ctx: RequestContext): Promise<Response> {
-    const { key, forwarding, pathAndQuery } = this.describe(request, ctx.clientIp);
+    const { url, key, forwarding, pathAndQuery } = this.describe(request, ctx.clientIp);
     ctx.log.key = key;
     if (request.method !== 'GET' && request.method !== 'HEAD') {
       return this.passUnsafe(request, ctx, key, forwarding, pathAndQuery);
@@ -119,6 +131,7 @@ export class PullCache {
     const headers = headersToRecord(request.headers);
     const pull: PullRequest = {
       request,
+      pathname: url.pathname,
       key,
       pathAndQuery,
       headers,
@@ -136,6 +149,10 @@ export class PullCache {
 
   /** Look up, then hit, revalidate or miss. */
   async serve(pull: PullRequest): Promise<Response> {
+    if (this.pushedPaths.has(pull.pathname)) {
+      const pushed = await this.servePushed(pull);
+      if (pushed) return pushed;
+    }
     const entries = await this.deps.store.get(pull.key);
     const entry = this.selectVariant(entries, pull.headers);
     if (entry) {
@@ -164,6 +181,21 @@ export class PullCache {
       });
     }
     return this.collapsed(pull, pull.key, { reason: entries.length > 0 ? 'vary-miss' : 'uri-miss' });
+  }
+
+  /**
+   * Pushed objects answer without ever asking the origin until they
+   * expire; client Cache-Control cannot force a revalidation (there is
+   * nothing upstream to revalidate with).
+   */
+  private async servePushed(pull: PullRequest): Promise<Response | undefined> {
+    const [entry] = await this.deps.store.get(pushedKey(pull.pathname));
+    if (!entry) return undefined;
+    const policy = this.policyOf(entry.meta);
+    if (!policy.isFresh()) return undefined;
+    pull.ctx.log.outcome = 'hit';
+    pull.ctx.log.detail = 'pushed';
+    return this.fromCache(pull, entry, policy, { hit: true, ttl: policy.freshnessLifetime() - policy.age(), detail: 'pushed' });
   }
 
   /** One origin request per flight key; others wait and then read the cache. */

@@ -4,6 +4,7 @@
  * Prometheus metrics. `startEdgeServer()` is what the CLI, the tests and
  * the benchmark start.
  */
+import { createHash } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
 import { serve, type HttpBindings } from '@hono/node-server';
@@ -71,6 +72,10 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
   const metrics = createEdgeMetrics(store);
 
   const edge = createEdgeApp({
+    createHasher: () => {
+      const hash = createHash('sha256');
+      return { update: (chunk) => void hash.update(chunk), digest: () => hash.digest('hex') };
+    },
     options,
     store,
     origin,
@@ -87,6 +92,7 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
     metrics: () => metrics.render(),
   });
 
+  await edge.ready;
   const server = await new Promise<Server>((resolve, reject) => {
     const s = serve({ fetch: edge.app.fetch, port: options.port, hostname: options.host }, () => resolve(s as Server));
     s.once('error', reject);
