@@ -9,6 +9,8 @@ import { errorResponse, EdgeError } from './errors.js';
 import type { EdgeOptions } from './options.js';
 import type { OriginClient } from './origin/types.js';
 import { mountAdminApi } from './admin.js';
+import { ImageVariants } from './image-variants.js';
+import type { ImageTransformer } from './image/types.js';
 import { createPolicyFactory } from './policy.js';
 import { PullCache, type RequestContext, type RequestLog } from './pull.js';
 import type { CacheStore } from './store/types.js';
@@ -38,6 +40,8 @@ export interface EdgeAppDeps {
   onRequest?: (record: RequestRecord) => void;
   /** Prometheus text for `GET /_edge/metrics`. */
   metrics?: () => Promise<string> | string;
+  /** Pixel work for image variants (Node: sharp). Without it, image parameters are ignored and originals pass through. */
+  imageTransformer?: ImageTransformer;
   /** Streaming content hash for pushed objects' ETags (Node: sha256 from node:crypto). */
   createHasher?: () => ContentHasher;
   /** Extra readiness facts for `GET /_edge/health`. */
@@ -70,6 +74,9 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
     now,
   });
   const pull = new PullCache({ options, store: deps.store, origin: deps.origin, policies, now });
+  if (options.images && deps.imageTransformer) {
+    pull.images = new ImageVariants({ options, store: deps.store, pull, policies, transformer: deps.imageTransformer, now });
+  }
 
   const pending = new Set<Promise<unknown>>();
   const track = (promise: Promise<unknown>) => {

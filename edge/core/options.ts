@@ -99,6 +99,21 @@ export const edgeOptionsSchema = z
     adminToken: z.string().min(16, 'must be at least 16 characters (use a random secret)').optional().describe('Bearer token for the admin API under /_edge/; the API is off when unset.'),
     maxUploadSize: size(1, '512MB').default(512 * 1024 ** 2).describe('Largest body accepted by PUT /_edge/push/...; larger uploads get 413 and store nothing. (default 512MB)'),
     pushTtl: seconds.default(31_536_000).describe('Freshness of pushed objects whose upload sends no Cache-Control max-age, seconds. (default 31536000, one year)'),
+    images: flag.default(true).describe('Transform images requested with width/height/fit/quality/format/dpr/position parameters. (default true)'),
+    imageMaxSourceSize: size(1, '25MB').default(25 * 1024 ** 2).describe('Largest source image that is transformed; larger ones get 422. (default 25MB)'),
+    imageMaxPixels: z.coerce.number().int().min(1).default(50_000_000).describe('Largest source image in pixels (width x height x frames); larger ones get 422 before decoding. (default 50000000)'),
+    imageMaxOutputSide: z.coerce.number().int().min(1).max(16_384).default(4096).describe('Largest output width or height a client may ask for. (default 4096)'),
+    imageQuality: z.coerce.number().int().min(1).max(100).default(75).describe('Quality when the client gives none, on the JPEG scale (AVIF maps it down). (default 75)'),
+    imageSigningKey: z.string().min(16, 'must be at least 16 characters (use a random secret)').optional().describe('When set, only URLs signed with HMAC-SHA256 (sig parameter) are transformed. (default unset)'),
+    imageWidths: z
+      .string()
+      .regex(/^[\d.,: ]+$/, "expected widths like '320,640,1280' or a range like '16..3840:16'")
+      .optional()
+      .describe('Allow-list of widths, e.g. 320,640,1280 or 16..3840:16 (start..end:step). (default unset: any width)'),
+    avifEffort: z.coerce.number().int().min(0).max(9).default(2).describe('AVIF encoder effort 0..9; higher is smaller and much slower. (default 2)'),
+    transformTimeout: duration('10s').default(10_000).describe('A transform taking longer is answered 503. (default 10s)'),
+    transformQueue: z.coerce.number().int().min(0).max(10_000).default(64).describe('Transforms waiting for a slot; beyond this, 503 with Retry-After. (default 64)'),
+    transformConcurrency: z.coerce.number().int().min(0).max(256).default(0).describe('Transforms run at once; 0 means one per CPU core. (default 0)'),
     connectTimeout: duration('5s').default(5000).describe('Connecting to the origin may take this long before a 502. (default 5s)'),
     originTimeout: duration('30s').default(30_000).describe('Waiting for the origin\'s response headers may take this long before a 504. (default 30s)'),
     bodyTimeout: duration('30s').default(30_000).describe('A gap this long while reading a body aborts it (the entry is not stored). (default 30s)'),

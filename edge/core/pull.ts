@@ -24,6 +24,7 @@ import {
   notModifiedHeaders,
   statusAllowsBody,
 } from './respond.js';
+import type { ImageVariants } from './image-variants.js';
 import type { CacheEntry, CacheEntryMeta, CacheStore } from './store/types.js';
 
 /** Per-request facts recorded for the access log and metrics. */
@@ -63,7 +64,7 @@ const FILL_STRIPPED_REQUEST_FIELDS = ['if-none-match', 'if-modified-since', 'if-
 const KEEP_WITH_VALIDATOR_SECONDS = 7 * 24 * 3600;
 
 /** A GET/HEAD on its way through the pull path. */
-interface PullRequest {
+export interface PullRequest {
   request: Request;
   pathname: string;
   key: string;
@@ -96,6 +97,8 @@ export class PullCache {
    * `loadPushedIndex()` rebuilds it at start-up.
    */
   readonly pushedPaths = new Set<string>();
+  /** Image transformation, when the runtime has a transformer (set by createEdgeApp). */
+  images?: ImageVariants;
 
   constructor(deps: PullDeps) {
     this.deps = deps;
@@ -128,23 +131,39 @@ export class PullCache {
     if (request.method !== 'GET' && request.method !== 'HEAD') {
       return this.passUnsafe(request, ctx, key, forwarding, pathAndQuery);
     }
-    const headers = headersToRecord(request.headers);
-    const pull: PullRequest = {
-      request,
-      pathname: url.pathname,
-      key,
-      pathAndQuery,
-      headers,
-      policyRequest: { url: pathAndQuery, method: 'GET', headers },
-      isHead: request.method === 'HEAD',
-      forwarding,
-      ctx,
-    };
+    if (this.images && url.search !== '') {
+      const params = await this.images.parse(url);
+      if (params) return this.images.handle(request, ctx, params);
+    }
+    const pull = this.requestFor(request, ctx, key, { pathname: url.pathname, pathAndQuery, forwarding });
+    const headers = pull.headers;
     if (key.length > MAX_KEY_LENGTH) return this.fetchFromOrigin(pull, { reason: 'bypass' }, false);
     // A request with credentials is not answered from the shared cache; its
     // response may still be stored if the origin marks it public (RFC 9111 3.5).
     if (headers.authorization !== undefined) return this.fetchFromOrigin(pull, { reason: 'request' });
     return this.serve(pull);
+  }
+
+  /** The pull-path view of a GET/HEAD request for `key`. */
+  requestFor(
+    request: Request,
+    ctx: RequestContext,
+    key: string,
+    described?: { pathname: string; pathAndQuery: string; forwarding: ForwardingOptions },
+  ): PullRequest {
+    const facts = described ?? (({ url, pathAndQuery, forwarding }) => ({ pathname: url.pathname, pathAndQuery, forwarding }))(this.describe(request, ctx.clientIp));
+    const headers = headersToRecord(request.headers);
+    return {
+      request,
+      pathname: facts.pathname,
+      key,
+      pathAndQuery: facts.pathAndQuery,
+      headers,
+      policyRequest: { url: facts.pathAndQuery, method: 'GET', headers },
+      isHead: request.method === 'HEAD',
+      forwarding: facts.forwarding,
+      ctx,
+    };
   }
 
   /** Look up, then hit, revalidate or miss. */
@@ -459,7 +478,7 @@ export class PullCache {
   }
 
   /** The stored variant matching the request's Vary-named headers (RFC 9111 4.1). */
-  private selectVariant(entries: CacheEntry[], requestHeaders: Record<string, string>): CacheEntry | undefined {
+  selectVariant(entries: CacheEntry[], requestHeaders: Record<string, string>): CacheEntry | undefined {
     let best: CacheEntry | undefined;
     for (const entry of entries) {
       const names = varyNames(entry.meta.headers.vary);

@@ -7,6 +7,7 @@
  * origin is started in-process so `npm start` works on a fresh clone.
  */
 import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
 import { edgeOptionsSchema, EdgeOptionsError, optionEnv, optionFlag, resolveEdgeOptions, type EdgeOptions } from '../core/options.js';
 import { startDemoOrigin } from './demo-origin.js';
@@ -63,6 +64,10 @@ export function collectOptionInput(argv: string[], env: NodeJS.ProcessEnv): Reco
 }
 
 async function main(): Promise<void> {
+  // sharp runs on libuv's thread pool (4 threads by default): leave room for
+  // one transform per core next to file-system work. Must be set before the
+  // pool's first use.
+  process.env.UV_THREADPOOL_SIZE ??= String(Math.max(8, availableParallelism() + 4));
   const argv = process.argv.slice(2);
   if (argv.includes('--help') || argv.includes('-h')) {
     console.log(helpText());

@@ -18,6 +18,7 @@ import { TieredCacheStore } from '../core/store/tiered.js';
 import type { CacheStore } from '../core/store/types.js';
 import { LmdbCacheStore } from './lmdb-store.js';
 import { createEdgeMetrics } from './metrics.js';
+import { SharpImageTransformer } from './sharp-transformer.js';
 import { UndiciOriginClient } from './undici-origin.js';
 
 export interface EdgeServerOverrides {
@@ -70,6 +71,15 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
       connections: options.originConnections,
     });
   const metrics = createEdgeMetrics(store);
+  const imageTransformer = options.images
+    ? new SharpImageTransformer({
+        maxInputPixels: options.imageMaxPixels,
+        timeoutMs: options.transformTimeout,
+        maxQueue: options.transformQueue,
+        avifEffort: options.avifEffort,
+        ...(options.transformConcurrency > 0 ? { concurrency: options.transformConcurrency } : {}),
+      })
+    : undefined;
 
   const edge = createEdgeApp({
     createHasher: () => {
@@ -80,6 +90,7 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
     store,
     origin,
     now,
+    imageTransformer,
     clientIp: clientAddress,
     sendEarlyHints: (c, headers) => {
       const outgoing = (c.env as HttpBindings | undefined)?.outgoing;
@@ -115,6 +126,7 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
         setTimeout(() => server.closeAllConnections(), 2000).unref();
       });
       await edge.settle();
+      await imageTransformer?.close();
       await origin.close?.();
       await store.close();
     },

@@ -1,0 +1,326 @@
+/**
+ * Image variants: `/photo.jpg?width=400&format=auto` is answered with a
+ * transformed copy of the source, cached like any response under a key
+ * built from the source key and the *resolved* parameters (negotiated
+ * format included, never the raw Accept string).
+ *
+ * The source is fetched through the pull path itself, so it is cached,
+ * revalidated, collapsed and served from pushes exactly like a direct
+ * request; a new width never refetches the original. A variant's freshness
+ * is its source's, and it records the source's ETag so that once stale it
+ * is refreshed without re-encoding when the source did not change.
+ */
+import type { CacheStatusFields } from './cache-status.js';
+import { pushedKey } from './cache-key.js';
+import { FlightTable, waitForFlight } from './collapse.js';
+import { EdgeError } from './errors.js';
+import { headersToRecord } from './headers.js';
+import {
+  IMAGE_CONTENT_TYPES,
+  IMAGE_PARAM_NAMES,
+  isTransformableContentType,
+  negotiateFormat,
+  parseImageParams,
+  resolveImageParams,
+  sniffImageFormat,
+  sourceFormatFromContentType,
+  variantCacheSuffix,
+  verifyImageSignature,
+  widthsFromRange,
+} from './image/params.js';
+import type { ImageParams, ImageTransformer, ResolvedImageParams } from './image/types.js';
+import type { EdgeOptions } from './options.js';
+import type { EdgePolicy, PolicyFactory } from './policy.js';
+import type { PullCache, PullRequest, RequestContext } from './pull.js';
+import type { CacheEntry, CacheEntryMeta, CacheStore } from './store/types.js';
+
+export interface ImageVariantDeps {
+  options: EdgeOptions;
+  store: CacheStore;
+  pull: PullCache;
+  policies: PolicyFactory;
+  transformer: ImageTransformer;
+  now: () => number;
+}
+
+/** Source fields a variant inherits: freshness and identity of what it was made from. */
+const INHERITED_FIELDS = ['cache-control', 'expires', 'date', 'last-modified', 'cache-tag', 'surrogate-key', 'edge-cache-control', 'cdn-cache-control'];
+
+/** Internal field recording the source ETag a variant was made from. */
+const SOURCE_ETAG_FIELD = 'x-edge-source-etag';
+
+/** FNV-1a, 2 x 32 bits: a cheap, stable ETag for a variant (identity, not security). */
+function fnv64(text: string): string {
+  let h1 = 0x811c9dc5;
+  let h2 = 0x01000193 ^ text.length;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    h1 = Math.imul(h1 ^ c, 0x01000193);
+    h2 = Math.imul(h2 ^ c, 0x01000193) ^ (h1 >>> 7);
+  }
+  return (h1 >>> 0).toString(16).padStart(8, '0') + (h2 >>> 0).toString(16).padStart(8, '0');
+}
+
+async function readLimited(body: ReadableStream<Uint8Array>, limit: number): Promise<Uint8Array> {
+  const reader = body.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > limit) {
+      await reader.cancel();
+      throw new EdgeError('EDGE_UNPROCESSABLE_IMAGE', `The source image is larger than the ${limit}-byte limit for transformation.`);
+    }
+    chunks.push(value);
+  }
+  const out = new Uint8Array(size);
+  let offset = 0;
+  for (const chunk of chunks) {
+    out.set(chunk, offset);
+    offset += chunk.byteLength;
+  }
+  return out;
+}
+
+export class ImageVariants {
+  private readonly deps: ImageVariantDeps;
+  private readonly flights = new FlightTable();
+  private readonly allowedWidths?: number[];
+
+  constructor(deps: ImageVariantDeps) {
+    this.deps = deps;
+    if (deps.options.imageWidths) this.allowedWidths = widthsFromRange(deps.options.imageWidths);
+  }
+
+  /** Parse and check the parameters; null when the request asks for no transformation. */
+  async parse(url: URL): Promise<ImageParams | null> {
+    const params = parseImageParams(url.searchParams, { maxOutputSide: this.deps.options.imageMaxOutputSide, allowedWidths: this.allowedWidths });
+    if (!params) return null;
+    const key = this.deps.options.imageSigningKey;
+    if (key && !(await verifyImageSignature(key, url.pathname, url.searchParams))) {
+      throw new EdgeError('EDGE_BAD_SIGNATURE', 'This image URL is not signed, or its signature (sig) does not match its parameters.');
+    }
+    return params;
+  }
+
+  async handle(request: Request, ctx: RequestContext, params: ImageParams): Promise<Response> {
+    const { options, store } = this.deps;
+    const sourceUrl = new URL(request.url);
+    for (const name of IMAGE_PARAM_NAMES) sourceUrl.searchParams.delete(name);
+    // The source request: same client headers, but whole and unconditional.
+    const sourceHeaders = new Headers(request.headers);
+    for (const name of ['range', 'if-range', 'if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since']) sourceHeaders.delete(name);
+    const sourceRequest = new Request(sourceUrl, { method: 'GET', headers: sourceHeaders });
+    const source = this.deps.pull.describe(sourceRequest, ctx.clientIp);
+    const sourceKey = this.deps.pull.pushedPaths.has(sourceUrl.pathname) ? pushedKey(sourceUrl.pathname) : source.key;
+    const accept = request.headers.get('accept');
+    const isHead = request.method === 'HEAD';
+    const requestHeaders = headersToRecord(request.headers);
+
+    // Knowing the source's type from the cache gives the exact variant key
+    // without reading a byte of the source.
+    const known = await this.sourceContentType(sourceKey, requestHeaders);
+    let variantKey: string | undefined;
+    let stale: { entry: CacheEntry; policy: EdgePolicy } | undefined;
+    if (known !== undefined) {
+      this.assertTransformable(known);
+      const resolved = this.resolve(params, accept, sourceFormatFromContentType(known));
+      variantKey = this.variantKey(sourceKey, resolved);
+      ctx.log.key = variantKey;
+      const [entry] = await store.get(variantKey);
+      if (entry) {
+        const policy = this.deps.pull.policyOf(entry.meta);
+        const freshness = entry.meta.invalidated ? 'revalidate' : policy.evaluate({ url: variantKey, method: 'GET', headers: requestHeaders }, options.honorRequestCacheControl);
+        if (freshness === 'fresh' || freshness === 'stale-allowed') {
+          ctx.log.outcome = 'hit';
+          return this.answer(request, ctx, params, { meta: entry.meta, body: entry.body, tier: entry.tier }, policy, {
+            hit: true,
+            ttl: policy.freshnessLifetime() - policy.age(),
+          });
+        }
+        stale = { entry, policy };
+      }
+    }
+
+    const flightKey = variantKey ?? `${sourceKey}#img-pending:${new URLSearchParams([...new URL(request.url).searchParams].sort()).toString()}`;
+    const flight = this.flights.join(flightKey);
+    if (flight) {
+      const outcome = await waitForFlight(flight, options.collapseTimeout);
+      if (outcome !== 'timeout' && outcome.kind === 'failed') throw outcome.error;
+      if (outcome !== 'timeout' && outcome.kind === 'stored') return this.handle(request, ctx, params);
+    }
+    const land = flight ? undefined : this.flights.lead(flightKey);
+    try {
+      const response = await this.produce(request, ctx, params, { sourceRequest, sourceKey, accept, isHead, requestHeaders, stale });
+      land?.({ kind: response.stored ? 'stored' : 'uncacheable' });
+      return response.response;
+    } catch (error) {
+      land?.({ kind: 'failed', error });
+      throw error;
+    }
+  }
+
+  private async produce(
+    request: Request,
+    ctx: RequestContext,
+    params: ImageParams,
+    job: {
+      sourceRequest: Request;
+      sourceKey: string;
+      accept: string | null;
+      isHead: boolean;
+      requestHeaders: Record<string, string>;
+      stale?: { entry: CacheEntry; policy: EdgePolicy };
+    },
+  ): Promise<{ response: Response; stored: boolean }> {
+    const { options, store, policies, now, transformer } = this.deps;
+    const sourceCtx: RequestContext = { ...ctx, log: {}, sendEarlyHints: undefined };
+    const sourceResponse = await this.deps.pull.handle(job.sourceRequest, sourceCtx);
+    ctx.log.originMs = sourceCtx.log.originMs;
+    if (sourceResponse.status !== 200) {
+      // Not an image to work on (404, 5xx, redirects...): the client sees what the source is.
+      ctx.log.outcome = sourceCtx.log.outcome;
+      return { response: sourceResponse, stored: false };
+    }
+    const contentType = sourceResponse.headers.get('content-type');
+    try {
+      this.assertTransformable(contentType);
+    } catch (error) {
+      await sourceResponse.body?.cancel();
+      throw error;
+    }
+    const declared = Number(sourceResponse.headers.get('content-length') ?? '0');
+    if (declared > options.imageMaxSourceSize) {
+      await sourceResponse.body?.cancel();
+      throw new EdgeError('EDGE_UNPROCESSABLE_IMAGE', `The source image is larger than the ${options.imageMaxSourceSize}-byte limit for transformation.`);
+    }
+    const resolved = this.resolve(params, job.accept, sourceFormatFromContentType(contentType));
+    const variantKey = this.variantKey(job.sourceKey, resolved);
+    ctx.log.key = variantKey;
+    const sourceHeaders = headersToRecord(sourceResponse.headers);
+    const sourceEtag = sourceHeaders.etag;
+    const sourceAge = Number(sourceHeaders.age ?? '0');
+
+    const headers: Record<string, string> = {};
+    for (const field of INHERITED_FIELDS) if (sourceHeaders[field] !== undefined) headers[field] = sourceHeaders[field]!;
+    if (sourceAge > 0) headers.age = String(sourceAge);
+    if (headers.date === undefined) headers.date = new Date(now()).toUTCString();
+    if (sourceEtag !== undefined) headers[SOURCE_ETAG_FIELD] = sourceEtag;
+    const policyRequest = { url: variantKey, method: 'GET', headers: job.requestHeaders };
+
+    // A stale variant of an unchanged source only needs its freshness renewed.
+    if (job.stale && sourceEtag !== undefined && job.stale.entry.meta.headers[SOURCE_ETAG_FIELD] === sourceEtag) {
+      await sourceResponse.body?.cancel();
+      const merged = { ...job.stale.entry.meta.headers, ...headers };
+      const policy = policies.fromResponse(policyRequest, { status: 200, headers: merged });
+      const meta: CacheEntryMeta = {
+        ...job.stale.entry.meta,
+        headers: merged,
+        policy: policy.toObject(),
+        storedAt: now(),
+        expiresAt: policy.usefulUntil(options.staleGrace, 7 * 24 * 3600),
+        invalidated: false,
+      };
+      await store.updateMeta(meta);
+      ctx.log.outcome = 'revalidated';
+      return {
+        response: this.answer(request, ctx, params, { meta, body: job.stale.entry.body }, policy, {
+          fwd: 'stale',
+          detail: 'source-unchanged',
+          ttl: policy.freshnessLifetime() - policy.age(),
+        }),
+        stored: true,
+      };
+    }
+
+    const sourceBytes = await readLimited(sourceResponse.body!, options.imageMaxSourceSize);
+    const sniffed = sniffImageFormat(sourceBytes);
+    if (sniffed === undefined) {
+      throw new EdgeError('EDGE_UNPROCESSABLE_IMAGE', 'The source is not a decodable image (its bytes match no supported image format).');
+    }
+    const output = await transformer.transform(sourceBytes, resolved);
+
+    headers['content-type'] = IMAGE_CONTENT_TYPES[output.format];
+    headers['content-length'] = String(output.body.byteLength);
+    headers.etag = `"${fnv64(`${sourceEtag ?? fnv64(String(sourceBytes.byteLength))}|${variantCacheSuffix(resolved)}`)}"`;
+    const policy = policies.fromResponse(policyRequest, { status: 200, headers });
+    const storable = policy.storable() && (policy.freshnessLifetime() > 0 || policy.hasValidator());
+    const meta: CacheEntryMeta = {
+      key: variantKey,
+      variant: '',
+      status: 200,
+      headers,
+      policy: policy.toObject(),
+      size: output.body.byteLength,
+      tags: job.stale?.entry.meta.tags ?? [],
+      storedAt: now(),
+      expiresAt: policy.usefulUntil(options.staleGrace, 7 * 24 * 3600),
+      sourceKey: job.sourceKey,
+    };
+    const sourceTags = [...(sourceHeaders['cache-tag'] ?? '').split(','), ...(sourceHeaders['surrogate-key'] ?? '').split(/\s+/)]
+      .map((t) => t.trim())
+      .filter(Boolean);
+    meta.tags = sourceTags;
+    let stored = false;
+    if (storable) {
+      const writer = store.createWriter(variantKey, '', output.body.byteLength);
+      writer.write(output.body);
+      stored = await writer.commit(meta);
+    }
+    ctx.log.outcome = job.stale ? 'stale' : 'miss';
+    ctx.log.detail = 'transformed';
+    const bytes = output.body;
+    return {
+      response: this.answer(
+        request,
+        ctx,
+        params,
+        { meta, body: { size: bytes.byteLength, bytes, stream: () => new Response(bytes as unknown as BodyInit).body! } },
+        policy,
+        { fwd: job.stale ? 'stale' : 'miss', stored, detail: 'transformed', ttl: stored ? policy.freshnessLifetime() - policy.age() : undefined },
+      ),
+      stored,
+    };
+  }
+
+  private answer(request: Request, ctx: RequestContext, params: ImageParams, entry: CacheEntry, policy: EdgePolicy, fields: CacheStatusFields): Response {
+    const pull: PullRequest = this.deps.pull.requestFor(request, ctx, entry.meta.key);
+    const response = this.deps.pull.fromCache(pull, entry, policy, fields);
+    response.headers.delete(SOURCE_ETAG_FIELD);
+    if (params.format === 'auto') response.headers.set('vary', 'Accept');
+    return response;
+  }
+
+  private resolve(params: ImageParams, accept: string | null, sourceFormat: ReturnType<typeof sourceFormatFromContentType>): ResolvedImageParams {
+    const format = negotiateFormat(params.format, accept, sourceFormat);
+    return resolveImageParams(params, format, { quality: this.deps.options.imageQuality, maxOutputSide: this.deps.options.imageMaxOutputSide });
+  }
+
+  /** Variant key: after the source key, so prefix purges of the path cover it. */
+  private variantKey(sourceKey: string, resolved: ResolvedImageParams): string {
+    return `${sourceKey}#img:${variantCacheSuffix(resolved)}`;
+  }
+
+  private assertTransformable(contentType: string | null): void {
+    if (isTransformableContentType(contentType)) return;
+    const svg = /image\/svg/i.test(contentType ?? '');
+    throw new EdgeError(
+      'EDGE_UNSUPPORTED_MEDIA_TYPE',
+      svg
+        ? 'SVG sources are not rasterised (untrusted SVG is a script and XML-entity risk); request the SVG without image parameters.'
+        : `The source is ${contentType ?? 'of unknown type'}, not a JPEG, PNG, WebP, AVIF, GIF or TIFF image; image parameters apply only to images.`,
+      { details: { contentType } },
+    );
+  }
+
+  /** The content type of the cached source, if the source is cached. */
+  private async sourceContentType(sourceKey: string, requestHeaders: Record<string, string>): Promise<string | null | undefined> {
+    const entries = await this.deps.store.get(sourceKey);
+    const entry = this.deps.pull.selectVariant(entries, requestHeaders);
+    if (!entry || entry.meta.status !== 200) return undefined;
+    return entry.meta.headers['content-type'] ?? null;
+  }
+}
+
