@@ -46,6 +46,9 @@ export interface ImageVariantDeps {
 /** Source fields a variant inherits: freshness and identity of what it was made from. */
 const INHERITED_FIELDS = ['cache-control', 'expires', 'date', 'last-modified', 'cache-tag', 'surrogate-key', 'edge-cache-control', 'cdn-cache-control'];
 
+/** Conditional and range fields: the source is fetched whole and unconditionally. */
+const SOURCE_STRIPPED_FIELDS = new Set(['range', 'if-range', 'if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since']);
+
 /** Internal field recording the source ETag a variant was made from. */
 const SOURCE_ETAG_FIELD = 'x-edge-source-etag';
 
@@ -109,15 +112,21 @@ export class ImageVariants {
     const { options, store } = this.deps;
     const sourceUrl = new URL(request.url);
     for (const name of IMAGE_PARAM_NAMES) sourceUrl.searchParams.delete(name);
+    // Read headers from the runtime's parsed record when it has one: a
+    // variant hit should cost what any hit costs.
+    const requestHeaders = ctx.requestHeaders ?? headersToRecord(request.headers);
     // The source request: same client headers, but whole and unconditional.
-    const sourceHeaders = new Headers(request.headers);
-    for (const name of ['range', 'if-range', 'if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since']) sourceHeaders.delete(name);
-    const sourceRequest = new Request(sourceUrl, { method: 'GET', headers: sourceHeaders });
-    const source = this.deps.pull.describe(sourceRequest, ctx.clientIp);
+    const sourceRecord: Record<string, string> = {};
+    for (const name in requestHeaders) if (!SOURCE_STRIPPED_FIELDS.has(name)) sourceRecord[name] = requestHeaders[name]!;
+    const source = this.deps.pull.describe({ url: sourceUrl.href } as Request, ctx.clientIp, sourceRecord);
     const sourceKey = this.deps.pull.pushedPaths.has(sourceUrl.pathname) ? pushedKey(sourceUrl.pathname) : source.key;
-    const accept = request.headers.get('accept');
+    const accept = requestHeaders.accept ?? null;
     const isHead = request.method === 'HEAD';
-    const requestHeaders = headersToRecord(request.headers);
+    const sourceRequest = (): Request => {
+      const headers = new Headers(request.headers);
+      for (const name of SOURCE_STRIPPED_FIELDS) headers.delete(name);
+      return new Request(sourceUrl, { method: 'GET', headers });
+    };
 
     // Knowing the source's type from the cache gives the exact variant key
     // without reading a byte of the source.
@@ -167,7 +176,7 @@ export class ImageVariants {
     ctx: RequestContext,
     params: ImageParams,
     job: {
-      sourceRequest: Request;
+      sourceRequest: () => Request;
       sourceKey: string;
       accept: string | null;
       isHead: boolean;
@@ -176,8 +185,8 @@ export class ImageVariants {
     },
   ): Promise<{ response: Response; stored: boolean }> {
     const { options, store, policies, now, transformer } = this.deps;
-    const sourceCtx: RequestContext = { ...ctx, log: {}, sendEarlyHints: undefined };
-    const sourceResponse = await this.deps.pull.handle(job.sourceRequest, sourceCtx);
+    const sourceCtx: RequestContext = { ...ctx, log: {}, sendEarlyHints: undefined, requestHeaders: undefined };
+    const sourceResponse = await this.deps.pull.handle(job.sourceRequest(), sourceCtx);
     ctx.log.originMs = sourceCtx.log.originMs;
     if (sourceResponse.status !== 200) {
       // Not an image to work on (404, 5xx, redirects...): the client sees what the source is.

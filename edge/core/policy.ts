@@ -276,11 +276,19 @@ export function createPolicyFactory(options: PolicyOptions) {
   const { now, heuristicMaxAge, defaultTtl } = options;
 
   class ClockedPolicy extends CachePolicy {
+    /** maxAge() depends only on the stored headers: computed once (it sits on the hit path). */
+    private lifetime?: number;
+
     now(): number {
       return now();
     }
 
     override maxAge(): number {
+      this.lifetime ??= this.computeMaxAge();
+      return this.lifetime;
+    }
+
+    private computeMaxAge(): number {
       const self = this as unknown as LibraryInternals;
       const explicit =
         self._rescc['s-maxage'] !== undefined || self._rescc['max-age'] !== undefined || self._resHeaders.expires !== undefined;

@@ -44,6 +44,13 @@ export interface RequestContext {
   clientIp?: string;
   /** Keep background work (refreshes, cache fills) alive after the response is sent. */
   waitUntil(promise: Promise<unknown>): void;
+  /**
+   * The request's headers as a lower-case record, when the runtime already
+   * has them parsed (Node's `IncomingMessage.headers`): reading
+   * `request.headers` on @hono/node-server's lazy Request builds a full
+   * Fetch Request, which costs more than the rest of a cache hit.
+   */
+  requestHeaders?: Record<string, string>;
   /** Relay a 103 Early Hints response to the client, where the runtime can. */
   sendEarlyHints?(headers: Record<string, string | string[]>): void;
   log: RequestLog;
@@ -107,14 +114,14 @@ export class PullCache {
   }
 
   /** The primary cache key and forwarding facts for a request. */
-  describe(request: Request, clientIp: string | undefined, dropParam?: (name: string) => boolean) {
+  describe(request: Request, clientIp: string | undefined, headers: Record<string, string> = headersToRecord(request.headers)) {
     const url = new URL(request.url);
     const trustedPeer = clientIp !== undefined && this.trusted.has(clientIp);
-    const forwardedProto = trustedPeer ? request.headers.get('x-forwarded-proto') : null;
-    const forwardedHost = trustedPeer ? request.headers.get('x-forwarded-host') : null;
+    const forwardedProto = trustedPeer ? headers['x-forwarded-proto'] : undefined;
+    const forwardedHost = trustedPeer ? headers['x-forwarded-host'] : undefined;
     const proto = (forwardedProto ?? url.protocol.slice(0, -1)).split(',')[0]!.trim();
-    const host = (forwardedHost ?? request.headers.get('host') ?? url.host).split(',')[0]!.trim();
-    const query = normaliseQuery(url.search, this.ignoreParam, this.deps.options.sortQuery, dropParam);
+    const host = (forwardedHost ?? headers.host ?? url.host).split(',')[0]!.trim();
+    const query = normaliseQuery(url.search, this.ignoreParam, this.deps.options.sortQuery);
     const key = primaryKey(url.pathname + query, proto, host);
     const forwarding: ForwardingOptions = { clientIp, trustedPeer, proto, host, port: url.port || undefined, via: this.deps.options.name };
     return { url, key, forwarding, pathAndQuery: url.pathname + url.search };
@@ -126,7 +133,8 @@ export class PullCache {
   }
 
   async handle(request: Request, ctx: RequestContext): Promise<Response> {
-    const { url, key, forwarding, pathAndQuery } = this.describe(request, ctx.clientIp);
+    const requestHeaders = ctx.requestHeaders ?? headersToRecord(request.headers);
+    const { url, key, forwarding, pathAndQuery } = this.describe(request, ctx.clientIp, requestHeaders);
     ctx.log.key = key;
     if (request.method !== 'GET' && request.method !== 'HEAD') {
       return this.passUnsafe(request, ctx, key, forwarding, pathAndQuery);
@@ -135,7 +143,7 @@ export class PullCache {
       const params = await this.images.parse(url);
       if (params) return this.images.handle(request, ctx, params);
     }
-    const pull = this.requestFor(request, ctx, key, { pathname: url.pathname, pathAndQuery, forwarding });
+    const pull = this.requestFor(request, ctx, key, { pathname: url.pathname, pathAndQuery, forwarding, headers: requestHeaders });
     const headers = pull.headers;
     if (key.length > MAX_KEY_LENGTH) return this.fetchFromOrigin(pull, { reason: 'bypass' }, false);
     // A request with credentials is not answered from the shared cache; its
@@ -149,10 +157,10 @@ export class PullCache {
     request: Request,
     ctx: RequestContext,
     key: string,
-    described?: { pathname: string; pathAndQuery: string; forwarding: ForwardingOptions },
+    described?: { pathname: string; pathAndQuery: string; forwarding: ForwardingOptions; headers: Record<string, string> },
   ): PullRequest {
-    const facts = described ?? (({ url, pathAndQuery, forwarding }) => ({ pathname: url.pathname, pathAndQuery, forwarding }))(this.describe(request, ctx.clientIp));
-    const headers = headersToRecord(request.headers);
+    const headers = described?.headers ?? ctx.requestHeaders ?? headersToRecord(request.headers);
+    const facts = described ?? (({ url, pathAndQuery, forwarding }) => ({ pathname: url.pathname, pathAndQuery, forwarding }))(this.describe(request, ctx.clientIp, headers));
     return {
       request,
       pathname: facts.pathname,

@@ -50,11 +50,20 @@ export function createEdgeMetrics(store: CacheStore, options: { defaultMetrics?:
       this.set(store.stats().entries);
     },
   });
+  // Label children cached: resolving labels per observation is measurable on the hit path.
+  const requestChildren = new Map<string, ReturnType<typeof requests.labels>>();
+  const durationChildren = new Map<string, ReturnType<typeof duration.labels>>();
   return {
     observe(record) {
       const outcome = record.outcome ?? 'none';
-      requests.inc({ outcome, status: `${Math.floor(record.status / 100)}xx` });
-      duration.observe({ outcome }, record.durationMs / 1000);
+      const status = `${Math.floor(record.status / 100)}xx`;
+      const requestKey = `${outcome} ${status}`;
+      let counter = requestChildren.get(requestKey);
+      if (!counter) requestChildren.set(requestKey, (counter = requests.labels(outcome, status)));
+      counter.inc();
+      let histogram = durationChildren.get(outcome);
+      if (!histogram) durationChildren.set(outcome, (histogram = duration.labels(outcome)));
+      histogram.observe(record.durationMs / 1000);
       if (record.originMs !== undefined) originLatency.observe(record.originMs / 1000);
     },
     render: () => registry.metrics(),

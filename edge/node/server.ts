@@ -8,7 +8,6 @@ import { createHash } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
 import { serve, type HttpBindings } from '@hono/node-server';
-import type { Context } from 'hono';
 import pino, { type Logger } from 'pino';
 import { createEdgeApp, type EdgeApp, type RequestRecord } from '../core/app.js';
 import type { EdgeOptions } from '../core/options.js';
@@ -39,8 +38,8 @@ export interface EdgeServer {
   close(): Promise<void>;
 }
 
-function clientAddress(c: Context): string | undefined {
-  const address = (c.env as HttpBindings | undefined)?.incoming?.socket?.remoteAddress;
+function clientAddress(env: unknown): string | undefined {
+  const address = (env as HttpBindings | undefined)?.incoming?.socket?.remoteAddress;
   // IPv4 clients on a dual-stack socket appear as ::ffff:a.b.c.d.
   return address?.startsWith('::ffff:') ? address.slice(7) : address;
 }
@@ -92,8 +91,10 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
     now,
     imageTransformer,
     clientIp: clientAddress,
-    sendEarlyHints: (c, headers) => {
-      const outgoing = (c.env as HttpBindings | undefined)?.outgoing;
+    // Node has already parsed the headers into a lower-case record (duplicates joined).
+    requestHeaders: (env) => (env as HttpBindings | undefined)?.incoming?.headers as Record<string, string> | undefined,
+    sendEarlyHints: (env, headers) => {
+      const outgoing = (env as HttpBindings | undefined)?.outgoing;
       if (outgoing && !outgoing.headersSent) outgoing.writeEarlyHints(headers as Record<string, string | string[]>);
     },
     onRequest: (record: RequestRecord) => {
@@ -105,7 +106,7 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
 
   await edge.ready;
   const server = await new Promise<Server>((resolve, reject) => {
-    const s = serve({ fetch: edge.app.fetch, port: options.port, hostname: options.host }, () => resolve(s as Server));
+    const s = serve({ fetch: edge.fetch as never, port: options.port, hostname: options.host }, () => resolve(s as Server));
     s.once('error', reject);
   });
   // Keep-alive longer than typical load balancers' idle timeouts, so they close first.
