@@ -121,7 +121,11 @@ export class LmdbCacheStore implements CacheStore {
     this.#evictPushed = options.evictPushed ?? false;
     this.#onError = options.onError ?? (() => {});
 
-    this.#root = open({ path, maxDbs: 8 });
+    // noSync: a cache does not need each commit fsynced (2.6 ms vs 0.2 ms per
+    // awaited write here, measured). A process crash loses nothing (the OS
+    // holds the pages); only an OS crash or power loss can lose recent
+    // entries, and the cache refills from the origin.
+    this.#root = open({ path, maxDbs: 8, noSync: true });
     this.#meta = this.#root.openDB<StoredMeta, string>('meta', {});
     this.#chunks = this.#root.openDB<Uint8Array, ChunkKey>('chunks', { encoding: 'binary' });
     this.#tags = this.#root.openDB<string, string>('tags', { dupSort: true, encoding: 'ordered-binary' });
