@@ -127,7 +127,13 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
       sendEarlyHints: deps.sendEarlyHints ? (headers) => deps.sendEarlyHints!(c.env, headers) : undefined,
       log: logs.get(c.req.raw) ?? {},
     };
-    return pull.handle(c.req.raw, ctx);
+    return pull.handle(c.req.raw, ctx).catch((error: unknown) => {
+      // Errors carry Cache-Status too, so a client can tell where they came from.
+      const response = errorResponse(error);
+      const code = (error as { code?: unknown } | null)?.code;
+      response.headers.set('cache-status', `${options.name}; fwd=miss${typeof code === 'string' ? `; detail=${code}` : ''}`);
+      return response;
+    });
   });
 
   const onRequest = deps.onRequest;

@@ -36,7 +36,8 @@ export function normaliseQuery(search: string, ignore: (name: string) => boolean
     kept.push([name, value]);
   }
   if (kept.length === 0) return '';
-  if (sort) kept.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0));
+  // By name only (the sort is stable): the order of a repeated parameter is meaningful (?id=2&id=1).
+  if (sort) kept.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
   return '?' + new URLSearchParams(kept).toString();
 }
 

@@ -49,8 +49,19 @@ const INHERITED_FIELDS = ['cache-control', 'expires', 'date', 'last-modified', '
 /** Conditional and range fields: the source is fetched whole and unconditionally. */
 const SOURCE_STRIPPED_FIELDS = new Set(['range', 'if-range', 'if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since']);
 
-/** Internal field recording the source ETag a variant was made from. */
+/**
+ * Internal field recording the identity of the source a variant was made
+ * from: its ETag, or for a source without one a SHA-256 of its bytes.
+ */
 const SOURCE_ETAG_FIELD = 'x-edge-source-etag';
+
+/** Identity of a source without an ETag: SHA-256 of its bytes (Web Crypto, so Workers too). */
+async function bytesIdentity(bytes: Uint8Array<ArrayBuffer>): Promise<string> {
+  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes));
+  let hex = '';
+  for (const b of digest.subarray(0, 16)) hex += b.toString(16).padStart(2, '0');
+  return `sha256:${hex}`;
+}
 
 /** FNV-1a, 2 x 32 bits: a cheap, stable ETag for a variant (identity, not security). */
 function fnv64(text: string): string {
@@ -64,7 +75,7 @@ function fnv64(text: string): string {
   return (h1 >>> 0).toString(16).padStart(8, '0') + (h2 >>> 0).toString(16).padStart(8, '0');
 }
 
-async function readLimited(body: ReadableStream<Uint8Array>, limit: number): Promise<Uint8Array> {
+async function readLimited(body: ReadableStream<Uint8Array>, limit: number): Promise<Uint8Array<ArrayBuffer>> {
   const reader = body.getReader();
   const chunks: Uint8Array[] = [];
   let size = 0;
@@ -220,28 +231,32 @@ export class ImageVariants {
     const policyRequest = { url: variantKey, method: 'GET', headers: job.requestHeaders };
 
     // A stale variant of an unchanged source only needs its freshness renewed.
-    if (job.stale && sourceEtag !== undefined && job.stale.entry.meta.headers[SOURCE_ETAG_FIELD] === sourceEtag) {
-      await sourceResponse.body?.cancel();
-      const merged = { ...job.stale.entry.meta.headers, ...headers };
+    const refresh = async (stale: CacheEntry): Promise<{ response: Response; stored: boolean }> => {
+      const merged = { ...stale.meta.headers, ...headers };
       const policy = policies.fromResponse(policyRequest, { status: 200, headers: merged });
       const meta: CacheEntryMeta = {
-        ...job.stale.entry.meta,
+        ...stale.meta,
         headers: merged,
         policy: policy.toObject(),
         storedAt: now(),
         expiresAt: policy.usefulUntil(options.staleGrace, 7 * 24 * 3600),
         invalidated: false,
       };
-      await store.updateMeta(meta);
+      const stored = await store.updateMeta(meta);
       ctx.log.outcome = 'revalidated';
+      ctx.log.detail = 'source-unchanged';
       return {
-        response: this.answer(request, ctx, params, { meta, body: job.stale.entry.body }, policy, {
+        response: this.answer(request, ctx, params, { meta, body: stale.body }, policy, {
           fwd: 'stale',
           detail: 'source-unchanged',
           ttl: policy.freshnessLifetime() - policy.age(),
         }),
-        stored: true,
+        stored,
       };
+    };
+    if (job.stale && sourceEtag !== undefined && job.stale.entry.meta.headers[SOURCE_ETAG_FIELD] === sourceEtag) {
+      await sourceResponse.body?.cancel();
+      return refresh(job.stale.entry);
     }
 
     const sourceBytes = await readLimited(sourceResponse.body!, options.imageMaxSourceSize);
@@ -249,11 +264,18 @@ export class ImageVariants {
     if (sniffed === undefined) {
       throw new EdgeError('EDGE_UNPROCESSABLE_IMAGE', 'The source is not a decodable image (its bytes match no supported image format).');
     }
+    // Without an ETag, the source is identified by its bytes: a changed
+    // source of the same size must not keep the old variant's ETag.
+    const sourceIdentity = sourceEtag ?? (await bytesIdentity(sourceBytes));
+    headers[SOURCE_ETAG_FIELD] = sourceIdentity;
+    if (job.stale && sourceEtag === undefined && job.stale.entry.meta.headers[SOURCE_ETAG_FIELD] === sourceIdentity) {
+      return refresh(job.stale.entry);
+    }
     const output = await transformer.transform(sourceBytes, resolved);
 
     headers['content-type'] = IMAGE_CONTENT_TYPES[output.format];
     headers['content-length'] = String(output.body.byteLength);
-    headers.etag = `"${fnv64(`${sourceEtag ?? fnv64(String(sourceBytes.byteLength))}|${variantCacheSuffix(resolved)}`)}"`;
+    headers.etag = `"${fnv64(`${sourceIdentity}|${variantCacheSuffix(resolved)}`)}"`;
     const policy = policies.fromResponse(policyRequest, { status: 200, headers });
     const storable = policy.storable() && (policy.freshnessLifetime() > 0 || policy.hasValidator());
     const meta: CacheEntryMeta = {
@@ -295,7 +317,8 @@ export class ImageVariants {
   }
 
   private answer(request: Request, ctx: RequestContext, params: ImageParams, entry: CacheEntry, policy: EdgePolicy, fields: CacheStatusFields): Response {
-    const pull: PullRequest = this.deps.pull.requestFor(request, ctx, entry.meta.key);
+    const described = this.deps.pull.describe(request, ctx.clientIp, ctx.requestHeaders ?? headersToRecord(request.headers));
+    const pull: PullRequest = this.deps.pull.requestFor(request, ctx, described, entry.meta.key);
     const response = this.deps.pull.fromCache(pull, entry, policy, fields);
     response.headers.delete(SOURCE_ETAG_FIELD);
     if (params.format === 'auto') response.headers.set('vary', 'Accept');

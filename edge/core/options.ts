@@ -8,6 +8,7 @@
  * nginx and Varnish read them); durations accept ms or `500ms` / `5s` / `2m` / `1h`.
  */
 import { z } from 'zod';
+import { originsConfigSchema } from './routes.js';
 
 const SIZE_UNITS: Record<string, number> = {
   '': 1,
@@ -74,21 +75,29 @@ const list = z
   .union([z.array(z.string()), z.string()])
   .transform((value) => (Array.isArray(value) ? value : value.split(',')).map((v) => v.trim()).filter(Boolean));
 
-const originUrl = z.string().refine(
-  (value) => {
-    try {
-      const url = new URL(value);
-      return url.protocol === 'http:' || url.protocol === 'https:';
-    } catch {
-      return false;
-    }
-  },
-  { message: 'expected an http:// or https:// URL, e.g. http://127.0.0.1:9000' },
-);
+function isOriginUrl(value: string): boolean {
+  try {
+    const url = new URL(value);
+    return url.protocol === 'http:' || url.protocol === 'https:' || (url.protocol === 's3:' && url.hostname !== '');
+  } catch {
+    return false;
+  }
+}
+
+/** One origin URL or a comma-separated pool of them (http://, https:// or s3://bucket). */
+const originList = z.string().refine((value) => value.split(',').every((part) => isOriginUrl(part.trim())), {
+  message: 'expected an http://, https:// or s3://bucket URL (or a comma-separated list), e.g. http://127.0.0.1:9000',
+});
+
+const shieldList = list.refine((urls) => urls.every((url) => isOriginUrl(url) && !url.startsWith('s3:')), {
+  message: 'expected http(s):// URLs of origin shields, comma-separated',
+});
 
 export const edgeOptionsSchema = z
   .object({
-    origin: originUrl.optional().describe('Upstream origin URL. Unset on Node: the embedded demo origin is started.'),
+    origin: originList.optional().describe('Upstream origin URL, or a comma-separated pool (http://, https://, s3://bucket/prefix?region=...&endpoint=...). Unset on Node: the embedded demo origin is started.'),
+    origins: originsConfigSchema.optional().describe('Origin groups and route rules (config file only; see README "Origin pools").'),
+    shield: shieldList.optional().describe('Origin shield URL(s), comma-separated: misses go to the shield chosen for the key by rendezvous hashing. (default unset)'),
     port: z.coerce.number().int().min(0).max(65535).default(8080).describe('Port to listen on; 0 picks a free one. (default 8080)'),
     host: z.string().min(1).default('0.0.0.0').describe('Address to listen on. (default 0.0.0.0)'),
     dataDir: z.string().min(1).default('./.edge-data').describe('Directory of the LMDB disk tier. (default ./.edge-data)'),

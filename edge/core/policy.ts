@@ -288,6 +288,17 @@ export function createPolicyFactory(options: PolicyOptions) {
       return this.lifetime;
     }
 
+    /**
+     * RFC 9111 4.2.3 corrected age: the library counts only the Age field;
+     * the apparent age (response time minus Date) counts too. Whole seconds,
+     * since Date has one-second resolution.
+     */
+    override age(): number {
+      const self = this as unknown as LibraryInternals & { _responseTime: number; _ageValue(): number };
+      const apparent = Math.max(0, Math.floor(self._responseTime / 1000) - Math.floor(this.date() / 1000));
+      return Math.max(apparent, self._ageValue()) + (now() - self._responseTime) / 1000;
+    }
+
     private computeMaxAge(): number {
       const self = this as unknown as LibraryInternals;
       const explicit =

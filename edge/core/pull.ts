@@ -25,6 +25,7 @@ import {
   statusAllowsBody,
 } from './respond.js';
 import type { ImageVariants } from './image-variants.js';
+import { matchRoute, type RouteCacheRules, type RouteConfig } from './routes.js';
 import type { CacheEntry, CacheEntryMeta, CacheStore } from './store/types.js';
 
 /** Per-request facts recorded for the access log and metrics. */
@@ -71,6 +72,17 @@ const FILL_STRIPPED_REQUEST_FIELDS = ['if-none-match', 'if-modified-since', 'if-
 const KEEP_WITH_VALIDATOR_SECONDS = 7 * 24 * 3600;
 
 /** A GET/HEAD on its way through the pull path. */
+/** What `describe()` derives from a request. */
+export interface Described {
+  url: URL;
+  key: string;
+  pathAndQuery: string;
+  forwarding: ForwardingOptions;
+  headers: Record<string, string>;
+  /** Cache rules of the matching route, if any. */
+  rules?: RouteCacheRules;
+}
+
 export interface PullRequest {
   request: Request;
   pathname: string;
@@ -80,6 +92,7 @@ export interface PullRequest {
   policyRequest: PolicyRequest;
   isHead: boolean;
   forwarding: ForwardingOptions;
+  rules?: RouteCacheRules;
   ctx: RequestContext;
 }
 
@@ -97,6 +110,7 @@ export class PullCache {
   private readonly refreshing = new Set<string>();
   private readonly ignoreParam: (name: string) => boolean;
   private readonly trusted: Set<string>;
+  private readonly routes: readonly RouteConfig[];
   private readonly policyMemo = new WeakMap<CacheEntryMeta, EdgePolicy>();
   /**
    * Paths that have a pushed object, so that requests for other paths skip
@@ -111,20 +125,32 @@ export class PullCache {
     this.deps = deps;
     this.ignoreParam = compileParamMatcher(deps.options.ignoreQueryParams);
     this.trusted = new Set(deps.options.trustedProxies);
+    this.routes = deps.options.origins?.routes.filter((route) => route.cache !== undefined) ?? [];
   }
 
-  /** The primary cache key and forwarding facts for a request. */
-  describe(request: Request, clientIp: string | undefined, headers: Record<string, string> = headersToRecord(request.headers)) {
+  /**
+   * Everything the node derives from a request before looking anything up:
+   * the primary cache key (query normalised; route rules may keep only some
+   * parameters or add request headers), forwarding facts, and the cache
+   * rules of the route it matches.
+   */
+  describe(request: Request, clientIp: string | undefined, headers: Record<string, string> = headersToRecord(request.headers)): Described {
     const url = new URL(request.url);
     const trustedPeer = clientIp !== undefined && this.trusted.has(clientIp);
     const forwardedProto = trustedPeer ? headers['x-forwarded-proto'] : undefined;
     const forwardedHost = trustedPeer ? headers['x-forwarded-host'] : undefined;
     const proto = (forwardedProto ?? url.protocol.slice(0, -1)).split(',')[0]!.trim();
     const host = (forwardedHost ?? headers.host ?? url.host).split(',')[0]!.trim();
-    const query = normaliseQuery(url.search, this.ignoreParam, this.deps.options.sortQuery);
-    const key = primaryKey(url.pathname + query, proto, host);
+    const rules = this.routes.length > 0 ? matchRoute(this.routes, { pathname: url.pathname, host, headers })?.cache : undefined;
+    const keepOnly = rules?.queryParams ? new Set(rules.queryParams) : undefined;
+    const query = normaliseQuery(url.search, this.ignoreParam, this.deps.options.sortQuery, keepOnly ? (name) => !keepOnly.has(name) : undefined);
+    let key = primaryKey(url.pathname + query, proto, host);
+    if (rules?.keyHeaders?.length) {
+      // A node-side Vary: the named request headers become part of the key.
+      key += '#h:' + rules.keyHeaders.map((name) => `${name}=${encodeURIComponent(headers[name] ?? '')}`).join('&');
+    }
     const forwarding: ForwardingOptions = { clientIp, trustedPeer, proto, host, port: url.port || undefined, via: this.deps.options.name };
-    return { url, key, forwarding, pathAndQuery: url.pathname + url.search };
+    return { url, key, forwarding, pathAndQuery: url.pathname + url.search, headers, rules };
   }
 
   /** Rebuild `pushedPaths` from the store (start-up). */
@@ -133,45 +159,42 @@ export class PullCache {
   }
 
   async handle(request: Request, ctx: RequestContext): Promise<Response> {
-    const requestHeaders = ctx.requestHeaders ?? headersToRecord(request.headers);
-    const { url, key, forwarding, pathAndQuery } = this.describe(request, ctx.clientIp, requestHeaders);
+    const described = this.describe(request, ctx.clientIp, ctx.requestHeaders ?? headersToRecord(request.headers));
+    const { url, key } = described;
     ctx.log.key = key;
-    if (request.method !== 'GET' && request.method !== 'HEAD') {
-      return this.passUnsafe(request, ctx, key, forwarding, pathAndQuery);
-    }
+    if (request.method !== 'GET' && request.method !== 'HEAD') return this.passUnsafe(request, ctx, described);
     if (this.images && url.search !== '') {
       const params = await this.images.parse(url);
       if (params) return this.images.handle(request, ctx, params);
     }
-    const pull = this.requestFor(request, ctx, key, { pathname: url.pathname, pathAndQuery, forwarding, headers: requestHeaders });
-    const headers = pull.headers;
-    if (key.length > MAX_KEY_LENGTH) return this.fetchFromOrigin(pull, { reason: 'bypass' }, false);
+    const pull = this.requestFor(request, ctx, described);
+    if (key.length > MAX_KEY_LENGTH || described.rules?.bypass) return this.fetchFromOrigin(pull, { reason: 'bypass' }, false);
     // A request with credentials is not answered from the shared cache; its
     // response may still be stored if the origin marks it public (RFC 9111 3.5).
-    if (headers.authorization !== undefined) return this.fetchFromOrigin(pull, { reason: 'request' });
+    if (pull.headers.authorization !== undefined) return this.fetchFromOrigin(pull, { reason: 'request' });
     return this.serve(pull);
   }
 
-  /** The pull-path view of a GET/HEAD request for `key`. */
-  requestFor(
-    request: Request,
-    ctx: RequestContext,
-    key: string,
-    described?: { pathname: string; pathAndQuery: string; forwarding: ForwardingOptions; headers: Record<string, string> },
-  ): PullRequest {
-    const headers = described?.headers ?? ctx.requestHeaders ?? headersToRecord(request.headers);
-    const facts = described ?? (({ url, pathAndQuery, forwarding }) => ({ pathname: url.pathname, pathAndQuery, forwarding }))(this.describe(request, ctx.clientIp, headers));
+  /** The pull-path view of a GET/HEAD request (for `key`, by default the described one). */
+  requestFor(request: Request, ctx: RequestContext, described: Described, key = described.key): PullRequest {
+    const { headers } = described;
     return {
       request,
-      pathname: facts.pathname,
+      pathname: described.url.pathname,
       key,
-      pathAndQuery: facts.pathAndQuery,
+      pathAndQuery: described.pathAndQuery,
       headers,
-      policyRequest: { url: facts.pathAndQuery, method: 'GET', headers },
+      policyRequest: { url: described.pathAndQuery, method: 'GET', headers },
       isHead: request.method === 'HEAD',
-      forwarding: facts.forwarding,
+      forwarding: described.forwarding,
+      rules: described.rules,
       ctx,
     };
+  }
+
+  /** Seconds a stale entry may stand in for a failing origin without stale-if-error. */
+  private graceFor(pull: PullRequest): number {
+    return pull.rules?.grace ?? pull.rules?.staleIfError ?? this.deps.options.staleGrace;
   }
 
   /** Look up, then hit, revalidate or miss. */
@@ -198,14 +221,17 @@ export class PullCache {
           detail: 'stale-while-revalidate',
         });
       }
-      return this.collapsed(pull, `${pull.key}\u0000${entry.meta.variant}`, { reason: 'stale', stale: { entry, policy } });
+      if (this.onlyIfCached(pull)) {
+        pull.ctx.log.outcome = 'miss';
+        return this.gatewayTimeout('stale');
+      }
+      // RFC 9211 2.2: fwd=request when the entry was fresh but the request asked to go forward.
+      const reason = !entry.meta.invalidated && policy.isFresh() ? 'request' : 'stale';
+      return this.collapsed(pull, `${pull.key}\u0000${entry.meta.variant}`, { reason, stale: { entry, policy } });
     }
-    if (parseCacheControl(pull.headers['cache-control']).has('only-if-cached') && this.deps.options.honorRequestCacheControl) {
+    if (this.onlyIfCached(pull)) {
       pull.ctx.log.outcome = 'miss';
-      return new Response(null, {
-        status: 504,
-        headers: { 'cache-status': formatCacheStatus(this.deps.options.name, { fwd: 'miss', detail: 'only-if-cached' }) },
-      });
+      return this.gatewayTimeout('miss');
     }
     return this.collapsed(pull, pull.key, { reason: entries.length > 0 ? 'vary-miss' : 'uri-miss' });
   }
@@ -225,6 +251,18 @@ export class PullCache {
     return this.fromCache(pull, entry, policy, { hit: true, ttl: policy.freshnessLifetime() - policy.age(), detail: 'pushed' });
   }
 
+  private onlyIfCached(pull: PullRequest): boolean {
+    return this.deps.options.honorRequestCacheControl && parseCacheControl(pull.headers['cache-control']).has('only-if-cached');
+  }
+
+  /** RFC 9111 5.2.1.7: only-if-cached with nothing usable stored. */
+  private gatewayTimeout(fwd: ForwardReason): Response {
+    return new Response(null, {
+      status: 504,
+      headers: { 'cache-status': formatCacheStatus(this.deps.options.name, { fwd, detail: 'only-if-cached' }) },
+    });
+  }
+
   /** One origin request per flight key; others wait and then read the cache. */
   private async collapsed(pull: PullRequest, flightKey: string, plan: OriginFetchPlan): Promise<Response> {
     const joinedAt = this.deps.now();
@@ -235,7 +273,7 @@ export class PullCache {
     pull.ctx.log.collapsed = true;
     if (outcome !== 'timeout') {
       if (outcome.kind === 'failed') {
-        if (plan.stale && plan.stale.policy.canServeStaleOnError(this.deps.options.staleGrace)) {
+        if (plan.stale && plan.stale.policy.canServeStaleOnError(this.graceFor(pull))) {
           pull.ctx.log.outcome = 'stale';
           return this.fromCache(pull, plan.stale.entry, plan.stale.policy, { fwd: 'stale', collapsed: true, detail: 'stale-if-error' });
         }
@@ -299,7 +337,7 @@ export class PullCache {
       });
     } catch (error) {
       pull.ctx.log.originMs = now() - started;
-      if (stale && stale.policy.canServeStaleOnError(options.staleGrace)) {
+      if (stale && stale.policy.canServeStaleOnError(this.graceFor(pull))) {
         plan.land?.({ kind: 'failed', error });
         pull.ctx.log.outcome = 'stale';
         return this.fromCache(pull, stale.entry, stale.policy, { fwd: 'stale', detail: 'stale-if-error' });
@@ -322,7 +360,7 @@ export class PullCache {
           headers: freshened.headers,
           policy: freshened.policy.toObject(),
           storedAt: now(),
-          expiresAt: freshened.policy.usefulUntil(options.staleGrace, KEEP_WITH_VALIDATOR_SECONDS),
+          expiresAt: freshened.policy.usefulUntil(this.graceFor(pull), KEEP_WITH_VALIDATOR_SECONDS),
           invalidated: false,
         };
         await store.updateMeta(meta);
@@ -330,7 +368,7 @@ export class PullCache {
         plan.land?.({ kind: 'stored' });
         pull.ctx.log.outcome = 'revalidated';
         return this.fromCache(pull, { meta, body: stale.entry.body }, freshened.policy, {
-          fwd: 'stale',
+          fwd: plan.reason,
           fwdStatus: 304,
           ttl: freshened.policy.freshnessLifetime() - freshened.policy.age(),
         });
@@ -339,7 +377,7 @@ export class PullCache {
       return this.fetchFromOrigin(pull, { reason: plan.reason, land: plan.land }, mayStore);
     }
 
-    if (stale && response.status >= 500 && stale.policy.canServeStaleOnError(options.staleGrace)) {
+    if (stale && response.status >= 500 && stale.policy.canServeStaleOnError(this.graceFor(pull))) {
       await response.body?.cancel();
       plan.land?.({ kind: 'failed', error: new EdgeError('EDGE_ORIGIN_BAD_RESPONSE', `The origin answered ${response.status}.`) });
       pull.ctx.log.outcome = 'stale';
@@ -385,7 +423,7 @@ export class PullCache {
     if (plan.stale && !storable) pull.ctx.waitUntil(store.delete(pull.key, plan.stale.entry.meta.variant));
 
     const fields: CacheStatusFields = plan.stale
-      ? { fwd: 'stale', fwdStatus: status, stored: storable }
+      ? { fwd: plan.reason, fwdStatus: status, stored: storable }
       : { fwd: plan.reason, stored: storable };
     if (storable) fields.ttl = policy.freshnessLifetime() - policy.age();
     const clientHeaders = this.downstream(clean, formatCacheStatus(options.name, fields, upstreamStatus));
@@ -419,7 +457,7 @@ export class PullCache {
           size,
           tags,
           storedAt: now(),
-          expiresAt: policy.usefulUntil(options.staleGrace, KEEP_WITH_VALIDATOR_SECONDS),
+          expiresAt: policy.usefulUntil(this.graceFor(pull), KEEP_WITH_VALIDATOR_SECONDS),
         }),
       onSettled: (ok, error) => {
         if (ok) plan.land?.({ kind: 'stored' });
@@ -432,11 +470,15 @@ export class PullCache {
       drainInBackground(filled, pull.ctx.waitUntil);
       return new Response(null, { status, headers: clientHeaders });
     }
+    if (!statusAllowsBody(status)) {
+      drainInBackground(filled, pull.ctx.waitUntil);
+      return new Response(null, { status, headers: clientHeaders });
+    }
     if (status === 200 && clientValidatorsMatch(pull.headers, stored)) {
       drainInBackground(filled, pull.ctx.waitUntil);
       return new Response(null, { status: 304, headers: notModifiedHeaders(headersToRecord(clientHeaders)) });
     }
-    return new Response(statusAllowsBody(status) ? filled : null, { status, headers: clientHeaders });
+    return new Response(filled, { status, headers: clientHeaders });
   }
 
   /** Client-facing headers for an origin response (miss or pass). */
@@ -508,7 +550,7 @@ export class PullCache {
   }
 
   /** Methods other than GET/HEAD: pass through, then invalidate what they changed. */
-  private async passUnsafe(request: Request, ctx: RequestContext, key: string, forwarding: ForwardingOptions, pathAndQuery: string): Promise<Response> {
+  private async passUnsafe(request: Request, ctx: RequestContext, { key, forwarding, pathAndQuery }: Described): Promise<Response> {
     const headers = forwardRequestHeaders(request.headers, forwarding);
     const started = this.deps.now();
     let response: Response;
@@ -519,6 +561,9 @@ export class PullCache {
         headers,
         body: request.body,
         cacheKey: key,
+        onInformational: (status, info) => {
+          if (status === 103) ctx.sendEarlyHints?.(info);
+        },
       });
     } catch (error) {
       ctx.log.outcome = 'error';

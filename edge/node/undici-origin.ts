@@ -48,6 +48,30 @@ export function originFailure(error: unknown, label: string): EdgeError {
   return new EdgeError(mapped, message, { cause: error, details: { origin: label } });
 }
 
+/**
+ * undici's body as a pull-driven Web stream. Hand-written rather than
+ * `Readable.toWeb()`, which enqueues data arriving after `cancel()` and
+ * throws "Controller is already closed" (nodejs/node#64529). Body errors
+ * (reset, body timeout) surface as stream errors: the fill aborts and
+ * nothing is stored.
+ */
+function webBody(body: AsyncIterable<Uint8Array>): ReadableStream<Uint8Array> {
+  const iterator = body[Symbol.asyncIterator]();
+  return new ReadableStream<Uint8Array>(
+    {
+      async pull(controller) {
+        const { done, value } = await iterator.next();
+        if (done) controller.close();
+        else controller.enqueue(value);
+      },
+      async cancel() {
+        await iterator.return?.();
+      },
+    },
+    { highWaterMark: 0 },
+  );
+}
+
 export class UndiciOriginClient implements OriginClient {
   readonly label: string;
   private readonly pool: Pool;
@@ -101,11 +125,7 @@ export class UndiciOriginClient implements OriginClient {
       result.body.resume();
       return new Response(null, { status, headers: responseHeaders });
     }
-    const label = this.label;
-    // Body errors (reset, body timeout) surface as stream errors; the fill aborts and nothing is stored.
-    const body = Readable.toWeb(result.body) as unknown as ReadableStream<Uint8Array>;
-    void label;
-    return new Response(body, { status, headers: responseHeaders });
+    return new Response(webBody(result.body), { status, headers: responseHeaders });
   }
 
   async close(): Promise<void> {
