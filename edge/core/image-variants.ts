@@ -46,6 +46,8 @@ export interface ImageVariantDeps {
 /** Source fields a variant inherits: freshness and identity of what it was made from. */
 const INHERITED_FIELDS = ['cache-control', 'expires', 'date', 'last-modified', 'cache-tag', 'surrogate-key', 'edge-cache-control', 'cdn-cache-control'];
 
+const IMAGE_PATH = /\.(jpe?g|png|webp|avif|gif|tiff?)$/i;
+
 /** Conditional and range fields: the source is fetched whole and unconditionally. */
 const SOURCE_STRIPPED_FIELDS = new Set(['range', 'if-range', 'if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since']);
 
@@ -106,6 +108,15 @@ export class ImageVariants {
   constructor(deps: ImageVariantDeps) {
     this.deps = deps;
     if (deps.options.imageWidths) this.allowedWidths = widthsFromRange(deps.options.imageWidths);
+  }
+
+  /**
+   * Is this path an image URL, where width/w, q, f... are image parameters?
+   * Only image file names (and configured `imagePaths` prefixes): an API's
+   * `?q=search` or `?format=json` must reach the origin untouched.
+   */
+  applies(pathname: string): boolean {
+    return IMAGE_PATH.test(pathname) || this.deps.options.imagePaths.some((prefix) => pathname.startsWith(prefix));
   }
 
   /** Parse and check the parameters; null when the request asks for no transformation. */

@@ -109,6 +109,9 @@ export const edgeOptionsSchema = z
     maxUploadSize: size(1, '512MB').default(512 * 1024 ** 2).describe('Largest body accepted by PUT /_edge/push/...; larger uploads get 413 and store nothing. (default 512MB)'),
     pushTtl: seconds.default(31_536_000).describe('Freshness of pushed objects whose upload sends no Cache-Control max-age, seconds. (default 31536000, one year)'),
     images: flag.default(true).describe('Transform images requested with width/height/fit/quality/format/dpr/position parameters. (default true)'),
+    imagePaths: list
+      .default([])
+      .describe('Path prefixes where image parameters apply to any URL; elsewhere only paths ending in .jpg .jpeg .png .webp .avif .gif .tif .tiff are image URLs. (default [])'),
     imageMaxSourceSize: size(1, '25MB').default(25 * 1024 ** 2).describe('Largest source image that is transformed; larger ones get 422. (default 25MB)'),
     imageMaxPixels: z.coerce.number().int().min(1).default(50_000_000).describe('Largest source image in pixels (width x height x frames); larger ones get 422 before decoding. (default 50000000)'),
     imageMaxOutputSide: z.coerce.number().int().min(1).max(16_384).default(4096).describe('Largest output width or height a client may ask for. (default 4096)'),

@@ -163,7 +163,7 @@ export class PullCache {
     const { url, key } = described;
     ctx.log.key = key;
     if (request.method !== 'GET' && request.method !== 'HEAD') return this.passUnsafe(request, ctx, described);
-    if (this.images && url.search !== '') {
+    if (this.images && url.search !== '' && this.images.applies(url.pathname)) {
       const params = await this.images.parse(url);
       if (params) return this.images.handle(request, ctx, params);
     }
@@ -398,6 +398,20 @@ export class PullCache {
     return { clean, stored, setCookies, upstreamStatus };
   }
 
+  /**
+   * A route's edge TTL, written as this node's targeted cache-control field
+   * (RFC 9213) on the stored copy: it then governs this cache only, is never
+   * sent downstream, and needs no second freshness code path. Applied when
+   * the origin gave no freshness, or always with `overrideTtl`.
+   */
+  private applyRouteTtl(stored: Record<string, string>, ttl: number, override: boolean, staleIfError: number | undefined): void {
+    const cc = parseCacheControl(stored['cache-control']);
+    const targeted = this.targetedFields().some((field) => stored[field] !== undefined);
+    const explicit = targeted || cc.has('max-age') || cc.has('s-maxage') || stored.expires !== undefined;
+    if (explicit && !override) return;
+    stored[this.deps.options.targetedCacheControl] = `max-age=${ttl}${staleIfError ? `, stale-if-error=${staleIfError}` : ''}`;
+  }
+
   private targetedFields(): string[] {
     return [this.deps.options.targetedCacheControl, 'cdn-cache-control'];
   }
@@ -407,6 +421,7 @@ export class PullCache {
     const { clean, stored, setCookies, upstreamStatus } = this.storableHeaders(response.headers);
     const status = response.status;
     if (stored.date === undefined) stored.date = new Date(now()).toUTCString();
+    if (pull.rules?.ttl !== undefined) this.applyRouteTtl(stored, pull.rules.ttl, pull.rules.overrideTtl, pull.rules.staleIfError);
     const policy = policies.fromResponse(pull.policyRequest, { status, headers: stored });
     const vary = varyNames(stored.vary);
     const contentLength = response.headers.has('content-length') ? Number(response.headers.get('content-length')) : undefined;
