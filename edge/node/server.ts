@@ -16,6 +16,7 @@ import { MemoryCacheStore } from '../core/store/memory.js';
 import { TieredCacheStore } from '../core/store/tiered.js';
 import type { CacheStore } from '../core/store/types.js';
 import { LmdbCacheStore } from './lmdb-store.js';
+import { ShieldOriginClient } from '../core/origin/shield.js';
 import { createEdgeMetrics } from './metrics.js';
 import { SharpImageTransformer } from './sharp-transformer.js';
 import { UndiciOriginClient } from './undici-origin.js';
@@ -55,20 +56,28 @@ export function createTieredStore(options: EdgeOptions, now: () => number): Cach
   return new TieredCacheStore({ tiers: [memory, disk] });
 }
 
+/** The origin client, behind the shields when `--shield` is set. */
+export function createUpstream(options: EdgeOptions): OriginClient {
+  const timeouts = {
+    connectTimeout: options.connectTimeout,
+    headersTimeout: options.originTimeout,
+    bodyTimeout: options.bodyTimeout,
+    connections: options.originConnections,
+  };
+  const origin = new UndiciOriginClient({ url: options.origin!, ...timeouts });
+  if (!options.shield?.length) return origin;
+  return new ShieldOriginClient({
+    shields: options.shield.map((url) => new UndiciOriginClient({ url, ...timeouts })),
+    origin,
+  });
+}
+
 export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServerOverrides = {}): Promise<EdgeServer> {
   if (!options.origin && !overrides.origin) throw new TypeError('startEdgeServer: options.origin is required (or an origin override).');
   const now = overrides.now ?? Date.now;
   const logger = overrides.logger === undefined ? pino({ level: options.logLevel, base: { node: options.name } }) : overrides.logger;
   const store = createTieredStore(options, now);
-  const origin =
-    overrides.origin ??
-    new UndiciOriginClient({
-      url: options.origin!,
-      connectTimeout: options.connectTimeout,
-      headersTimeout: options.originTimeout,
-      bodyTimeout: options.bodyTimeout,
-      connections: options.originConnections,
-    });
+  const origin = overrides.origin ?? createUpstream(options);
   const metrics = createEdgeMetrics(store);
   const imageTransformer = options.images
     ? new SharpImageTransformer({
@@ -114,22 +123,27 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
   const { port } = server.address() as AddressInfo;
   const host = options.host === '0.0.0.0' || options.host === '::' ? '127.0.0.1' : options.host;
 
+  let closing: Promise<void> | undefined;
   return {
     url: `http://${host.includes(':') ? `[${host}]` : host}:${port}`,
     port,
     edge,
     store,
     server,
-    async close() {
-      await new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeIdleConnections();
-        setTimeout(() => server.closeAllConnections(), 2000).unref();
-      });
-      await edge.settle();
-      await imageTransformer?.close();
-      await origin.close?.();
-      await store.close();
+    close() {
+      // Idempotent: a supervisor and a signal handler may both ask.
+      closing ??= (async () => {
+        await new Promise<void>((resolve) => {
+          server.close(() => resolve());
+          server.closeIdleConnections();
+          setTimeout(() => server.closeAllConnections(), 2000).unref();
+        });
+        await edge.settle();
+        await imageTransformer?.close();
+        await origin.close?.();
+        await store.close();
+      })();
+      return closing;
     },
   };
 }

@@ -1,0 +1,134 @@
+/**
+ * Starting a node from the command line, shared by `npx edge` and
+ * `npx origin-shield` (a shield is the same node with other defaults).
+ * Options come from flags, then
+ * EDGE_* environment variables, then a JSON config file (`--config`), then
+ * defaults; everything is validated once, and a bad value stops the
+ * process with one line per problem. Without `--origin` the embedded demo
+ * origin is started in-process so `npm start` works on a fresh clone.
+ */
+import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { parseArgs } from 'node:util';
+import { edgeOptionsSchema, EdgeOptionsError, optionEnv, optionFlag, resolveEdgeOptions, type EdgeOptions } from '../core/options.js';
+import { startDemoOrigin } from './demo-origin.js';
+import { startEdgeServer } from './server.js';
+
+const OPTION_NAMES = Object.keys(edgeOptionsSchema.shape) as (keyof EdgeOptions)[];
+
+/** Per-program defaults applied under flags, environment and config file. */
+export interface NodeProgram {
+  name: string;
+  defaults: Record<string, unknown>;
+  /** What the program is, for --help. */
+  summary: string;
+  /** Start the embedded demo origin when no origin is given (edge only). */
+  demoOrigin: boolean;
+}
+
+export function helpText(program: NodeProgram): string {
+  const rows = OPTION_NAMES.map((name) => {
+    let description = edgeOptionsSchema.shape[name].description ?? '';
+    if (name in program.defaults) description = description.replace(/\(default [^)]*\)$/, `(default for ${program.name}: ${String(program.defaults[name])})`);
+    return `  ${optionFlag(name).padEnd(30)} ${optionEnv(name).padEnd(30)} ${description}`;
+  });
+  return [
+    `Usage: npx ${program.name} --origin <url> [options]`,
+    '',
+    program.summary,
+    'Every option can also be set by its environment variable or in a JSON file given with --config.',
+    'Precedence: flag, then environment, then config file, then default.',
+    '',
+    `  ${'flag'.padEnd(30)} ${'environment'.padEnd(30)} meaning`,
+    ...rows,
+    `  ${'--config <file>'.padEnd(30)} ${'EDGE_CONFIG'.padEnd(30)} JSON file with any of the options above (camelCase keys).`,
+    `  ${'--help'.padEnd(30)} ${''.padEnd(30)} Show this text.`,
+  ].join('\n');
+}
+
+/** Merge flags, environment and config file into one raw input object. */
+export function collectOptionInput(argv: string[], env: NodeJS.ProcessEnv, defaults: Record<string, unknown> = {}): Record<string, unknown> {
+  const flagSpec: Record<string, { type: 'string' | 'boolean' }> = { config: { type: 'string' }, help: { type: 'boolean' } };
+  for (const name of OPTION_NAMES) flagSpec[optionFlag(name).slice(2)] = { type: 'string' };
+  const { values } = parseArgs({ args: argv, options: flagSpec, allowPositionals: false, strict: true });
+
+  const input: Record<string, unknown> = { ...defaults };
+  const configPath = (values.config as string | undefined) ?? env.EDGE_CONFIG;
+  if (configPath) {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(readFileSync(configPath, 'utf8'));
+    } catch (error) {
+      throw new EdgeOptionsError([`--config (EDGE_CONFIG): cannot read ${configPath}: ${(error as Error).message}`]);
+    }
+    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+      throw new EdgeOptionsError([`--config (EDGE_CONFIG): ${configPath} must hold a JSON object of options`]);
+    }
+    Object.assign(input, parsed);
+  }
+  for (const name of OPTION_NAMES) {
+    const fromEnv = env[optionEnv(name)];
+    if (fromEnv !== undefined && fromEnv !== '') input[name] = fromEnv;
+    const fromFlag = values[optionFlag(name).slice(2)];
+    if (fromFlag !== undefined) input[name] = fromFlag;
+  }
+  return input;
+}
+
+export async function runNode(program: NodeProgram, argv: string[]): Promise<void> {
+  const tag = program.name;
+  // sharp runs on libuv's thread pool (4 threads by default): leave room for
+  // one transform per core next to file-system work. Must be set before the
+  // pool's first use.
+  process.env.UV_THREADPOOL_SIZE ??= String(Math.max(8, availableParallelism() + 4));
+  if (argv.includes('--help') || argv.includes('-h')) {
+    console.log(helpText(program));
+    return;
+  }
+  let options: EdgeOptions;
+  try {
+    options = resolveEdgeOptions(collectOptionInput(argv, process.env, program.defaults));
+  } catch (error) {
+    if (error instanceof EdgeOptionsError) {
+      for (const problem of error.problems) console.error(`${tag}: ${problem}`);
+    } else {
+      console.error(`${tag}: ${(error as Error).message}`);
+    }
+    console.error(`${tag}: run with --help to see every option.`);
+    process.exit(2);
+  }
+
+  let demo: Awaited<ReturnType<typeof startDemoOrigin>> | undefined;
+  if (!options.origin) {
+    if (!program.demoOrigin) {
+      console.error(`${tag}: --origin (EDGE_ORIGIN) is required`);
+      process.exit(2);
+    }
+    demo = await startDemoOrigin();
+    options = { ...options, origin: demo.url };
+  }
+  const server = await startEdgeServer(options);
+  const where = `http://${options.host === '0.0.0.0' ? 'localhost' : options.host}:${server.port}`;
+  console.error(`${tag}: listening on ${where} in front of ${options.origin}${demo ? ' (embedded demo origin)' : ''}`);
+  if (demo) console.error(`${tag}: try  curl -i ${where}/data/products.json  (twice: MISS, then HIT)`);
+
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    console.error(`${tag}: ${signal}, closing`);
+    await server.close();
+    await demo?.close();
+    process.exit(0);
+  };
+  process.on('SIGINT', () => void stop('SIGINT'));
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+}
+
+/** Entry-point wrapper: run, and turn a start-up failure into one line and exit 1. */
+export function main(program: NodeProgram): void {
+  runNode(program, process.argv.slice(2)).catch((error) => {
+    console.error(`${program.name}: failed to start: ${(error as Error).message}`);
+    process.exit(1);
+  });
+}
