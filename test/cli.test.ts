@@ -39,8 +39,8 @@ describe('npx edge', () => {
   it('reads options from the environment and names the variable in errors', () => {
     const { status, stderr } = runCli([], { EDGE_PORT: 'eighty', EDGE_ORIGIN: 'ftp://x' });
     expect(status).toBe(2);
-    expect(stderr).toMatch(/--port \(EDGE_PORT\): got "eighty"/);
-    expect(stderr).toMatch(/--origin \(EDGE_ORIGIN\): got "ftp:\/\/x": expected an http:\/\/ or https:\/\/ URL/);
+    expect(stderr).toMatch(/--port \(EDGE_PORT\): got "eighty": expected a whole number from 0 to 65535/);
+    expect(stderr).toMatch(/--origin \(EDGE_ORIGIN\): got "ftp:\/\/x": expected an http:\/\/, https:\/\/ or s3:\/\/bucket URL/);
   });
 
   it('rejects unknown keys in a --config file', async () => {

@@ -66,7 +66,13 @@ const duration = (hint: string) =>
     return ms;
   });
 
-const seconds = z.coerce.number().int().min(0);
+/** A whole number in a range, with one message a person can act on. */
+const int = (min: number, max: number) => {
+  const error = `expected a whole number from ${min} to ${max}`;
+  return z.coerce.number({ error }).int({ error }).min(min, { error }).max(max, { error });
+};
+
+const seconds = int(0, 2 ** 31);
 
 // z.coerce.boolean() would read the string "false" as true.
 const flag = z.union([z.boolean(), z.enum(['true', 'false', '1', '0', 'yes', 'no'])]).transform((v) => v === true || v === 'true' || v === '1' || v === 'yes');
@@ -98,7 +104,7 @@ export const edgeOptionsSchema = z
     origin: originList.optional().describe('Upstream origin URL, or a comma-separated pool (http://, https://, s3://bucket/prefix?region=...&endpoint=...). Unset on Node: the embedded demo origin is started.'),
     origins: originsConfigSchema.optional().describe('Origin groups and route rules (config file only; see README "Origin pools").'),
     shield: shieldList.optional().describe('Origin shield URL(s), comma-separated: misses go to the shield chosen for the key by rendezvous hashing. (default unset)'),
-    port: z.coerce.number().int().min(0).max(65535).default(8080).describe('Port to listen on; 0 picks a free one. (default 8080)'),
+    port: int(0, 65535).default(8080).describe('Port to listen on; 0 picks a free one. (default 8080)'),
     host: z.string().min(1).default('0.0.0.0').describe('Address to listen on. (default 0.0.0.0)'),
     dataDir: z.string().min(1).default('./.edge-data').describe('Directory of the LMDB disk tier. (default ./.edge-data)'),
     memorySize: size(0, '256MB').default(256 * 1024 ** 2).describe('Memory tier budget; 0 disables the memory tier. (default 256MB)'),
@@ -113,23 +119,23 @@ export const edgeOptionsSchema = z
       .default([])
       .describe('Path prefixes where image parameters apply to any URL; elsewhere only paths ending in .jpg .jpeg .png .webp .avif .gif .tif .tiff are image URLs. (default [])'),
     imageMaxSourceSize: size(1, '25MB').default(25 * 1024 ** 2).describe('Largest source image that is transformed; larger ones get 422. (default 25MB)'),
-    imageMaxPixels: z.coerce.number().int().min(1).default(50_000_000).describe('Largest source image in pixels (width x height x frames); larger ones get 422 before decoding. (default 50000000)'),
-    imageMaxOutputSide: z.coerce.number().int().min(1).max(16_384).default(4096).describe('Largest output width or height a client may ask for. (default 4096)'),
-    imageQuality: z.coerce.number().int().min(1).max(100).default(75).describe('Quality when the client gives none, on the JPEG scale (AVIF maps it down). (default 75)'),
+    imageMaxPixels: int(1, 2 ** 31).default(50_000_000).describe('Largest source image in pixels (width x height x frames); larger ones get 422 before decoding. (default 50000000)'),
+    imageMaxOutputSide: int(1, 16_384).default(4096).describe('Largest output width or height a client may ask for. (default 4096)'),
+    imageQuality: int(1, 100).default(75).describe('Quality when the client gives none, on the JPEG scale (AVIF maps it down). (default 75)'),
     imageSigningKey: z.string().min(16, 'must be at least 16 characters (use a random secret)').optional().describe('When set, only URLs signed with HMAC-SHA256 (sig parameter) are transformed. (default unset)'),
     imageWidths: z
       .string()
       .regex(/^[\d.,: ]+$/, "expected widths like '320,640,1280' or a range like '16..3840:16'")
       .optional()
       .describe('Allow-list of widths, e.g. 320,640,1280 or 16..3840:16 (start..end:step). (default unset: any width)'),
-    avifEffort: z.coerce.number().int().min(0).max(9).default(2).describe('AVIF encoder effort 0..9; higher is smaller and much slower. (default 2)'),
+    avifEffort: int(0, 9).default(2).describe('AVIF encoder effort 0..9; higher is smaller and much slower. (default 2)'),
     transformTimeout: duration('10s').default(10_000).describe('A transform taking longer is answered 503. (default 10s)'),
-    transformQueue: z.coerce.number().int().min(0).max(10_000).default(64).describe('Transforms waiting for a slot; beyond this, 503 with Retry-After. (default 64)'),
-    transformConcurrency: z.coerce.number().int().min(0).max(256).default(0).describe('Transforms run at once; 0 means one per CPU core. (default 0)'),
+    transformQueue: int(0, 10_000).default(64).describe('Transforms waiting for a slot; beyond this, 503 with Retry-After. (default 64)'),
+    transformConcurrency: int(0, 256).default(0).describe('Transforms run at once; 0 means one per CPU core. (default 0)'),
     connectTimeout: duration('5s').default(5000).describe('Connecting to the origin may take this long before a 502. (default 5s)'),
     originTimeout: duration('30s').default(30_000).describe('Waiting for the origin\'s response headers may take this long before a 504. (default 30s)'),
     bodyTimeout: duration('30s').default(30_000).describe('A gap this long while reading a body aborts it (the entry is not stored). (default 30s)'),
-    originConnections: z.coerce.number().int().min(1).max(10_000).default(128).describe('Keep-alive connections per origin. (default 128)'),
+    originConnections: int(1, 10_000).default(128).describe('Keep-alive connections per origin. (default 128)'),
     staleGrace: seconds.default(0).describe('Serve stale for this many seconds when the origin is down, for responses without stale-if-error. (default 0)'),
     heuristicFraction: z.coerce.number().min(0).max(1).default(0.1).describe('Fraction of (Date - Last-Modified) used as heuristic freshness. (default 0.1)'),
     heuristicMaxAge: seconds.default(86_400).describe('Upper bound for heuristic freshness, seconds. (default 86400)'),
