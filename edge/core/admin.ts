@@ -1,14 +1,28 @@
 /**
  * The admin API under /_edge/: push, delete, purge, list. Off unless an
- * admin token is configured.
+ * admin token is configured; then every call carries
+ * `Authorization: Bearer <token>`.
+ *
+ * | route                         | does                                                        |
+ * | ----------------------------- | ----------------------------------------------------------- |
+ * | `PUT /_edge/push/<path>`      | stores the body as the object served at `<path>` (201)       |
+ * | `DELETE /_edge/push/<path>`   | removes it (204, 404 if absent)                              |
+ * | `POST /_edge/purge`           | `{urls}`, `{prefixes}`, `{tags}` or `{all}`, optional `soft` |
+ * | `GET /_edge/objects`          | lists stored objects, paginated                              |
+ *
+ * Models: the Cloudflare purge API (URL, prefix, tag, everything), Fastly
+ * surrogate keys and soft purge (mark stale instead of deleting).
  */
-import type { Hono } from 'hono';
+import type { Context, Hono } from 'hono';
+import { z } from 'zod';
 import type { ContentHasher } from './app.js';
-import { EdgeError } from './errors.js';
+import { keyPath, MAX_KEY_LENGTH, pushedKey } from './cache-key.js';
+import { EdgeError, isEdgeError } from './errors.js';
+import { splitList } from './headers.js';
 import type { EdgeOptions } from './options.js';
-import type { PolicyFactory } from './policy.js';
+import { parseCacheControl, type PolicyFactory } from './policy.js';
 import type { PullCache } from './pull.js';
-import type { CacheStore } from './store/types.js';
+import type { CacheEntryMeta, CacheStore } from './store/types.js';
 
 export interface AdminDeps {
   options: EdgeOptions;
@@ -20,13 +34,666 @@ export interface AdminDeps {
   waitUntil: (promise: Promise<unknown>) => void;
 }
 
+const PUSH_PREFIX = '/_edge/push';
+
+/**
+ * Longest pushed path. The pull path skips the cache (pushed lookup
+ * included) when the request's primary key, `<path> <scheme>://<host>`,
+ * exceeds MAX_KEY_LENGTH; this leaves room for the scheme and a long host,
+ * so every accepted push can also be served.
+ */
+export const MAX_PUSH_PATH_LENGTH = MAX_KEY_LENGTH - 300;
+
+/** Purge request bodies are small JSON documents; anything bigger is a mistake. */
+const MAX_PURGE_BODY = 1024 * 1024;
+/** Per list in one purge request (Cloudflare allows 30-100; a deploy may need more). */
+const MAX_PURGE_ITEMS = 1000;
+const MAX_TAG_LENGTH = 1024;
+const MAX_TAGS_PER_OBJECT = 128;
+const DEFAULT_LIST_LIMIT = 100;
+const MAX_LIST_LIMIT = 1000;
+/**
+ * Up to this many purged keys, derived entries (image variants) are found
+ * with one indexed `list({ sourceKey })` per key; beyond it, one scan of
+ * the whole store is cheaper than a scan per key on unindexed tiers.
+ */
+const DERIVED_LOOKUP_PER_KEY = 32;
+
+/** Host placeholder for turning a purge path into a Request the pull path can describe. */
+const PURGE_BASE = 'http://purge.invalid';
+
 export function mountAdminApi(app: Hono, deps: AdminDeps): void {
   const disabled = () => {
     throw new EdgeError('EDGE_ADMIN_DISABLED', 'The admin API is disabled: start the node with --admin-token (EDGE_ADMIN_TOKEN) to enable it.');
   };
-  if (!deps.options.adminToken) {
+  const token = deps.options.adminToken;
+  if (!token) {
+    app.all('/_edge/push', disabled);
     app.all('/_edge/push/*', disabled);
     app.all('/_edge/purge', disabled);
     app.all('/_edge/objects', disabled);
+    return;
   }
+
+  const checkToken = createAuthorizer(token);
+  const authorize = async (c: Context) => {
+    try {
+      await checkToken(c.req.header('authorization'));
+    } catch (error) {
+      throw closingIfBodyUnread(c, error);
+    }
+  };
+  const auth = async (c: Context, next: () => Promise<void>) => {
+    await authorize(c);
+    await next();
+  };
+
+  // URL parsing resolves `..` and `%2e%2e` before routing, so a traversal
+  // such as /_edge/push/a/../../x arrives as /x and would reach the pull
+  // path as an ordinary PUT. The raw request target still shows it.
+  app.use('*', async (c, next) => {
+    const incoming = rawIncomingUrl(c);
+    if (incoming !== undefined && incoming.includes(PUSH_PREFIX + '/')) {
+      if (rawTargetPath(c).startsWith(PUSH_PREFIX + '/') && !new URL(c.req.url).pathname.startsWith(PUSH_PREFIX + '/')) {
+        await authorize(c);
+        throw closingIfBodyUnread(c, badKey('the path climbs out of /_edge/push/ with dot segments (.. or %2e%2e)'));
+      }
+    }
+    await next();
+  });
+
+  for (const path of [PUSH_PREFIX, `${PUSH_PREFIX}/*`, '/_edge/purge', '/_edge/objects']) app.use(path, auth);
+
+  app.put(PUSH_PREFIX, (c) => Promise.reject(closingIfBodyUnread(c, badKey('empty path: use PUT /_edge/push/<path>, e.g. /_edge/push/assets/app.css'))));
+  app.put(`${PUSH_PREFIX}/*`, (c) => push(c, deps));
+  app.delete(PUSH_PREFIX, () => Promise.reject(badKey('empty path: use DELETE /_edge/push/<path>')));
+  app.delete(`${PUSH_PREFIX}/*`, (c) => unpush(c, deps));
+  app.post('/_edge/purge', (c) => purge(c, deps));
+  app.get('/_edge/objects', (c) => listObjects(c, deps));
+
+  const notAllowed = (allow: string) => () => {
+    throw new EdgeError('EDGE_METHOD_NOT_ALLOWED', `Use ${allow} here.`, { headers: { allow } });
+  };
+  app.all(PUSH_PREFIX, notAllowed('PUT, DELETE'));
+  app.all(`${PUSH_PREFIX}/*`, notAllowed('PUT, DELETE'));
+  app.all('/_edge/purge', notAllowed('POST'));
+  app.all('/_edge/objects', notAllowed('GET'));
+}
+
+// ---------------------------------------------------------------------------
+// Authentication
+
+/**
+ * Bearer-token check in constant time: both values are hashed with SHA-256
+ * and the digests compared with an XOR loop, so neither the position of the
+ * first differing byte nor the token's length shows in the timing.
+ */
+function createAuthorizer(token: string): (header: string | undefined) => Promise<void> {
+  const encoder = new TextEncoder();
+  const expected = crypto.subtle.digest('SHA-256', encoder.encode(token)).then((d) => new Uint8Array(d));
+  return async (header) => {
+    const match = header === undefined ? null : /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(header);
+    if (!match) {
+      throw new EdgeError('EDGE_UNAUTHORIZED', 'The admin API needs an `Authorization: Bearer <token>` header.', {
+        headers: { 'www-authenticate': 'Bearer realm="edge-admin"' },
+      });
+    }
+    const given = new Uint8Array(await crypto.subtle.digest('SHA-256', encoder.encode(match[1])));
+    const wanted = await expected;
+    let diff = 0;
+    for (let i = 0; i < wanted.length; i++) diff |= wanted[i]! ^ given[i]!;
+    if (diff !== 0) {
+      throw new EdgeError('EDGE_UNAUTHORIZED', 'The admin token is wrong.', {
+        headers: { 'www-authenticate': 'Bearer realm="edge-admin", error="invalid_token"' },
+      });
+    }
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Push keys
+
+/** `IncomingMessage.url` on Node (`@hono/node-server` bindings); undefined elsewhere. */
+function rawIncomingUrl(c: Context): string | undefined {
+  const url = (c.env as { incoming?: { url?: unknown } } | undefined)?.incoming?.url;
+  return typeof url === 'string' ? url : undefined;
+}
+
+/**
+ * An error answered before the request body was read: ask for the
+ * connection to close, so the server does not read (and discard) a body of
+ * up to --max-upload-size just to keep the connection alive.
+ */
+function closingIfBodyUnread(c: Context, error: unknown): unknown {
+  const length = c.req.header('content-length');
+  const hasBody = (length !== undefined && length.trim() !== '0') || c.req.header('transfer-encoding') !== undefined;
+  if (hasBody && isEdgeError(error)) error.headers.connection = 'close';
+  return error;
+}
+
+function badKey(problem: string): EdgeError {
+  return new EdgeError('EDGE_BAD_KEY', `Bad push path: ${problem}.`);
+}
+
+/**
+ * The request target as the client sent it, without the query. On Node,
+ * `@hono/node-server` keeps the raw `IncomingMessage` in `c.env.incoming`;
+ * elsewhere (Workers) the runtime hands over an already-normalised URL, in
+ * which dot segments are resolved: the path stays confined, but the 400
+ * for a traversal attempt cannot be given.
+ */
+function rawTargetPath(c: Context): string {
+  let target = rawIncomingUrl(c) ?? new URL(c.req.url).pathname;
+  if (!target.startsWith('/')) {
+    // absolute-form (`PUT http://host/_edge/push/x HTTP/1.1`, RFC 9112 3.2.2)
+    const authority = /^[a-z][a-z0-9+.-]*:\/\/[^/?#]*/i.exec(target);
+    target = authority ? target.slice(authority[0].length) || '/' : target;
+  }
+  const end = target.search(/[?#]/);
+  return end === -1 ? target : target.slice(0, end);
+}
+
+/**
+ * The path a push or delete names, validated on the raw target and
+ * returned in the form the pull path sees for a GET of it (`URL.pathname`).
+ *
+ * Refused: dot segments (`..`, `.`, any case of `%2e`), NUL (raw or `%00`),
+ * backslashes (raw or `%5c`: some servers read them as `/`), `%2f` (an
+ * encoded slash makes `/a%2fb` and `/a/b` different keys for what most
+ * clients treat as one path), empty segments, control characters,
+ * malformed or non-UTF-8 escapes, a query string (a pushed object answers
+ * every query of its path), the reserved `/_edge/` space, and paths longer
+ * than {@link MAX_PUSH_PATH_LENGTH}.
+ */
+function pushPath(c: Context): string {
+  const url = new URL(c.req.url);
+  const raw = rawTargetPath(c);
+  // Routing decodes the path, so /_edge/%70ush/x lands here too; the key is cut from the literal spelling only.
+  if (!raw.startsWith(PUSH_PREFIX + '/')) throw badKey('spell the route /_edge/push/ literally, without escapes');
+  const rawPath = raw.slice(PUSH_PREFIX.length);
+  if (rawPath === '/') throw badKey('empty path: use /_edge/push/<path>, e.g. /_edge/push/assets/app.css');
+  if (c.req.url.includes('?')) {
+    throw badKey('a query string: a pushed object answers every query string of its path, so push the path alone');
+  }
+  if (rawPath.includes('\0') || /%00/.test(rawPath)) throw badKey('NUL byte');
+  if (rawPath.includes('\\') || /%5c/i.test(rawPath)) throw badKey('backslash (raw or %5C)');
+  if (/%2f/i.test(rawPath)) throw badKey('encoded slash (%2F) inside a segment: use a literal /');
+  if (/%(?![0-9a-fA-F]{2})/.test(rawPath)) throw badKey('malformed percent-encoding');
+
+  const segments = rawPath.slice(1).split('/');
+  segments.forEach((segment, i) => {
+    let decoded: string;
+    try {
+      decoded = decodeURIComponent(segment);
+    } catch {
+      throw badKey(`segment "${segment}" is not valid UTF-8 once decoded`);
+    }
+    if (decoded === '.' || decoded === '..') throw badKey(`dot segment "${segment}" (path traversal)`);
+    if (segment === '' && i < segments.length - 1) throw badKey('empty segment (//)');
+    // eslint-disable-next-line no-control-regex
+    if (/[\u0000-\u001f\u007f]/.test(decoded)) throw badKey('control character');
+  });
+
+  const path = url.pathname.slice(PUSH_PREFIX.length);
+  const decodedPath = decodeURIComponent(path);
+  // Routing matches decoded paths: /%5Fedge/x would be answered by the node's own routes, never by the object.
+  if (decodedPath === '/_edge' || decodedPath.startsWith('/_edge/')) throw badKey('/_edge/ is reserved for the node itself');
+  if (path.length > MAX_PUSH_PATH_LENGTH) {
+    throw badKey(`${path.length} characters long; the limit is ${MAX_PUSH_PATH_LENGTH} (cache keys hold at most ${MAX_KEY_LENGTH} with scheme and host)`);
+  }
+  return path;
+}
+
+// ---------------------------------------------------------------------------
+// PUT /_edge/push/<path>
+
+/**
+ * Stored headers of a pushed object. Cache-Control is what browsers get.
+ * Targeted fields (Edge-Cache-Control, CDN-Cache-Control; RFC 9213) are
+ * kept, so a deploy can give browsers `no-cache` and the edge a year. When
+ * the field that governs the edge (the first targeted field present, else
+ * Cache-Control) names no max-age / s-maxage, `max-age=<pushTtl>` is
+ * appended to it.
+ */
+function pushHeaders(c: Context, options: EdgeOptions, now: number): Record<string, string> {
+  const headers: Record<string, string> = {};
+  headers['content-type'] = c.req.header('content-type') || 'application/octet-stream';
+  headers['cache-control'] = c.req.header('cache-control')?.trim() || `public, max-age=${options.pushTtl}`;
+  let governing = 'cache-control';
+  for (const field of [options.targetedCacheControl, 'cdn-cache-control']) {
+    const value = c.req.header(field)?.trim();
+    if (!value) continue;
+    headers[field] = value;
+    if (governing === 'cache-control') governing = field;
+  }
+  const cc = parseCacheControl(headers[governing]);
+  if (!cc.has('max-age') && !cc.has('s-maxage')) headers[governing] = `${headers[governing]}, max-age=${options.pushTtl}`;
+  const date = new Date(now).toUTCString();
+  headers.date = date;
+  headers['last-modified'] = date;
+  return headers;
+}
+
+function pushTags(c: Context): string[] {
+  const tags = [...new Set(splitList(c.req.header('cache-tag')))];
+  if (tags.length > MAX_TAGS_PER_OBJECT) {
+    throw new EdgeError('EDGE_BAD_REQUEST', `Cache-Tag lists ${tags.length} tags; at most ${MAX_TAGS_PER_OBJECT} are allowed.`);
+  }
+  const long = tags.find((tag) => tag.length > MAX_TAG_LENGTH);
+  if (long) throw new EdgeError('EDGE_BAD_REQUEST', `Cache-Tag "${long.slice(0, 40)}..." is longer than ${MAX_TAG_LENGTH} characters.`);
+  return tags;
+}
+
+function tooLarge(limit: number, detail: string): EdgeError {
+  return new EdgeError('EDGE_PAYLOAD_TOO_LARGE', `The upload is larger than --max-upload-size (${limit} bytes)${detail}; nothing was stored.`, {
+    // The rest of the body is not read: close instead of draining it for keep-alive.
+    headers: { connection: 'close' },
+  });
+}
+
+async function push(c: Context, deps: AdminDeps): Promise<Response> {
+  try {
+    return await storePush(c, deps);
+  } catch (error) {
+    throw closingIfBodyUnread(c, error);
+  }
+}
+
+async function storePush(c: Context, deps: AdminDeps): Promise<Response> {
+  const { options, store, policies, now } = deps;
+  const path = pushPath(c);
+  const key = pushedKey(path);
+  const limit = options.maxUploadSize;
+
+  const lengthHeader = c.req.header('content-length');
+  let declared: number | undefined;
+  if (lengthHeader !== undefined) {
+    if (!/^\d+$/.test(lengthHeader.trim())) throw new EdgeError('EDGE_BAD_REQUEST', `Content-Length "${lengthHeader}" is not a number.`);
+    declared = Number(lengthHeader.trim());
+    if (declared > limit) throw tooLarge(limit, `: Content-Length is ${declared}`);
+  }
+
+  const tags = pushTags(c);
+  const headers = pushHeaders(c, options, now());
+  // Checked before reading the body: an object that is never fresh would never be served.
+  const provisional = policies.fromResponse({ url: path, method: 'GET', headers: {} }, { status: 200, headers });
+  if (!provisional.storable() || provisional.freshnessLifetime() <= 0) {
+    throw new EdgeError(
+      'EDGE_BAD_REQUEST',
+      `Cache-Control "${headers['cache-control']}" gives the pushed object no freshness at the edge, so it would never be served; ` +
+        `send a max-age, or keep it for browsers and give the edge its own with ${options.targetedCacheControl} / CDN-Cache-Control.`,
+    );
+  }
+
+  const hasher = deps.createHasher?.();
+  const writer = store.createWriter(key, '', declared);
+  let size = 0;
+  try {
+    const body = c.req.raw.body;
+    if (body) {
+      const reader = body.getReader();
+      for (;;) {
+        let result: ReadableStreamReadResult<Uint8Array>;
+        try {
+          result = await reader.read();
+        } catch (error) {
+          throw new EdgeError('EDGE_BAD_REQUEST', 'The upload was interrupted; nothing was stored.', { cause: error });
+        }
+        if (result.done) break;
+        size += result.value.byteLength;
+        if (size > limit) {
+          reader.releaseLock();
+          throw tooLarge(limit, '');
+        }
+        hasher?.update(result.value);
+        writer.write(result.value);
+      }
+    }
+    if (declared !== undefined && size !== declared) {
+      throw new EdgeError('EDGE_BAD_REQUEST', `The upload ended after ${size} of ${declared} bytes; nothing was stored.`);
+    }
+    if (c.req.raw.signal?.aborted) throw new EdgeError('EDGE_BAD_REQUEST', 'The upload was interrupted; nothing was stored.');
+  } catch (error) {
+    await writer.abort().catch(() => {});
+    throw error;
+  }
+
+  // Without a streaming hash on this runtime, a unique ETag still changes with every push.
+  headers.etag = `"${hasher ? hasher.digest() : crypto.randomUUID()}"`;
+  const policy = policies.fromResponse({ url: path, method: 'GET', headers: {} }, { status: 200, headers });
+  const stored = await writer.commit({
+    key,
+    variant: '',
+    status: 200,
+    headers,
+    policy: policy.toObject(),
+    size,
+    tags,
+    storedAt: now(),
+    expiresAt: policy.usefulUntil(0, 0),
+    pushed: true,
+  });
+  if (!stored) {
+    throw new EdgeError('EDGE_PAYLOAD_TOO_LARGE', `The cache declined the ${size}-byte object (larger than the store's budget); nothing was stored.`);
+  }
+  deps.pull.pushedPaths.add(path);
+  // Image variants were made from the previous version.
+  await deleteDerived(store, new Set([key]));
+  return c.json({ key, path, size, etag: headers.etag }, 201);
+}
+
+// ---------------------------------------------------------------------------
+// DELETE /_edge/push/<path>
+
+async function unpush(c: Context, deps: AdminDeps): Promise<Response> {
+  const path = pushPath(c);
+  const key = pushedKey(path);
+  // Pushed objects have no Vary: one variant, ''.
+  const removed = await deps.store.delete(key, '');
+  deps.pull.pushedPaths.delete(path);
+  await deleteDerived(deps.store, new Set([key]));
+  if (removed === 0) throw new EdgeError('EDGE_NOT_FOUND', `Nothing is pushed at ${path}.`);
+  return c.body(null, 204);
+}
+
+// ---------------------------------------------------------------------------
+// POST /_edge/purge
+
+const purgeList = (max: number) => z.array(z.string().min(1).max(max)).min(1).max(MAX_PURGE_ITEMS);
+
+const PURGE_SELECTORS = ['urls', 'prefixes', 'tags', 'all'] as const;
+
+const purgeSchema = z
+  .object({
+    /** Paths (`/a/b.css?v=1`: every host) or absolute URLs (that host only). */
+    urls: purgeList(MAX_KEY_LENGTH * 2).optional(),
+    /** Path prefixes (`/assets/`: every host) or absolute URL prefixes (that host only). */
+    prefixes: purgeList(MAX_KEY_LENGTH * 2).optional(),
+    /** Surrogate keys, from `Cache-Tag` / `Surrogate-Key` or the push API. */
+    tags: purgeList(MAX_TAG_LENGTH).optional(),
+    /** Everything, pushed objects included. */
+    all: z.literal(true).optional(),
+    /** Mark as stale (revalidate on next use) instead of deleting. @default false */
+    soft: z.boolean().optional(),
+  })
+  .strict()
+  .superRefine((value, ctx) => {
+    const given = PURGE_SELECTORS.filter((name) => value[name] !== undefined);
+    if (given.length !== 1) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `give exactly one of "urls", "prefixes", "tags" or "all"${given.length > 1 ? ` (got ${given.map((n) => `"${n}"`).join(', ')})` : ''}`,
+      });
+    }
+  });
+
+type PurgeRequest = z.output<typeof purgeSchema>;
+
+function describeIssue(issue: z.core.$ZodIssue): string {
+  if (issue.code === 'unrecognized_keys') {
+    return `unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `"${k}"`).join(', ')} (allowed: urls, prefixes, tags, all, soft)`;
+  }
+  const where = issue.path.length > 0 ? issue.path.map((p) => (typeof p === 'number' ? `[${p}]` : String(p))).join('.').replace(/\.\[/g, '[') + ': ' : '';
+  return where + issue.message;
+}
+
+async function readLimitedText(body: ReadableStream<Uint8Array> | null, limit: number): Promise<string> {
+  if (!body) return '';
+  const reader = body.getReader();
+  const decoder = new TextDecoder('utf-8', { fatal: true });
+  let text = '';
+  let size = 0;
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      size += value.byteLength;
+      if (size > limit) {
+        reader.releaseLock();
+        throw new EdgeError('EDGE_PAYLOAD_TOO_LARGE', `A purge request body may be at most ${limit} bytes; split the purge.`, {
+          headers: { connection: 'close' },
+        });
+      }
+      text += decoder.decode(value, { stream: true });
+    }
+    return text + decoder.decode();
+  } catch (error) {
+    if (isEdgeError(error)) throw error;
+    throw new EdgeError('EDGE_BAD_REQUEST', 'The purge request body is not UTF-8 text, or was interrupted.', { cause: error });
+  }
+}
+
+async function parsePurge(c: Context): Promise<PurgeRequest> {
+  const text = await readLimitedText(c.req.raw.body, MAX_PURGE_BODY);
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (error) {
+    throw new EdgeError('EDGE_BAD_REQUEST', `Malformed JSON in the purge request: ${(error as Error).message}.`);
+  }
+  const result = purgeSchema.safeParse(json);
+  if (!result.success) {
+    throw new EdgeError('EDGE_BAD_REQUEST', `Bad purge request: ${result.error.issues.map(describeIssue).join('; ')}.`);
+  }
+  return result.data;
+}
+
+/** A purge target: a path matched on every host, or an absolute URL matched on its host only. */
+interface PurgeTarget {
+  /** Normalised path-and-query (URLs) or path prefix (prefixes), as primary keys begin. */
+  path: string;
+  pathname: string;
+  /** `scheme://host` for absolute URLs; undefined for paths. */
+  origin?: string;
+}
+
+function parsePurgeTarget(value: string, field: string, index: number, pull: PullCache, isPrefix: boolean): PurgeTarget {
+  const problem = (what: string) => new EdgeError('EDGE_BAD_REQUEST', `Bad purge request: ${field}[${index}]: ${what}.`);
+  let url: URL;
+  let absolute: boolean;
+  if (value.startsWith('/')) {
+    absolute = false;
+    // Concatenated, not resolved against a base: `//a` stays a path instead of becoming a host.
+    url = new URL(PURGE_BASE + value);
+  } else {
+    absolute = true;
+    try {
+      url = new URL(value);
+    } catch {
+      throw problem(`"${value}" is neither a path starting with / nor an absolute URL`);
+    }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') throw problem(`"${value}" is not an http(s) URL`);
+    if (url.username || url.password) throw problem(`"${value}" carries credentials`);
+  }
+  let path: string;
+  if (isPrefix) {
+    // A prefix is matched as typed (after URL normalisation of the path); its query, if any, is not reordered.
+    path = url.pathname + (value.includes('?') ? '?' + url.search.slice(1) : '');
+  } else {
+    // The same key the pull path computes: ignored parameters dropped, parameters sorted.
+    const { key } = pull.describe(new Request(url), undefined);
+    path = keyPath(key);
+  }
+  if (!absolute) return { path, pathname: url.pathname };
+  const { key } = pull.describe(new Request(url), undefined);
+  return { path, pathname: url.pathname, origin: key.slice(key.lastIndexOf(' ') + 1) };
+}
+
+/** `scheme://host` part of a primary key, or undefined for pushed and derived keys. */
+function keyOrigin(key: string): string {
+  return key.slice(key.lastIndexOf(' ') + 1);
+}
+
+function isPushedKey(key: string): boolean {
+  return key === pushedKey(keyPath(key));
+}
+
+const storageKey = (meta: CacheEntryMeta) => `${meta.key}\u0000${meta.variant}`;
+
+/** Every entry a purge request selects (derived image variants are added later). */
+async function selectForPurge(request: PurgeRequest, deps: AdminDeps): Promise<Map<string, CacheEntryMeta>> {
+  const { store, pull } = deps;
+  const selected = new Map<string, CacheEntryMeta>();
+  const add = (meta: CacheEntryMeta) => selected.set(storageKey(meta), meta);
+
+  if (request.all) {
+    for await (const meta of store.list()) add(meta);
+  } else if (request.tags) {
+    for (const tag of new Set(request.tags)) for await (const meta of store.list({ tag })) add(meta);
+  } else if (request.urls) {
+    const targets = request.urls.map((value, i) => parsePurgeTarget(value, 'urls', i, pull, false));
+    for (const target of targets) {
+      if (target.origin) {
+        for (const entry of await store.get(`${target.path} ${target.origin}`)) add(entry.meta);
+      } else {
+        // Primary keys are `<path?query> <scheme>://<host>`: the prefix with a trailing space selects every host.
+        for await (const meta of store.list({ prefix: `${target.path} ` })) if (!isDerivedKey(meta.key)) add(meta);
+      }
+      // The pushed object answers this URL whatever its host or query: it goes too.
+      for (const entry of await store.get(pushedKey(target.pathname))) add(entry.meta);
+    }
+  } else if (request.prefixes) {
+    const targets = request.prefixes.map((value, i) => parsePurgeTarget(value, 'prefixes', i, pull, true));
+    for (const target of targets) {
+      for await (const meta of store.list({ prefix: target.path })) {
+        if (target.origin && !isPushedKey(meta.key) && keyOrigin(meta.key) !== target.origin) continue;
+        add(meta);
+      }
+    }
+  }
+  return selected;
+}
+
+/** Derived keys (`<source key>#img:...`) are reached through their source, never matched by URL. */
+function isDerivedKey(key: string): boolean {
+  return keyOrigin(key).includes('#');
+}
+
+/** Entries derived from any of `sources` (image variants). */
+async function findDerived(store: CacheStore, sources: Set<string>): Promise<CacheEntryMeta[]> {
+  const found: CacheEntryMeta[] = [];
+  if (sources.size === 0) return found;
+  if (sources.size <= DERIVED_LOOKUP_PER_KEY) {
+    for (const sourceKey of sources) for await (const meta of store.list({ sourceKey })) found.push(meta);
+  } else {
+    for await (const meta of store.list()) if (meta.sourceKey !== undefined && sources.has(meta.sourceKey)) found.push(meta);
+  }
+  return found;
+}
+
+async function deleteDerived(store: CacheStore, sources: Set<string>): Promise<number> {
+  let removed = 0;
+  for (const meta of await findDerived(store, sources)) removed += await store.delete(meta.key, meta.variant);
+  return removed;
+}
+
+async function purge(c: Context, deps: AdminDeps): Promise<Response> {
+  const { store, pull } = deps;
+  const request = await parsePurge(c);
+  const selected = await selectForPurge(request, deps);
+  if (!request.all) {
+    const sources = new Set([...selected.values()].map((meta) => meta.key));
+    for (const meta of await findDerived(store, sources)) selected.set(storageKey(meta), meta);
+  }
+
+  let purged = 0;
+  if (request.soft) {
+    // The pull path treats `invalidated` as must-revalidate: the next
+    // request asks the origin conditionally and a 304 makes it fresh again.
+    for (const meta of selected.values()) {
+      if (await store.updateMeta({ ...meta, invalidated: true })) purged++;
+    }
+  } else {
+    // Exactly the variants selected: a purge by tag leaves a key's untagged variants alone.
+    for (const meta of selected.values()) {
+      purged += await store.delete(meta.key, meta.variant);
+      if (isPushedKey(meta.key)) pull.pushedPaths.delete(keyPath(meta.key));
+    }
+    if (request.all) pull.pushedPaths.clear();
+  }
+  return c.json({ purged });
+}
+
+// ---------------------------------------------------------------------------
+// GET /_edge/objects
+
+function encodeCursor(value: string): string {
+  let binary = '';
+  for (const byte of new TextEncoder().encode(value)) binary += String.fromCharCode(byte);
+  return btoa(binary).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+}
+
+function decodeCursor(cursor: string): string {
+  if (!/^[A-Za-z0-9_-]+$/.test(cursor)) throw new EdgeError('EDGE_BAD_REQUEST', 'cursor: not a cursor returned by this endpoint.');
+  try {
+    const binary = atob(cursor.replace(/-/g, '+').replace(/_/g, '/'));
+    return new TextDecoder('utf-8', { fatal: true }).decode(Uint8Array.from(binary, (ch) => ch.charCodeAt(0)));
+  } catch {
+    throw new EdgeError('EDGE_BAD_REQUEST', 'cursor: not a cursor returned by this endpoint.');
+  }
+}
+
+function isoDate(ms: number): string | null {
+  const date = new Date(ms);
+  return Number.isFinite(date.getTime()) ? date.toISOString() : null;
+}
+
+/**
+ * One page of entries in storage-key order, after `cursor`. The store
+ * contract has no "start after", so each page scans the prefix and keeps
+ * the `limit + 1` smallest keys (stores that list in key order, like the
+ * disk tier, make that a cheap range scan).
+ */
+async function listObjects(c: Context, deps: AdminDeps): Promise<Response> {
+  const prefix = c.req.query('prefix') ?? '';
+  const limitParam = c.req.query('limit');
+  let limit = DEFAULT_LIST_LIMIT;
+  if (limitParam !== undefined) {
+    if (!/^\d+$/.test(limitParam) || Number(limitParam) < 1 || Number(limitParam) > MAX_LIST_LIMIT) {
+      throw new EdgeError('EDGE_BAD_REQUEST', `limit: expected a whole number from 1 to ${MAX_LIST_LIMIT}, got "${limitParam}".`);
+    }
+    limit = Number(limitParam);
+  }
+  const pushedParam = c.req.query('pushed');
+  if (pushedParam !== undefined && pushedParam !== 'true' && pushedParam !== 'false') {
+    throw new EdgeError('EDGE_BAD_REQUEST', `pushed: expected true or false, got "${pushedParam}".`);
+  }
+  const cursorParam = c.req.query('cursor');
+  const after = cursorParam ? decodeCursor(cursorParam) : undefined;
+
+  // Sorted ascending, at most limit + 1 long (the extra one says whether there is a next page).
+  const page: [string, CacheEntryMeta][] = [];
+  const filter = { prefix: prefix || undefined, pushed: pushedParam === undefined ? undefined : pushedParam === 'true' };
+  for await (const meta of deps.store.list(filter)) {
+    const position = storageKey(meta);
+    if (after !== undefined && position <= after) continue;
+    if (page.length > limit && position >= page[page.length - 1]![0]) continue;
+    let lo = 0;
+    let hi = page.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (page[mid]![0] < position) lo = mid + 1;
+      else hi = mid;
+    }
+    if (page[lo]?.[0] === position) continue;
+    page.splice(lo, 0, [position, meta]);
+    if (page.length > limit + 1) page.pop();
+  }
+  const more = page.length > limit;
+  if (more) page.pop();
+  const objects = page.map(([, meta]) => ({
+    key: meta.key,
+    path: keyPath(meta.key),
+    variant: meta.variant,
+    size: meta.size,
+    status: meta.status,
+    contentType: meta.headers['content-type'] ?? null,
+    etag: meta.headers.etag ?? null,
+    tags: meta.tags,
+    pushed: Boolean(meta.pushed),
+    invalidated: Boolean(meta.invalidated),
+    storedAt: isoDate(meta.storedAt),
+    expiresAt: isoDate(meta.expiresAt),
+  }));
+  return c.json({ objects, next: more ? encodeCursor(page[page.length - 1]![0]) : null });
 }
