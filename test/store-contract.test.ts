@@ -163,6 +163,26 @@ function runCacheStoreContract(name: string, factory: StoreFactory, traits: Cont
       expect(store.stats().entries).toBe(1);
     });
 
+    it('handles realistic long keys (64+ bytes): get, delete, tag and source listings', async () => {
+      const store = await open();
+      const key = `/static/js/main.3f2a1b9c8d7e6f5a4b3c2d1e0f.chunk.js?v=${'x'.repeat(40)} https://www.example.com`;
+      const derived = `${key}#img:w=400;h=;fit=inside;q=56;f=avif;pos=centre;e=0`;
+      expect(await put(store, makeMeta(key, '', { tags: ['release-42'] }), patterned(100))).toBe(true);
+      expect(await put(store, makeMeta(key, 'accept-encoding:br', { tags: ['release-42'] }), patterned(100))).toBe(true);
+      expect(await put(store, makeMeta(derived, '', { sourceKey: key }), patterned(50))).toBe(true);
+      expect((await store.get(key)).map((e) => e.meta.variant).sort()).toEqual(['', 'accept-encoding:br']);
+      const tagged: string[] = [];
+      for await (const meta of store.list({ tag: 'release-42' })) tagged.push(meta.key);
+      expect(tagged).toEqual([key, key]);
+      const fromSource: string[] = [];
+      for await (const meta of store.list({ sourceKey: key })) fromSource.push(meta.key);
+      expect(fromSource).toEqual([derived]);
+      expect(await store.delete(key)).toBe(2);
+      expect(await store.get(key)).toEqual([]);
+      expect(await store.delete(derived)).toBe(1);
+      expect(store.stats().entries).toBe(0);
+    });
+
     it('stores an empty body', async () => {
       const store = await open();
       expect(await put(store, makeMeta('/empty'), new Uint8Array(0))).toBe(true);

@@ -245,7 +245,8 @@ export class PullCache {
     const [entry] = await this.deps.store.get(pushedKey(pull.pathname));
     if (!entry) return undefined;
     const policy = this.policyOf(entry.meta);
-    if (!policy.isFresh()) return undefined;
+    // Soft-purged or expired: fall through to the pull path.
+    if (!policy.isFresh() || entry.meta.invalidated) return undefined;
     pull.ctx.log.outcome = 'hit';
     pull.ctx.log.detail = 'pushed';
     return this.fromCache(pull, entry, policy, { hit: true, ttl: policy.freshnessLifetime() - policy.age(), detail: 'pushed' });

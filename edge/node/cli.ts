@@ -12,4 +12,8 @@ const EDGE = {
   demoOrigin: true,
 };
 
+if (process.argv[2] === 'push') {
+  const { runPush } = await import('./push-cli.js');
+  process.exit(await runPush(process.argv.slice(3)));
+}
 main(EDGE);

@@ -74,8 +74,12 @@ interface StoredMeta extends CacheEntryMeta {
 
 type ChunkKey = [string, number];
 
-const SEP = '\u0000';
-const AFTER_SEP = '\u0001';
+// Not NUL: lmdb's ordered-binary key encoding reads bytes 0-3 inside string
+// keys as terminators / array separators, so keys of 64+ bytes read back from
+// a range scan lose a `\0variant` suffix. U+001F is a control character that
+// cannot appear in a URL-derived key or an HTTP field value.
+const SEP = '\u001f';
+const AFTER_SEP = '\u0020';
 /** LMDB's key limit is 1978 bytes; keep a margin for ordered-binary's framing. */
 const MAX_KEY_BYTES = 1900;
 const LIST_PAGE = 256;
@@ -168,6 +172,7 @@ export class LmdbCacheStore implements CacheStore {
 
   createWriter(key: string, variant: string, expectedSize?: number): CacheWriter {
     assertKey(key);
+    if (key.includes(SEP) || variant.includes(SEP)) throw new TypeError('LmdbCacheStore: keys and variants must not contain U+001F');
     const storageKey = key + SEP + variant;
     const declined =
       this.#closed || !fitsKey(storageKey) || (expectedSize !== undefined && expectedSize > this.#maxBytes);
