@@ -473,6 +473,16 @@ describe('upload size and failed uploads', () => {
 });
 
 describe('POST /_edge/purge', () => {
+  it('soft-purges a pushed object: the path goes to the origin until pushed again', async () => {
+    t = await startTestEdge({ adminToken: TOKEN });
+    expect((await pushObject('/sp.css', 'pushed', { 'cache-tag': 'sp' })).status).toBe(201);
+    t.origin.set('/sp.css', cacheable('origin copy'));
+    expect(await purged({ tags: ['sp'], soft: true })).toBe(1);
+    expect((await fetched('/sp.css')).body).toBe('origin copy');
+    expect((await pushObject('/sp.css', 'pushed v2')).status).toBe(201);
+    expect((await fetched('/sp.css')).body).toBe('pushed v2');
+  });
+
   it('purges by path on every host, by absolute URL on one host, with the pull path\'s query normalisation', async () => {
     t = await startTestEdge({ adminToken: TOKEN });
     for (const path of ['/p/a.css', '/p/b.css', '/p/c.css', '/p/q.css']) t.origin.set(path, cacheable(path));
