@@ -123,4 +123,28 @@ describe('origin shield', () => {
     expect(res.status).toBe(200);
     expect(res.body).toBe('direct');
   });
+
+  it('forwards a purge to the shields with "forward": true, and reports shield health at /_edge/origins', async () => {
+    const token = 't'.repeat(32);
+    const origin = await startOrigin();
+    origin.set('/p.css', { headers: { 'cache-control': 'public, max-age=300' }, body: 'p' });
+    const shield = await startNode({ ...SHIELD_DEFAULTS, origin: origin.url, adminToken: token });
+    const edge = await startNode({ origin: origin.url, shield: shield.url, adminToken: token });
+    await get(edge.url, '/p.css');
+    expect(origin.count('/p.css')).toBe(1);
+
+    const res = await fetch(`${edge.url}/_edge/purge`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ urls: ['/p.css'], forward: true }),
+    });
+    const answer = await res.json();
+    expect(answer.purged).toBe(1);
+    expect(answer.shields).toEqual([{ shield: shield.url, status: 200, purged: 1 }]);
+    await get(edge.url, '/p.css');
+    expect(origin.count('/p.css')).toBe(2);
+
+    const origins = await (await fetch(`${edge.url}/_edge/origins`, { headers: { authorization: `Bearer ${token}` } })).json();
+    expect(origins.status).toEqual([expect.objectContaining({ shield: shield.url, healthy: true })]);
+  });
 });

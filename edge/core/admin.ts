@@ -32,6 +32,8 @@ export interface AdminDeps {
   now: () => number;
   createHasher?: () => ContentHasher;
   waitUntil: (promise: Promise<unknown>) => void;
+  /** Health of origin pool members and shields, for `GET /_edge/origins`. */
+  originStatus?: () => unknown;
 }
 
 const PUSH_PREFIX = '/_edge/push';
@@ -72,6 +74,7 @@ export function mountAdminApi(app: Hono, deps: AdminDeps): void {
     app.all('/_edge/push/*', disabled);
     app.all('/_edge/purge', disabled);
     app.all('/_edge/objects', disabled);
+    app.all('/_edge/origins', disabled);
     return;
   }
 
@@ -102,7 +105,7 @@ export function mountAdminApi(app: Hono, deps: AdminDeps): void {
     await next();
   });
 
-  for (const path of [PUSH_PREFIX, `${PUSH_PREFIX}/*`, '/_edge/purge', '/_edge/objects']) app.use(path, auth);
+  for (const path of [PUSH_PREFIX, `${PUSH_PREFIX}/*`, '/_edge/purge', '/_edge/objects', '/_edge/origins']) app.use(path, auth);
 
   app.put(PUSH_PREFIX, (c) => Promise.reject(closingIfBodyUnread(c, badKey('empty path: use PUT /_edge/push/<path>, e.g. /_edge/push/assets/app.css'))));
   app.put(`${PUSH_PREFIX}/*`, (c) => push(c, deps));
@@ -110,6 +113,7 @@ export function mountAdminApi(app: Hono, deps: AdminDeps): void {
   app.delete(`${PUSH_PREFIX}/*`, (c) => unpush(c, deps));
   app.post('/_edge/purge', (c) => purge(c, deps));
   app.get('/_edge/objects', (c) => listObjects(c, deps));
+  app.get('/_edge/origins', (c) => c.json({ origin: deps.options.origin ?? null, status: deps.originStatus?.() ?? null, shields: deps.options.shield ?? [] }));
 
   const notAllowed = (allow: string) => () => {
     throw new EdgeError('EDGE_METHOD_NOT_ALLOWED', `Use ${allow} here.`, { headers: { allow } });
@@ -118,6 +122,7 @@ export function mountAdminApi(app: Hono, deps: AdminDeps): void {
   app.all(`${PUSH_PREFIX}/*`, notAllowed('PUT, DELETE'));
   app.all('/_edge/purge', notAllowed('POST'));
   app.all('/_edge/objects', notAllowed('GET'));
+  app.all('/_edge/origins', notAllowed('GET'));
 }
 
 // ---------------------------------------------------------------------------
@@ -415,6 +420,8 @@ const purgeSchema = z
     all: z.literal(true).optional(),
     /** Mark as stale (revalidate on next use) instead of deleting. @default false */
     soft: z.boolean().optional(),
+    /** Also send this purge to the origin shields (`--shield`), with the same admin token. @default false */
+    forward: z.boolean().optional(),
   })
   .strict()
   .superRefine((value, ctx) => {
@@ -611,7 +618,32 @@ async function purge(c: Context, deps: AdminDeps): Promise<Response> {
     }
     if (request.all) pull.pushedPaths.clear();
   }
-  return c.json({ purged });
+  if (!request.forward) return c.json({ purged });
+  return c.json({ purged, shields: await forwardPurge(request, deps) });
+}
+
+/**
+ * Repeat a purge at every shield, so one call clears both tiers. Paths and
+ * prefixes match every host there too; shields share the admin token.
+ */
+async function forwardPurge(request: PurgeRequest, deps: AdminDeps): Promise<{ shield: string; status: number; purged?: number; error?: string }[]> {
+  const { forward: _forward, ...body } = request;
+  return Promise.all(
+    (deps.options.shield ?? []).map(async (shield) => {
+      try {
+        const response = await fetch(new URL('/_edge/purge', shield), {
+          method: 'POST',
+          headers: { authorization: `Bearer ${deps.options.adminToken}`, 'content-type': 'application/json' },
+          body: JSON.stringify(body),
+          signal: AbortSignal.timeout(deps.options.originTimeout),
+        });
+        const answer = (await response.json().catch(() => ({}))) as { purged?: number; error?: string };
+        return { shield, status: response.status, purged: answer.purged, error: answer.error };
+      } catch (error) {
+        return { shield, status: 502, error: (error as Error).message };
+      }
+    }),
+  );
 }
 
 // ---------------------------------------------------------------------------

@@ -44,6 +44,8 @@ export interface EdgeAppDeps {
   metrics?: () => Promise<string> | string;
   /** Pixel work for image variants (Node: sharp). Without it, image parameters are ignored and originals pass through. */
   imageTransformer?: ImageTransformer;
+  /** Health of origin pool members and shields, for `GET /_edge/origins`. */
+  originStatus?: () => unknown;
   /** Streaming content hash for pushed objects' ETags (Node: sha256 from node:crypto). */
   createHasher?: () => ContentHasher;
   /** Extra readiness facts for `GET /_edge/health`. */
@@ -106,7 +108,7 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
     return c.body(await deps.metrics(), 200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' });
   });
 
-  mountAdminApi(app, { options, store: deps.store, pull, policies, now, createHasher: deps.createHasher, waitUntil: track });
+  mountAdminApi(app, { options, store: deps.store, pull, policies, now, createHasher: deps.createHasher, waitUntil: track, originStatus: deps.originStatus });
 
   // Everything under /_edge/ belongs to the node and is never forwarded.
   app.all('/_edge/*', () => {

@@ -99,6 +99,7 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
     origin,
     now,
     imageTransformer,
+    originStatus: () => (origin as { status?: () => unknown }).status?.(),
     clientIp: clientAddress,
     // Node has already parsed the headers into a lower-case record (duplicates joined).
     requestHeaders: (env) => (env as HttpBindings | undefined)?.incoming?.headers as Record<string, string> | undefined,
