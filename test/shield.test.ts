@@ -145,6 +145,6 @@ describe('origin shield', () => {
     expect(origin.count('/p.css')).toBe(2);
 
     const origins = await (await fetch(`${edge.url}/_edge/origins`, { headers: { authorization: `Bearer ${token}` } })).json();
-    expect(origins.status).toEqual([expect.objectContaining({ shield: shield.url, healthy: true })]);
+    expect(origins.status.shields).toEqual([expect.objectContaining({ shield: shield.url, healthy: true })]);
   });
 });

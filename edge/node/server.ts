@@ -17,6 +17,7 @@ import { TieredCacheStore } from '../core/store/tiered.js';
 import type { CacheStore } from '../core/store/types.js';
 import { LmdbCacheStore } from './lmdb-store.js';
 import { ShieldOriginClient } from '../core/origin/shield.js';
+import { createOriginClient } from './origin-pool.js';
 import { createEdgeMetrics } from './metrics.js';
 import { SharpImageTransformer } from './sharp-transformer.js';
 import { UndiciOriginClient } from './undici-origin.js';
@@ -64,16 +65,20 @@ export function createUpstream(options: EdgeOptions): OriginClient {
     bodyTimeout: options.bodyTimeout,
     connections: options.originConnections,
   };
-  const origin = new UndiciOriginClient({ url: options.origin!, ...timeouts });
+  const origin = createOriginClient(options);
+  origin.start?.();
   if (!options.shield?.length) return origin;
-  return new ShieldOriginClient({
+  const shields = new ShieldOriginClient({
     shields: options.shield.map((url) => new UndiciOriginClient({ url, ...timeouts })),
     origin,
   });
+  // /_edge/origins reports both the shields and the pool behind them.
+  const shieldStatus = shields.status.bind(shields);
+  return Object.assign(shields, { status: () => ({ shields: shieldStatus(), origin: origin.status?.() ?? null }) });
 }
 
 export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServerOverrides = {}): Promise<EdgeServer> {
-  if (!options.origin && !overrides.origin) throw new TypeError('startEdgeServer: options.origin is required (or an origin override).');
+  if (!options.origin && !options.origins && !overrides.origin) throw new TypeError('startEdgeServer: options.origin is required (or an origin override).');
   const now = overrides.now ?? Date.now;
   const logger = overrides.logger === undefined ? pino({ level: options.logLevel, base: { node: options.name } }) : overrides.logger;
   const store = createTieredStore(options, now);
