@@ -111,12 +111,16 @@ function printTable(rows: Row[]): void {
 }
 
 async function main(): Promise<void> {
-  const only = new Set((process.env.BENCH_ONLY ?? 'pull,images').split(',').map((s) => s.trim()));
+  const only = new Set((process.env.BENCH_ONLY ?? 'pull,images,shield').split(',').map((s) => s.trim()));
   console.error(`bench: node ${process.version}, loopback only, ${DURATION} s per scenario, ${CONNECTIONS} connections`);
   if (only.has('pull')) printTable(await pullSection());
   if (only.has('images')) {
     const { imageSection } = await import('./images.js').catch(() => ({ imageSection: undefined }));
     if (imageSection) await imageSection({ load, startChild });
+  }
+  if (only.has('shield')) {
+    const { shieldSection } = await import('./shield.js');
+    await shieldSection();
   }
 }
 
