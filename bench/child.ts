@@ -3,6 +3,10 @@
  * parent) and the server under test run on different cores.
  *   bare <bytes>                    plain node:http serving <bytes> bytes
  *   edge <originUrl> <memorySize>   an edge node in front of <originUrl>
+ *   origin-image <width>x<height>   an origin serving /photo.jpg, a photo-like
+ *                                   JPEG generated at start-up, and /blob/<n>,
+ *                                   n bytes (for a same-size cache hit)
+ *   ipx <originUrl>                 ipx (no result cache) fetching from <originUrl>
  * Prints `{"url": ...}` on stdout once listening.
  */
 import { createServer } from 'node:http';
@@ -39,7 +43,98 @@ if (kind === 'bare') {
   const logger = pino({ level: 'info' }, pino.destination({ dest: '/dev/null', sync: false }));
   const server = await startEdgeServer(options, { logger });
   console.log(JSON.stringify({ url: server.url }));
+} else if (kind === 'origin-image') {
+  const [width, height] = (arg1 ?? '2400x1600').split('x').map(Number) as [number, number];
+  const photo = await photoLikeJpeg(width, height);
+  const blobs = new Map<number, Buffer>();
+  const server = createServer((req, res) => {
+    const path = (req.url ?? '/').split('?')[0]!;
+    const blob = /^\/blob\/(\d{1,9})$/.exec(path);
+    let body: Buffer;
+    let type: string;
+    if (path === '/photo.jpg') {
+      body = photo;
+      type = 'image/jpeg';
+    } else if (blob) {
+      const n = Number(blob[1]);
+      body = blobs.get(n) ?? Buffer.alloc(n, 'b');
+      blobs.set(n, body);
+      type = 'application/octet-stream';
+    } else {
+      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found');
+      return;
+    }
+    res.writeHead(200, {
+      'content-type': type,
+      'content-length': body.length,
+      'cache-control': 'public, max-age=3600',
+      etag: `"${path}"`,
+    });
+    res.end(req.method === 'HEAD' ? undefined : body);
+  });
+  server.keepAliveTimeout = 65_000;
+  server.listen(0, '127.0.0.1', () => {
+    const address = server.address() as { port: number };
+    console.log(JSON.stringify({ url: `http://127.0.0.1:${address.port}` }));
+  });
+} else if (kind === 'ipx') {
+  const { createIPX, createIPXNodeServer, ipxHttpStorage } = await import('ipx');
+  const storage = ipxHttpStorage({ domains: [new URL(arg1!).host] });
+  const ipx = createIPX({ storage, httpStorage: storage });
+  const server = createServer(createIPXNodeServer(ipx));
+  server.keepAliveTimeout = 65_000;
+  server.listen(0, '127.0.0.1', () => {
+    const address = server.address() as { port: number };
+    console.log(JSON.stringify({ url: `http://127.0.0.1:${address.port}` }));
+  });
 } else {
-  console.error('usage: child.ts bare <bytes> | edge <originUrl> <memorySize>');
+  console.error('usage: child.ts bare <bytes> | edge <originUrl> <memorySize> | origin-image <w>x<h> | ipx <originUrl>');
   process.exit(2);
+}
+
+/**
+ * A deterministic photo-like JPEG (q90): smooth colour fields and soft
+ * shapes, with fine grain, so encoders see both flat areas and texture,
+ * as in a photograph (pure noise would make every codec look the same;
+ * a flat image would make them all look free).
+ */
+async function photoLikeJpeg(width: number, height: number): Promise<Buffer> {
+  const { default: sharp } = await import('sharp');
+  const raw = Buffer.alloc(width * height * 3);
+  let seed = 0x2f6b_1d3c;
+  const random = () => {
+    // mulberry32
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  const discs = Array.from({ length: 24 }, () => ({
+    x: random() * width,
+    y: random() * height,
+    r: 40 + random() * 260,
+    c: [random() * 255, random() * 255, random() * 255],
+  }));
+  let i = 0;
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      let r = 120 + 70 * Math.sin(x / 310 + y / 470);
+      let g = 110 + 60 * Math.sin(x / 190 - y / 260 + 1);
+      let b = 100 + 80 * Math.cos(y / 350 + x / 900);
+      for (const d of discs) {
+        const dx = x - d.x;
+        const dy = y - d.y;
+        if (dx * dx + dy * dy < d.r * d.r) {
+          r = (r + d.c[0]!) / 2;
+          g = (g + d.c[1]!) / 2;
+          b = (b + d.c[2]!) / 2;
+        }
+      }
+      const grain = (random() - 0.5) * 36;
+      raw[i++] = Math.max(0, Math.min(255, r + grain));
+      raw[i++] = Math.max(0, Math.min(255, g + grain));
+      raw[i++] = Math.max(0, Math.min(255, b + grain));
+    }
+  }
+  return sharp(raw, { raw: { width, height, channels: 3 } }).blur(0.6).jpeg({ quality: 90 }).toBuffer();
 }

@@ -31,7 +31,7 @@ import {
 import type { ImageParams, ImageTransformer, ResolvedImageParams } from './image/types.js';
 import type { EdgeOptions } from './options.js';
 import type { EdgePolicy, PolicyFactory } from './policy.js';
-import type { PullCache, PullRequest, RequestContext } from './pull.js';
+import type { Described, PullCache, PullRequest, RequestContext } from './pull.js';
 import type { CacheEntry, CacheEntryMeta, CacheStore } from './store/types.js';
 
 export interface ImageVariantDeps {
@@ -45,6 +45,8 @@ export interface ImageVariantDeps {
 
 /** Source fields a variant inherits: freshness and identity of what it was made from. */
 const INHERITED_FIELDS = ['cache-control', 'expires', 'date', 'last-modified', 'cache-tag', 'surrogate-key', 'edge-cache-control', 'cdn-cache-control'];
+
+const IMAGE_PARAM_SET = new Set(IMAGE_PARAM_NAMES);
 
 const IMAGE_PATH = /\.(jpe?g|png|webp|avif|gif|tiff?)$/i;
 
@@ -130,10 +132,16 @@ export class ImageVariants {
     return params;
   }
 
-  async handle(request: Request, ctx: RequestContext, params: ImageParams): Promise<Response> {
+  /**
+   * Answer an image request. `described` is the pull path's description of
+   * this request, when the caller has it (saves describing it again on a hit).
+   */
+  async handle(request: Request, ctx: RequestContext, params: ImageParams, described?: Described): Promise<Response> {
     const { options, store } = this.deps;
-    const sourceUrl = new URL(request.url);
-    for (const name of IMAGE_PARAM_NAMES) sourceUrl.searchParams.delete(name);
+    const sourceUrl = new URL(described?.url ?? request.url);
+    // One rewrite of the query (each searchParams.delete re-serialises the URL).
+    const kept = [...sourceUrl.searchParams].filter(([name]) => !IMAGE_PARAM_SET.has(name));
+    sourceUrl.search = kept.length > 0 ? new URLSearchParams(kept).toString() : '';
     // Read headers from the runtime's parsed record when it has one: a
     // variant hit should cost what any hit costs.
     const requestHeaders = ctx.requestHeaders ?? headersToRecord(request.headers);
@@ -169,7 +177,7 @@ export class ImageVariants {
           return this.answer(request, ctx, params, { meta: entry.meta, body: entry.body, tier: entry.tier }, policy, {
             hit: true,
             ttl: policy.freshnessLifetime() - policy.age(),
-          });
+          }, described);
         }
         stale = { entry, policy };
       }
@@ -180,11 +188,11 @@ export class ImageVariants {
     if (flight) {
       const outcome = await waitForFlight(flight, options.collapseTimeout);
       if (outcome !== 'timeout' && outcome.kind === 'failed') throw outcome.error;
-      if (outcome !== 'timeout' && outcome.kind === 'stored') return this.handle(request, ctx, params);
+      if (outcome !== 'timeout' && outcome.kind === 'stored') return this.handle(request, ctx, params, described);
     }
     const land = flight ? undefined : this.flights.lead(flightKey);
     try {
-      const response = await this.produce(request, ctx, params, { sourceRequest, sourceKey, accept, isHead, requestHeaders, stale });
+      const response = await this.produce(request, ctx, params, { sourceRequest, sourceKey, accept, isHead, requestHeaders, stale, described });
       land?.({ kind: response.stored ? 'stored' : 'uncacheable' });
       return response.response;
     } catch (error) {
@@ -204,6 +212,7 @@ export class ImageVariants {
       isHead: boolean;
       requestHeaders: Record<string, string>;
       stale?: { entry: CacheEntry; policy: EdgePolicy };
+      described?: Described;
     },
   ): Promise<{ response: Response; stored: boolean }> {
     const { options, store, policies, now, transformer } = this.deps;
@@ -261,7 +270,7 @@ export class ImageVariants {
           fwd: 'stale',
           detail: 'source-unchanged',
           ttl: policy.freshnessLifetime() - policy.age(),
-        }),
+        }, job.described),
         stored,
       };
     };
@@ -322,18 +331,30 @@ export class ImageVariants {
         { meta, body: { size: bytes.byteLength, bytes, stream: () => new Response(bytes as unknown as BodyInit).body! } },
         policy,
         { fwd: job.stale ? 'stale' : 'miss', stored, detail: 'transformed', ttl: stored ? policy.freshnessLifetime() - policy.age() : undefined },
+        job.described,
       ),
       stored,
     };
   }
 
-  private answer(request: Request, ctx: RequestContext, params: ImageParams, entry: CacheEntry, policy: EdgePolicy, fields: CacheStatusFields): Response {
-    const described = this.deps.pull.describe(request, ctx.clientIp, ctx.requestHeaders ?? headersToRecord(request.headers));
-    const pull: PullRequest = this.deps.pull.requestFor(request, ctx, described, entry.meta.key);
-    const response = this.deps.pull.fromCache(pull, entry, policy, fields);
-    response.headers.delete(SOURCE_ETAG_FIELD);
-    if (params.format === 'auto') response.headers.set('vary', 'Accept');
-    return response;
+  private answer(
+    request: Request,
+    ctx: RequestContext,
+    params: ImageParams,
+    entry: CacheEntry,
+    policy: EdgePolicy,
+    fields: CacheStatusFields,
+    described?: Described,
+  ): Response {
+    const client = described ?? this.deps.pull.describe(request, ctx.clientIp, ctx.requestHeaders ?? headersToRecord(request.headers));
+    const pull: PullRequest = this.deps.pull.requestFor(request, ctx, client, entry.meta.key);
+    // The answer's headers are set on the entry it is built from, not on the
+    // Response afterwards: reading `response.headers` would turn the Node
+    // adapter's lightweight Response into a full one on every hit.
+    const headers: Record<string, string> = {};
+    for (const name in entry.meta.headers) if (name !== SOURCE_ETAG_FIELD) headers[name] = entry.meta.headers[name]!;
+    if (params.format === 'auto') headers.vary = 'Accept';
+    return this.deps.pull.fromCache(pull, { ...entry, meta: { ...entry.meta, headers } }, policy, fields);
   }
 
   private resolve(params: ImageParams, accept: string | null, sourceFormat: ReturnType<typeof sourceFormatFromContentType>): ResolvedImageParams {
