@@ -165,7 +165,7 @@ export class PullCache {
     if (request.method !== 'GET' && request.method !== 'HEAD') return this.passUnsafe(request, ctx, described);
     if (this.images && url.search !== '' && this.images.applies(url.pathname)) {
       const params = await this.images.parse(url);
-      if (params) return this.images.handle(request, ctx, params);
+      if (params) return this.images.handle(request, ctx, params, described);
     }
     const pull = this.requestFor(request, ctx, described);
     if (key.length > MAX_KEY_LENGTH || described.rules?.bypass) return this.fetchFromOrigin(pull, { reason: 'bypass' }, false);
