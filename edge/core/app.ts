@@ -95,7 +95,10 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
   };
 
   const app = new Hono();
-  const logs = new WeakMap<Request, RequestLog>();
+  // The per-request log record rides on the Request itself: a WeakMap keyed
+  // by short-lived requests costs measurable GC time (ephemerons) per request.
+  const LOG = Symbol('edgeLog');
+  type Logged = Request & { [LOG]?: RequestLog };
 
   app.onError((err) => errorResponse(err));
 
@@ -127,7 +130,7 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
         if (deps.waitUntil && executionCtx) deps.waitUntil(executionCtx, promise);
       },
       sendEarlyHints: deps.sendEarlyHints ? (headers) => deps.sendEarlyHints!(c.env, headers) : undefined,
-      log: logs.get(c.req.raw) ?? {},
+      log: (c.req.raw as Logged)[LOG] ?? {},
     };
     return pull.handle(c.req.raw, ctx).catch((error: unknown) => {
       // Errors carry Cache-Status too, so a client can tell where they came from.
@@ -143,7 +146,7 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
     ? async (request: Request, env?: unknown, executionCtx?: unknown): Promise<Response> => {
         const started = now();
         const log: RequestLog = {};
-        logs.set(request, log);
+        (request as Logged)[LOG] = log;
         const response = await app.fetch(request, env, executionCtx as never);
         const url = request.url;
         const pathStart = url.indexOf('/', url.indexOf('//') + 2);

@@ -138,7 +138,7 @@ export class ImageVariants {
    */
   async handle(request: Request, ctx: RequestContext, params: ImageParams, described?: Described): Promise<Response> {
     const { options, store } = this.deps;
-    const sourceUrl = new URL(described?.url ?? request.url);
+    const sourceUrl = new URL(described?.href ?? request.url);
     // One rewrite of the query (each searchParams.delete re-serialises the URL).
     const kept = [...sourceUrl.searchParams].filter(([name]) => !IMAGE_PARAM_SET.has(name));
     sourceUrl.search = kept.length > 0 ? new URLSearchParams(kept).toString() : '';

@@ -276,8 +276,14 @@ export function createPolicyFactory(options: PolicyOptions) {
   const { now, heuristicMaxAge, defaultTtl } = options;
 
   class ClockedPolicy extends CachePolicy {
-    /** maxAge() depends only on the stored headers: computed once (it sits on the hit path). */
+    /** maxAge() and date() depend only on the stored headers: computed once (they sit on the hit path). */
     private lifetime?: number;
+    private dateMs?: number;
+
+    override date(): number {
+      this.dateMs ??= super.date();
+      return this.dateMs;
+    }
 
     now(): number {
       return now();

@@ -72,9 +72,31 @@ const FILL_STRIPPED_REQUEST_FIELDS = ['if-none-match', 'if-modified-since', 'if-
 const KEEP_WITH_VALIDATOR_SECONDS = 7 * 24 * 3600;
 
 /** A GET/HEAD on its way through the pull path. */
+/** The first member of a comma-separated forwarding field, trimmed. */
+function firstMember(value: string): string {
+  const comma = value.indexOf(',');
+  return (comma === -1 ? value : value.slice(0, comma)).trim();
+}
+
+/**
+ * What a stored entry needs on every hit, computed once per stored
+ * metadata object (the memory tier hands back the same object each time).
+ */
+interface PreparedEntry {
+  policy: EdgePolicy;
+  vary: string[] | '*';
+  /** Downstream headers without Age and Cache-Status. */
+  headers: Record<string, string>;
+}
+
 /** What `describe()` derives from a request. */
 export interface Described {
-  url: URL;
+  /** The request URL's path (percent-encoded as the URL parser left it). */
+  pathname: string;
+  /** `?query` as sent, or ''. */
+  search: string;
+  /** The absolute request URL. */
+  href: string;
   key: string;
   pathAndQuery: string;
   forwarding: ForwardingOptions;
@@ -111,7 +133,7 @@ export class PullCache {
   private readonly ignoreParam: (name: string) => boolean;
   private readonly trusted: Set<string>;
   private readonly routes: readonly RouteConfig[];
-  private readonly policyMemo = new WeakMap<CacheEntryMeta, EdgePolicy>();
+  private readonly preparedMemo = new WeakMap<CacheEntryMeta, PreparedEntry>();
   /**
    * Paths that have a pushed object, so that requests for other paths skip
    * the pushed lookup. The admin API keeps it in step with the store;
@@ -135,22 +157,31 @@ export class PullCache {
    * rules of the route it matches.
    */
   describe(request: Request, clientIp: string | undefined, headers: Record<string, string> = headersToRecord(request.headers)): Described {
-    const url = new URL(request.url);
+    // Request.url is always an absolute, parser-normalised URL without a
+    // fragment: slicing it is exact and spares a URL object on the hit path.
+    const href = request.url;
+    const schemeEnd = href.indexOf('://');
+    const pathStart = href.indexOf('/', schemeEnd + 3);
+    const queryStart = pathStart === -1 ? -1 : href.indexOf('?', pathStart);
+    const pathname = pathStart === -1 ? '/' : queryStart === -1 ? href.slice(pathStart) : href.slice(pathStart, queryStart);
+    const search = queryStart === -1 ? '' : href.slice(queryStart);
     const trustedPeer = clientIp !== undefined && this.trusted.has(clientIp);
     const forwardedProto = trustedPeer ? headers['x-forwarded-proto'] : undefined;
     const forwardedHost = trustedPeer ? headers['x-forwarded-host'] : undefined;
-    const proto = (forwardedProto ?? url.protocol.slice(0, -1)).split(',')[0]!.trim();
-    const host = (forwardedHost ?? headers.host ?? url.host).split(',')[0]!.trim();
-    const rules = this.routes.length > 0 ? matchRoute(this.routes, { pathname: url.pathname, host, headers })?.cache : undefined;
+    const proto = firstMember(forwardedProto ?? href.slice(0, schemeEnd));
+    const host = firstMember(forwardedHost ?? headers.host ?? href.slice(schemeEnd + 3, pathStart === -1 ? undefined : pathStart));
+    const rules = this.routes.length > 0 ? matchRoute(this.routes, { pathname, host, headers })?.cache : undefined;
     const keepOnly = rules?.queryParams ? new Set(rules.queryParams) : undefined;
-    const query = normaliseQuery(url.search, this.ignoreParam, this.deps.options.sortQuery, keepOnly ? (name) => !keepOnly.has(name) : undefined);
-    let key = primaryKey(url.pathname + query, proto, host);
+    const query = normaliseQuery(search, this.ignoreParam, this.deps.options.sortQuery, keepOnly ? (name) => !keepOnly.has(name) : undefined);
+    let key = primaryKey(pathname + query, proto, host);
     if (rules?.keyHeaders?.length) {
       // A node-side Vary: the named request headers become part of the key.
       key += '#h:' + rules.keyHeaders.map((name) => `${name}=${encodeURIComponent(headers[name] ?? '')}`).join('&');
     }
-    const forwarding: ForwardingOptions = { clientIp, trustedPeer, proto, host, port: url.port || undefined, via: this.deps.options.name };
-    return { url, key, forwarding, pathAndQuery: url.pathname + url.search, headers, rules };
+    const colon = host.lastIndexOf(':');
+    const port = colon > host.lastIndexOf(']') ? host.slice(colon + 1) : undefined;
+    const forwarding: ForwardingOptions = { clientIp, trustedPeer, proto, host, port, via: this.deps.options.name };
+    return { pathname, search, href, key, forwarding, pathAndQuery: pathname + search, headers, rules };
   }
 
   /** Rebuild `pushedPaths` from the store (start-up). */
@@ -160,11 +191,11 @@ export class PullCache {
 
   async handle(request: Request, ctx: RequestContext): Promise<Response> {
     const described = this.describe(request, ctx.clientIp, ctx.requestHeaders ?? headersToRecord(request.headers));
-    const { url, key } = described;
+    const { key } = described;
     ctx.log.key = key;
     if (request.method !== 'GET' && request.method !== 'HEAD') return this.passUnsafe(request, ctx, described);
-    if (this.images && url.search !== '' && this.images.applies(url.pathname)) {
-      const params = await this.images.parse(url);
+    if (this.images && described.search !== '' && this.images.applies(described.pathname)) {
+      const params = await this.images.parse(new URL(described.href));
       if (params) return this.images.handle(request, ctx, params, described);
     }
     const pull = this.requestFor(request, ctx, described);
@@ -180,7 +211,7 @@ export class PullCache {
     const { headers } = described;
     return {
       request,
-      pathname: described.url.pathname,
+      pathname: described.pathname,
       key,
       pathAndQuery: described.pathAndQuery,
       headers,
@@ -365,7 +396,7 @@ export class PullCache {
           invalidated: false,
         };
         await store.updateMeta(meta);
-        this.policyMemo.set(meta, freshened.policy);
+        this.prepare(meta, freshened.policy);
         plan.land?.({ kind: 'stored' });
         pull.ctx.log.outcome = 'revalidated';
         return this.fromCache(pull, { meta, body: stale.entry.body }, freshened.policy, {
@@ -512,21 +543,16 @@ export class PullCache {
     const { meta } = entry;
     const { options } = this.deps;
     if (entry.tier) pull.ctx.log.tier = entry.tier;
-    const headers = downstreamHeaders(meta.headers, options.targetedCacheControl);
+    const headers = { ...this.prepare(meta).headers };
     headers.age = String(Math.floor(policy.age()));
-    headers.via = headers.via ? `${headers.via}, 1.1 ${options.name}` : `1.1 ${options.name}`;
     headers['cache-status'] = formatCacheStatus(options.name, fields);
 
     if (meta.status === 200 && clientValidatorsMatch(pull.headers, meta.headers)) {
       return new Response(null, { status: 304, headers: notModifiedHeaders(headers) });
     }
-    if (!statusAllowsBody(meta.status)) {
-      delete headers['content-length'];
-      return new Response(null, { status: meta.status, headers });
-    }
+    if (!statusAllowsBody(meta.status)) return new Response(null, { status: meta.status, headers });
     const size = entry.body.size;
-    if (meta.status === 200) {
-      headers['accept-ranges'] = 'bytes';
+    if (meta.status === 200 && pull.headers.range !== undefined) {
       const range = pull.isHead ? ({ kind: 'full' } as const) : decideRange(pull.headers, meta.headers, size);
       if (range.kind === 'unsatisfiable') {
         headers['content-range'] = `bytes */${size}`;
@@ -539,15 +565,18 @@ export class PullCache {
         return new Response(entryBody(entry, range.start, range.end), { status: 206, headers });
       }
     }
-    headers['content-length'] = String(size);
     return new Response(pull.isHead ? null : entryBody(entry), { status: meta.status, headers });
   }
 
   /** The stored variant matching the request's Vary-named headers (RFC 9111 4.1). */
   selectVariant(entries: CacheEntry[], requestHeaders: Record<string, string>): CacheEntry | undefined {
+    if (entries.length === 1 && entries[0]!.meta.variant === '') {
+      const { vary } = this.prepare(entries[0]!.meta);
+      if (vary !== '*' && vary.length === 0) return entries[0];
+    }
     let best: CacheEntry | undefined;
     for (const entry of entries) {
-      const names = varyNames(entry.meta.headers.vary);
+      const names = this.prepare(entry.meta).vary;
       if (names === '*') continue;
       if (variantFor(names, requestHeaders) !== entry.meta.variant) continue;
       // Several matches (Vary changed over time): the most recent wins (RFC 9111 4.1).
@@ -557,13 +586,28 @@ export class PullCache {
   }
 
   policyOf(meta: CacheEntryMeta): EdgePolicy {
-    let policy = this.policyMemo.get(meta);
-    if (!policy) {
-      policy = this.deps.policies.fromStored(meta.policy, meta.headers);
-      this.policyMemo.set(meta, policy);
-    }
-    return policy;
+    return this.prepare(meta).policy;
   }
+
+  private prepare(meta: CacheEntryMeta, policy?: EdgePolicy): PreparedEntry {
+    let prepared = policy ? undefined : this.preparedMemo.get(meta);
+    if (!prepared) {
+      const { options } = this.deps;
+      const headers = downstreamHeaders(meta.headers, options.targetedCacheControl);
+      headers.via = headers.via ? `${headers.via}, 1.1 ${options.name}` : `1.1 ${options.name}`;
+      if (statusAllowsBody(meta.status)) headers['content-length'] = String(meta.size);
+      else delete headers['content-length'];
+      if (meta.status === 200) headers['accept-ranges'] = 'bytes';
+      prepared = {
+        policy: policy ?? this.deps.policies.fromStored(meta.policy, meta.headers),
+        vary: varyNames(meta.headers.vary),
+        headers,
+      };
+      this.preparedMemo.set(meta, prepared);
+    }
+    return prepared;
+  }
+
 
   /** Methods other than GET/HEAD: pass through, then invalidate what they changed. */
   private async passUnsafe(request: Request, ctx: RequestContext, { key, forwarding, pathAndQuery }: Described): Promise<Response> {

@@ -149,7 +149,7 @@ export class LmdbCacheStore implements CacheStore {
     if (this.#closed || key.includes(SEP) || !fitsKey(key)) return [];
     const entries: CacheEntry[] = [];
     for (const { key: storageKey, value } of this.#meta.getRange({ start: key + SEP, end: key + AFTER_SEP })) {
-      entries.push({ meta: publicMeta(value), body: this.#body(value) });
+      entries.push({ meta: publicMeta(value), body: this.#body(value), tier: 'disk' });
       this.#touch(storageKey);
     }
     return entries;

@@ -43,6 +43,8 @@ export interface MemoryCacheStoreOptions {
 interface MemoryEntry {
   meta: CacheEntryMeta;
   bytes: Uint8Array;
+  /** What `get` hands out, built once: a hit allocates nothing here. */
+  view?: CacheEntry;
 }
 
 // A primary key never contains NUL (validated on write), so the first NUL
@@ -97,9 +99,10 @@ export class MemoryCacheStore implements CacheStore {
     const variants = this.#variants.get(key);
     if (!variants) return [];
     const entries: CacheEntry[] = [];
-    for (const variant of [...variants]) {
+    // lru.get may evict (and so edit `variants`) while we iterate: copy only when there are several.
+    for (const variant of variants.size === 1 ? variants : [...variants]) {
       const entry = this.#lru.get(key + SEP + variant);
-      if (entry) entries.push({ meta: entry.meta, body: new MemoryBody(entry.bytes) });
+      if (entry) entries.push((entry.view ??= { meta: entry.meta, body: new MemoryBody(entry.bytes), tier: 'memory' }));
     }
     return entries;
   }

@@ -85,8 +85,15 @@ export class TieredCacheStore implements CacheStore {
    * Without that, a variant evicted from memory would look like a miss.
    */
   async get(key: string): Promise<CacheEntry[]> {
+    // The common hit: the first tier holds the key and it has no Vary variants.
+    const first = await this.#tiers[0]!.get(key);
+    if (first.length > 0 && first.every((entry) => entry.meta.variant === '')) {
+      for (let i = 1; i < this.#tiers.length; i++) this.#tiers[i]!.touch?.(key, '');
+      return first;
+    }
     const found = new Map<string, CacheEntry>();
-    for (let i = 0; i < this.#tiers.length; i++) {
+    for (const entry of first) found.set(entry.meta.variant, entry);
+    for (let i = 1; i < this.#tiers.length; i++) {
       const tier = this.#tiers[i];
       const fresh = (await tier.get(key)).filter((entry) => !found.has(entry.meta.variant));
       for (const entry of fresh) found.set(entry.meta.variant, entry);
