@@ -99,7 +99,7 @@ export function decideRange(request: Record<string, string>, stored: Record<stri
 
 /** The body (or a slice of it) of a stored entry, as a Response body. */
 export function entryBody(entry: CacheEntry, start?: number, end?: number): BodyInit {
-  const { bytes } = entry.body;
+  const bytes = entry.body.bytes ?? entry.body.readAll?.();
   // Uint8Array<ArrayBufferLike> is a valid body at runtime; TS's BodyInit only names ArrayBuffer-backed views.
   if (bytes !== undefined) return (start === undefined ? bytes : bytes.subarray(start, (end ?? bytes.byteLength - 1) + 1)) as unknown as BodyInit;
   return entry.body.stream(start, end) as unknown as BodyInit;

@@ -551,6 +551,17 @@ class LmdbBody implements StoredBody {
     private readonly readChunk: (index: number) => Uint8Array | undefined,
   ) {}
 
+  readAll(): Uint8Array | undefined {
+    if (this.size === 0) return new Uint8Array(0);
+    if (this.size > this.chunkSize) return undefined;
+    try {
+      const chunk = this.readChunk(0);
+      return chunk && chunk.byteLength === this.size ? chunk : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
   stream(start?: number, end?: number): ReadableStream<Uint8Array> {
     const [from, to] = resolveRange(this.size, start, end);
     const { size, chunkSize, readChunk } = this;

@@ -56,6 +56,13 @@ export interface StoredBody {
   /** The whole body, when the tier holds it in memory (the fast path for hits). */
   readonly bytes?: Uint8Array;
   /**
+   * The whole body read at once, for tiers where that is cheap (an LMDB body
+   * that fits one chunk is a single memory-mapped read). Returns undefined
+   * when the body is gone (replaced or evicted) or too large to read at once.
+   * Spares small disk hits a stream per response.
+   */
+  readAll?(): Uint8Array | undefined;
+  /**
    * Stream the body, or the inclusive byte range `[start, end]` of it.
    * Reads are lazy: nothing is read until the stream is pulled.
    */
