@@ -1,0 +1,297 @@
+/**
+ * The edge on Cloudflare Workers: the same core app as on Node, with the
+ * Workers adapters (`wrangler.toml` at the repository root builds this file).
+ *
+ * | concern    | Node (`edge/node/server.ts`)  | Workers (here)                                        |
+ * | ---------- | ----------------------------- | ----------------------------------------------------- |
+ * | config     | flags, `EDGE_*` env, file     | vars and secrets: the `EDGE_*` names without `EDGE_`  |
+ * | pull tier  | memory over LMDB              | Cache API (`CfCacheStore`), per data center           |
+ * | push tier  | the same LMDB                 | R2 bucket `PUSH_BUCKET` (`R2PushStore`), global       |
+ * | origin     | undici pool                   | `fetch` (`FetchOriginClient`)                         |
+ * | images     | sharp                         | Images binding `IMAGES`, when configured              |
+ * | background | tracked promises              | `ctx.waitUntil`                                       |
+ * | client IP  | the socket                    | `CF-Connecting-IP`                                    |
+ *
+ * Configuration is read once per isolate (per `env` object) and validated
+ * with `resolveEdgeOptions`, the Node schema: a bad value answers every
+ * request with a 500 JSON error naming the variable (and logs it once),
+ * rather than failing at a random point later.
+ *
+ * Workers-only variables: `CACHE_NAME` (a named cache instead of
+ * `caches.default`), `PUSH_PREFIX` (object-name prefix in the bucket) and
+ * `PUSH_INDEX_REFRESH` (seconds between re-reads of the pushed-object list,
+ * default 60; objects pushed through another isolate are served here after
+ * at most that long, 0 turns the re-reads off).
+ */
+import { createEdgeApp, type EdgeApp } from '../core/app.js';
+import { EdgeError, errorResponse } from '../core/errors.js';
+import { edgeOptionsSchema, EdgeOptionsError, optionEnv, resolveEdgeOptions, type EdgeOptions } from '../core/options.js';
+import { ShieldOriginClient } from '../core/origin/shield.js';
+import type { OriginClient } from '../core/origin/types.js';
+import type { CacheStore } from '../core/store/types.js';
+import { CfCacheStore, type CacheLike } from './cf-cache-store.js';
+import { FetchOriginClient } from './fetch-origin.js';
+import { CfImagesTransformer, type ImagesBindingLike } from './images-transformer.js';
+import { R2PushStore, type R2BucketLike } from './r2-push-store.js';
+import { RoutedCacheStore } from './routed-store.js';
+
+/** Bindings and variables the Worker reads (see `wrangler.toml`). */
+export interface WorkersEnv {
+  /** Upstream origin URL (required), e.g. `https://origin.example.com`. */
+  ORIGIN?: string;
+  /** Bearer token for the admin API (a secret: `wrangler secret put ADMIN_TOKEN`). */
+  ADMIN_TOKEN?: string;
+  /** R2 bucket for pushed objects; without it pushed objects live in the Cache API (per location, evictable). */
+  PUSH_BUCKET?: R2BucketLike;
+  /** Cloudflare Images binding; without it image parameters do not transform. */
+  IMAGES?: ImagesBindingLike;
+  /** A named cache (`caches.open(CACHE_NAME)`) instead of `caches.default`. */
+  CACHE_NAME?: string;
+  /** Prefix of object names in `PUSH_BUCKET`. @default '' */
+  PUSH_PREFIX?: string;
+  /** Seconds between re-reads of the pushed-object list. @default 60 */
+  PUSH_INDEX_REFRESH?: string | number;
+  /** Every other option, under its Node environment name without `EDGE_` (e.g. `MAX_OBJECT_SIZE`). */
+  [name: string]: unknown;
+}
+
+/** The part of the Workers `ExecutionContext` used here. */
+export interface ExecutionContextLike {
+  waitUntil(promise: Promise<unknown>): void;
+}
+
+interface WorkersCaches {
+  default: CacheLike;
+  open(name: string): Promise<CacheLike>;
+}
+
+/** Per-request bindings handed to the core app as Hono's `env`. */
+interface RequestBindings {
+  clientIp?: string;
+}
+
+/** Options that mean nothing on Workers (sockets, local disk, sharp's pool); accepted and validated, not used. */
+const NODE_ONLY_OPTIONS = [
+  'port',
+  'host',
+  'dataDir',
+  'memorySize',
+  'memoryMaxObjectSize',
+  'diskSize',
+  'originConnections',
+  'connectTimeout',
+  'transformQueue',
+  'transformConcurrency',
+  'avifEffort',
+] as const;
+
+const MiB = 1024 * 1024;
+
+/** A configuration problem, naming the variable it comes from. */
+export class WorkersConfigError extends Error {
+  constructor(readonly problems: { variable: string; option: string; problem: string }[]) {
+    super(problems.map((p) => `${p.variable}: ${p.problem}`).join('\n'));
+    this.name = 'WorkersConfigError';
+  }
+}
+
+/** The variable name of an option on Workers: its Node environment name without `EDGE_`. */
+export function optionVariable(option: string): string {
+  return optionEnv(option).slice('EDGE_'.length);
+}
+
+/**
+ * Options from the Worker's variables and secrets: every option of the
+ * Node schema, read from its variable name, validated by `resolveEdgeOptions`.
+ */
+export function resolveWorkersOptions(env: WorkersEnv): EdgeOptions {
+  const input: Record<string, unknown> = {};
+  for (const option of Object.keys(edgeOptionsSchema.shape)) {
+    const value = env[optionVariable(option)];
+    // Bindings are objects with methods; vars are strings, numbers, booleans or JSON.
+    if (value === undefined || value === null || typeof value === 'function') continue;
+    if (typeof value === 'object' && !Array.isArray(value) && option !== 'origins') continue;
+    input[option] = value;
+  }
+  let options: EdgeOptions;
+  try {
+    options = resolveEdgeOptions(input);
+  } catch (error) {
+    if (!(error instanceof EdgeOptionsError)) throw error;
+    throw new WorkersConfigError(
+      error.problems.map((line) => {
+        // `--max-object-size (EDGE_MAX_OBJECT_SIZE): got ...` -> `MAX_OBJECT_SIZE: got ...`
+        const match = /^--[a-z0-9-]+ \(EDGE_([A-Z0-9_]+)\): (.*)$/s.exec(line);
+        if (!match) return { variable: '(unknown)', option: '', problem: line };
+        const variable = match[1]!;
+        const option = variable.toLowerCase().replace(/_([a-z0-9])/g, (_, c: string) => c.toUpperCase());
+        return { variable, option, problem: match[2]! };
+      }),
+    );
+  }
+  const problems: { variable: string; option: string; problem: string }[] = [];
+  if (!options.origin) {
+    problems.push({ variable: 'ORIGIN', option: 'origin', problem: 'required: the upstream URL, e.g. https://origin.example.com (wrangler.toml [vars] or --var ORIGIN:...)' });
+  } else if (options.origin.includes(',') || options.origin.startsWith('s3:')) {
+    problems.push({ variable: 'ORIGIN', option: 'origin', problem: `got ${JSON.stringify(options.origin)}: on Workers the origin is one http(s):// URL (origin pools and s3:// origins run on the Node node)` });
+  }
+  if (options.origins) problems.push({ variable: 'ORIGINS', option: 'origins', problem: 'origin groups and route rules are not supported on Workers yet' });
+  if (problems.length > 0) throw new WorkersConfigError(problems);
+  return options;
+}
+
+function seconds(value: unknown, fallback: number): number {
+  if (value === undefined || value === '') return fallback;
+  const number = Number(value);
+  if (!Number.isFinite(number) || number < 0) {
+    throw new WorkersConfigError([{ variable: 'PUSH_INDEX_REFRESH', option: '', problem: `got ${JSON.stringify(value)}: expected a whole number of seconds (0 turns re-reads off)` }]);
+  }
+  return number;
+}
+
+/** One isolate's edge: the app plus what the entry point needs around it. */
+interface WorkerEdge {
+  edge: EdgeApp;
+  options: EdgeOptions;
+  pushIndexRefreshMs: number;
+  lastPushIndexLoad: number;
+  shields?: ShieldOriginClient;
+  lastHealthCheck: number;
+}
+
+async function createWorkerEdge(env: WorkersEnv): Promise<WorkerEdge> {
+  const options = resolveWorkersOptions(env);
+  const pushIndexRefreshMs = seconds(env.PUSH_INDEX_REFRESH, 60) * 1000;
+  const caches = (globalThis as unknown as { caches?: WorkersCaches }).caches;
+  if (!caches) throw new Error('The Cache API (caches) is not available in this runtime.');
+  const cacheName = typeof env.CACHE_NAME === 'string' && env.CACHE_NAME !== '' ? env.CACHE_NAME : undefined;
+  const cache = cacheName ? await caches.open(cacheName) : caches.default;
+  const pulled = new CfCacheStore({ cache, maxEntryBytes: Math.min(options.maxObjectSize, 512 * MiB), onError: logError('cache') });
+  const bucket = env.PUSH_BUCKET;
+  const store: CacheStore = bucket
+    ? new RoutedCacheStore({
+        pushed: new R2PushStore({ bucket, prefix: typeof env.PUSH_PREFIX === 'string' ? env.PUSH_PREFIX : '', maxEntryBytes: Math.min(options.maxUploadSize, 64 * MiB) }),
+        pulled,
+      })
+    : pulled;
+
+  const timeouts = { headersTimeout: options.originTimeout, bodyTimeout: options.bodyTimeout };
+  let origin: OriginClient = new FetchOriginClient({ url: options.origin!, ...timeouts });
+  let shields: ShieldOriginClient | undefined;
+  if (options.shield?.length) {
+    // No timers between requests on Workers: health checks run from requests (see `serve`).
+    shields = new ShieldOriginClient({ shields: options.shield.map((url) => new FetchOriginClient({ url, ...timeouts })), origin, healthInterval: 0 });
+    origin = shields;
+  }
+  const images = options.images && env.IMAGES ? new CfImagesTransformer({ images: env.IMAGES, maxInputPixels: options.imageMaxPixels, timeoutMs: options.transformTimeout }) : undefined;
+  const logRequests = options.logLevel === 'info' || options.logLevel === 'debug' || options.logLevel === 'trace';
+
+  const edge = createEdgeApp({
+    options,
+    store,
+    origin,
+    imageTransformer: images,
+    clientIp: (bindings) => (bindings as RequestBindings | undefined)?.clientIp,
+    waitUntil: (executionCtx, promise) => (executionCtx as ExecutionContextLike).waitUntil(promise),
+    onRequest: logRequests ? (record) => console.log(JSON.stringify({ level: 'info', node: options.name, msg: 'request', req: record })) : undefined,
+    health: () => ({
+      runtime: 'workers',
+      pushStore: bucket ? 'r2' : 'cache (no PUSH_BUCKET binding: pushed objects are per data center and may be evicted)',
+      images: !options.images ? 'off' : images ? 'images-binding' : 'unavailable (no IMAGES binding: originals are served)',
+      ...(shields ? { shields: shields.status() } : {}),
+    }),
+  });
+  await edge.ready;
+  const ignored = NODE_ONLY_OPTIONS.filter((option) => env[optionVariable(option)] !== undefined);
+  if (ignored.length > 0) console.warn(`edge: ${ignored.map(optionVariable).join(', ')} have no effect on Workers`);
+  return { edge, options, pushIndexRefreshMs, lastPushIndexLoad: Date.now(), shields, lastHealthCheck: Date.now() };
+}
+
+function logError(tier: string) {
+  return (error: unknown) => console.error(JSON.stringify({ level: 'error', msg: `${tier} tier failure`, error: String(error) }));
+}
+
+/** One edge per `env` object, i.e. per isolate and configuration; a failed configuration is remembered too. */
+const edges = new WeakMap<object, Promise<WorkerEdge>>();
+
+function edgeFor(env: WorkersEnv): Promise<WorkerEdge> {
+  let edge = edges.get(env);
+  if (!edge) {
+    edge = createWorkerEdge(env);
+    edges.set(env, edge);
+    edge.catch((error: unknown) => {
+      if (error instanceof WorkersConfigError) console.error(`edge: invalid configuration:\n${error.message}`);
+      else console.error('edge: start-up failed', error);
+    });
+  }
+  return edge;
+}
+
+function configErrorResponse(error: unknown): Response {
+  if (error instanceof WorkersConfigError) {
+    return errorResponse(
+      new EdgeError('EDGE_INTERNAL', `The edge is misconfigured: ${error.problems.map((p) => `${p.variable}: ${p.problem}`).join('; ')}`, {
+        details: { variables: error.problems.map((p) => p.variable), problems: error.problems },
+      }),
+    );
+  }
+  return errorResponse(error);
+}
+
+/** Workers' `FixedLengthStream`: a pass-through stream that makes the runtime send `Content-Length`. */
+type FixedLengthStreamConstructor = new (length: number) => { readable: ReadableStream<Uint8Array>; writable: WritableStream<Uint8Array> };
+
+/**
+ * The response as the runtime should send it:
+ * - with a body of known length, through a `FixedLengthStream`, or
+ *   workerd drops `Content-Length` and sends the body chunked (a stream
+ *   body's length is not known to it);
+ * - with a body the origin encoded (gzip, br...), with `encodeBody:
+ *   'manual'`, or the runtime would compress it a second time.
+ */
+export function prepareResponse(response: Response): Response {
+  let body: ReadableStream<Uint8Array> | null = response.body;
+  if (!body) return response;
+  const encoding = response.headers.get('content-encoding');
+  const encoded = encoding !== null && encoding !== 'identity';
+  const length = Number(response.headers.get('content-length') ?? Number.NaN);
+  const Fixed = (globalThis as unknown as { FixedLengthStream?: FixedLengthStreamConstructor }).FixedLengthStream;
+  const fixed = Fixed !== undefined && response.headers.has('content-length') && Number.isSafeInteger(length) && length >= 0;
+  if (!fixed && !encoded) return response;
+  if (fixed) {
+    const { readable, writable } = new Fixed!(length);
+    // A body that ends early or runs long errors the stream: the client sees a broken response, not a wrong one.
+    body.pipeTo(writable).catch(() => {});
+    body = readable;
+  }
+  const init: ResponseInit & { encodeBody?: 'manual' } = { status: response.status, statusText: response.statusText, headers: response.headers };
+  if (encoded) init.encodeBody = 'manual';
+  return new Response(body as BodyInit, init);
+}
+
+async function serve(request: Request, env: WorkersEnv, ctx: ExecutionContextLike): Promise<Response> {
+  let worker: WorkerEdge;
+  try {
+    worker = await edgeFor(env);
+  } catch (error) {
+    return configErrorResponse(error);
+  }
+  const now = Date.now();
+  if (worker.pushIndexRefreshMs > 0 && now - worker.lastPushIndexLoad >= worker.pushIndexRefreshMs) {
+    worker.lastPushIndexLoad = now;
+    ctx.waitUntil(worker.edge.pull.loadPushedIndex().catch(logError('push index')));
+  }
+  // Shields marked down come back after a good health check; only ask while one is down.
+  if (worker.shields && now - worker.lastHealthCheck >= 5000 && worker.shields.status().some((shield) => !shield.healthy)) {
+    worker.lastHealthCheck = now;
+    ctx.waitUntil(worker.shields.checkHealth());
+  }
+  const bindings: RequestBindings = { clientIp: request.headers.get('cf-connecting-ip') ?? undefined };
+  return prepareResponse(await worker.edge.fetch(request, bindings, ctx));
+}
+
+export default {
+  fetch(request: Request, env: WorkersEnv, ctx: ExecutionContextLike): Promise<Response> {
+    return serve(request, env, ctx);
+  },
+};
