@@ -1,0 +1,93 @@
+/**
+ * The Worker under test: the bundle `wrangler deploy --dry-run` builds from
+ * the committed `wrangler.toml` (so the tests run exactly what would be
+ * uploaded), run by Miniflare 3 on the `workerd` binary from npm, with an
+ * in-memory Cache API and R2 bucket. Nothing reaches Cloudflare: the
+ * dry run only bundles, and Miniflare runs locally.
+ */
+import { execFile } from 'node:child_process';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { promisify } from 'node:util';
+import { Miniflare, type MiniflareOptions } from 'miniflare';
+
+const run = promisify(execFile);
+const ROOT = resolve(import.meta.dirname, '../..');
+
+export interface WorkerBundle {
+  /** The bundled module, `<dir>/index.js`. */
+  script: string;
+  dir: string;
+  /** From `wrangler.toml`, so Miniflare runs the deployed runtime semantics. */
+  compatibilityDate: string;
+  /** wrangler's output, for failure messages. */
+  log: string;
+  dispose(): Promise<void>;
+}
+
+/** Runs `wrangler deploy --dry-run --outdir <tmp>` on the repository's `wrangler.toml`. */
+export async function buildWorkerBundle(): Promise<WorkerBundle> {
+  const dir = await mkdtemp(join(tmpdir(), 'edge-worker-bundle-'));
+  const { stdout, stderr } = await run(process.execPath, [join(ROOT, 'node_modules/wrangler/bin/wrangler.js'), 'deploy', '--dry-run', '--outdir', dir], {
+    cwd: ROOT,
+    env: { ...process.env, WRANGLER_SEND_METRICS: 'false', CI: 'true', NO_COLOR: '1', FORCE_COLOR: '0' },
+    timeout: 120_000,
+  });
+  const toml = await readFile(join(ROOT, 'wrangler.toml'), 'utf8');
+  const compatibilityDate = /^compatibility_date\s*=\s*"([^"]+)"/m.exec(toml)?.[1];
+  if (!compatibilityDate) throw new Error('wrangler.toml has no compatibility_date');
+  return {
+    script: join(dir, 'index.js'),
+    dir,
+    compatibilityDate,
+    log: stdout + stderr,
+    dispose: () => rm(dir, { recursive: true, force: true }),
+  };
+}
+
+export interface TestWorkerOptions {
+  /** Variables and secrets, as `[vars]` / `wrangler secret put` would give them. */
+  vars: Record<string, string | number | boolean>;
+  /** Bind an R2 bucket as PUSH_BUCKET. @default true */
+  r2?: boolean;
+  /** Directory to keep R2 in, so two Workers (isolates) can share a bucket. @default in memory */
+  r2Persist?: string;
+  /** Extra Miniflare options (e.g. an Images binding). */
+  extra?: Partial<MiniflareOptions>;
+}
+
+export interface TestWorker {
+  mf: Miniflare;
+  /** The Worker's own HTTP socket (workerd), e.g. `http://127.0.0.1:41234`. */
+  url: string;
+  /**
+   * A request over a real socket to workerd, as a client would send it.
+   * (Miniflare's `dispatchFetch` is not used: it drops `Content-Length`.)
+   */
+  fetch(path: string, init?: RequestInit): Promise<Response>;
+  close(): Promise<void>;
+}
+
+export async function startTestWorker(bundle: WorkerBundle, options: TestWorkerOptions): Promise<TestWorker> {
+  const mf = new Miniflare({
+    modules: true,
+    scriptPath: bundle.script,
+    // Module names are relative to this; the bundle lives outside the working directory.
+    modulesRoot: bundle.dir,
+    compatibilityDate: bundle.compatibilityDate,
+    bindings: options.vars,
+    r2Buckets: options.r2 === false ? undefined : ['PUSH_BUCKET'],
+    r2Persist: options.r2Persist,
+    // The placeholder request.cf: Miniflare would otherwise download Cloudflare's sample once.
+    cf: false,
+    ...(options.extra as object),
+  } as MiniflareOptions);
+  const url = (await mf.ready).origin;
+  return {
+    mf,
+    url,
+    fetch: (path, init) => fetch(url + path, init),
+    close: () => mf.dispose(),
+  };
+}
