@@ -10,6 +10,7 @@
  * is its source's, and it records the source's ETag so that once stale it
  * is refreshed without re-encoding when the source did not change.
  */
+import { concatBytes } from './bytes.js';
 import type { CacheStatusFields } from './cache-status.js';
 import { pushedKey } from './cache-key.js';
 import { FlightTable, waitForFlight } from './collapse.js';
@@ -93,13 +94,8 @@ async function readLimited(body: ReadableStream<Uint8Array>, limit: number): Pro
     }
     chunks.push(value);
   }
-  const out = new Uint8Array(size);
-  let offset = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, offset);
-    offset += chunk.byteLength;
-  }
-  return out;
+  // Stream chunks are ArrayBuffer-backed (never shared memory).
+  return concatBytes(chunks, size) as Uint8Array<ArrayBuffer>;
 }
 
 export class ImageVariants {

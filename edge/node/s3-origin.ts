@@ -27,7 +27,7 @@ import { AwsV4Signer } from 'aws4fetch';
 import { Pool, errors as undiciErrors, type Dispatcher } from 'undici';
 import { EdgeError } from '../core/errors.js';
 import type { OriginClient, OriginRequest } from '../core/origin/types.js';
-import { originFailure } from './undici-origin.js';
+import { createOriginPool, originFailure } from './undici-origin.js';
 
 /** Credentials for signing. Never logged, never part of `label` or an error. */
 export interface S3Credentials {
@@ -210,13 +210,7 @@ export class S3OriginClient implements OriginClient {
       throw new TypeError(`S3 origin ${this.label}: no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the origin group's "s3" field`);
     }
     this.credentials = credentials;
-    this.pool = new Pool(this.location.baseUrl.origin, {
-      connections: options.connections ?? 128,
-      connectTimeout: options.connectTimeout ?? 5000,
-      headersTimeout: options.headersTimeout ?? 30_000,
-      bodyTimeout: options.bodyTimeout ?? 30_000,
-      keepAliveTimeout: 30_000,
-    });
+    this.pool = createOriginPool(this.location.baseUrl.origin, options);
   }
 
   async fetch(request: OriginRequest): Promise<Response> {

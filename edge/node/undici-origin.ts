@@ -72,6 +72,17 @@ function webBody(body: AsyncIterable<Uint8Array>): ReadableStream<Uint8Array> {
   );
 }
 
+/** The keep-alive pool every HTTP-speaking origin client uses, with the node's timeouts. */
+export function createOriginPool(origin: string, options: Omit<UndiciOriginOptions, 'url'>): Pool {
+  return new Pool(origin, {
+    connections: options.connections ?? 128,
+    connectTimeout: options.connectTimeout ?? 5000,
+    headersTimeout: options.headersTimeout ?? 30_000,
+    bodyTimeout: options.bodyTimeout ?? 30_000,
+    keepAliveTimeout: 30_000,
+  });
+}
+
 export class UndiciOriginClient implements OriginClient {
   readonly label: string;
   private readonly pool: Pool;
@@ -82,13 +93,7 @@ export class UndiciOriginClient implements OriginClient {
     // Never put credentials from the URL into logs or client-facing errors.
     this.label = url.origin;
     this.basePath = url.pathname.replace(/\/+$/, '');
-    this.pool = new Pool(url.origin, {
-      connections: options.connections ?? 128,
-      connectTimeout: options.connectTimeout ?? 5000,
-      headersTimeout: options.headersTimeout ?? 30_000,
-      bodyTimeout: options.bodyTimeout ?? 30_000,
-      keepAliveTimeout: 30_000,
-    });
+    this.pool = createOriginPool(url.origin, options);
   }
 
   async fetch(request: OriginRequest): Promise<Response> {

@@ -5,6 +5,7 @@
  * bodies as one `Uint8Array`, so hits are served without copying; on Node it
  * is the hot layer above the LMDB tier, on Workers the per-isolate layer.
  */
+import { concatBytes } from '../bytes.js';
 import { LRUCache } from 'lru-cache';
 import type {
   CacheEntry,
@@ -224,7 +225,7 @@ class MemoryWriter implements CacheWriter {
     this.#done = true;
     assertMetaMatches(meta, this.key, this.variant);
     if (this.#declined) return false;
-    const bytes = concat(this.#chunks, this.#size);
+    const bytes = concatBytes(this.#chunks, this.#size);
     this.#chunks.length = 0;
     return this.store(meta, bytes);
   }
@@ -264,16 +265,6 @@ function entrySize(entry: MemoryEntry): number {
   return entry.bytes.byteLength + JSON.stringify(entry.meta).length + 64;
 }
 
-function concat(chunks: Uint8Array[], size: number): Uint8Array {
-  if (chunks.length === 1 && chunks[0].byteLength === size) return chunks[0];
-  const out = new Uint8Array(size);
-  let offset = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, offset);
-    offset += chunk.byteLength;
-  }
-  return out;
-}
 
 /**
  * Normalises an inclusive byte range against a body size. `end` is clamped
