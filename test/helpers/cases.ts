@@ -81,11 +81,11 @@ export const BEHAVIOUR_CASES: BehaviourCase[] = [
     name: 'a miss is stored and the next request is a hit',
     origin: { '/data/a.json': { headers: { 'content-type': 'application/json', 'cache-control': 'public, max-age=60' }, body: '{"a":1}' } },
     steps: [
-      { request: { path: '/data/a.json' }, expect: { status: 200, body: '{"a":1}', headers: { 'cache-status': 'edge; fwd=uri-miss; stored; ttl=60' } } },
+      { request: { path: '/data/a.json' }, expect: { status: 200, body: '{"a":1}', headers: { 'cache-status': /^edge; fwd=uri-miss; stored; ttl=(5\d|60)$/ } } },
       {
         // identity: Cloudflare (and Miniflare) compress compressible types for clients that accept gzip, dropping Content-Length.
         request: { path: '/data/a.json', headers: { 'accept-encoding': 'identity' } },
-        expect: { status: 200, body: '{"a":1}', headers: { 'cache-status': /^edge; hit; ttl=(59|60)$/, 'content-type': 'application/json', 'content-length': '7' } },
+        expect: { status: 200, body: '{"a":1}', headers: { 'cache-status': /^edge; hit; ttl=(5\d|60)$/, 'content-type': 'application/json', 'content-length': '7' } },
         originCount: { '/data/a.json': 1 },
       },
     ],
@@ -118,11 +118,11 @@ export const BEHAVIOUR_CASES: BehaviourCase[] = [
       { request: { path: '/r.txt' }, expect: { status: 200, body: 'version one', headers: { 'cache-status': /^edge; fwd=uri-miss; stored/ } } },
       {
         request: { path: '/r.txt' },
-        expect: { status: 200, body: 'version one', headers: { 'cache-status': /^edge; fwd=stale; fwd-status=304; ttl=(59|60)$/, etag: '"v1"' } },
+        expect: { status: 200, body: 'version one', headers: { 'cache-status': /^edge; fwd=stale; fwd-status=304; ttl=(5\d|60)$/, etag: '"v1"' } },
         originCount: { '/r.txt': 2 },
         originSaw: { path: '/r.txt', headers: { 'if-none-match': '"v1"' } },
       },
-      { request: { path: '/r.txt' }, expect: { status: 200, body: 'version one', headers: { 'cache-status': /^edge; hit; ttl=(59|60)$/ } }, originCount: { '/r.txt': 2 } },
+      { request: { path: '/r.txt' }, expect: { status: 200, body: 'version one', headers: { 'cache-status': /^edge; hit; ttl=(5\d|60)$/ } }, originCount: { '/r.txt': 2 } },
     ],
   },
   {

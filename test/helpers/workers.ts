@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { Miniflare, type MiniflareOptions } from 'miniflare';
+import { IMAGES_BINDING_SCRIPT, imagesService, type ImagesServiceLog } from './images-binding.js';
 
 const run = promisify(execFile);
 const ROOT = resolve(import.meta.dirname, '../..');
@@ -53,8 +54,8 @@ export interface TestWorkerOptions {
   r2?: boolean;
   /** Directory to keep R2 in, so two Workers (isolates) can share a bucket. @default in memory */
   r2Persist?: string;
-  /** Extra Miniflare options (e.g. an Images binding). */
-  extra?: Partial<MiniflareOptions>;
+  /** Bind IMAGES to workerd's Images binding over a local sharp service (`helpers/images-binding.ts`); transforms are logged here. */
+  images?: ImagesServiceLog;
 }
 
 export interface TestWorker {
@@ -70,7 +71,8 @@ export interface TestWorker {
 }
 
 export async function startTestWorker(bundle: WorkerBundle, options: TestWorkerOptions): Promise<TestWorker> {
-  const mf = new Miniflare({
+  const worker = {
+    name: 'edge',
     modules: true,
     scriptPath: bundle.script,
     // Module names are relative to this; the bundle lives outside the working directory.
@@ -78,10 +80,18 @@ export async function startTestWorker(bundle: WorkerBundle, options: TestWorkerO
     compatibilityDate: bundle.compatibilityDate,
     bindings: options.vars,
     r2Buckets: options.r2 === false ? undefined : ['PUSH_BUCKET'],
+    ...(options.images ? { wrappedBindings: { IMAGES: { scriptName: 'images-binding' } } } : {}),
+  };
+  const imagesWorker = {
+    name: 'images-binding',
+    modules: [{ type: 'ESModule' as const, path: 'index.mjs', contents: IMAGES_BINDING_SCRIPT }],
+    serviceBindings: { FETCHER: imagesService(options.images) },
+  };
+  const mf = new Miniflare({
+    workers: options.images ? [worker, imagesWorker] : [worker],
     r2Persist: options.r2Persist,
     // The placeholder request.cf: Miniflare would otherwise download Cloudflare's sample once.
     cf: false,
-    ...(options.extra as object),
   } as MiniflareOptions);
   const url = (await mf.ready).origin;
   return {
