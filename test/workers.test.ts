@@ -148,12 +148,23 @@ describe('images on the Worker without an Images binding', () => {
     origin.set('/photo.jpg', { headers: { 'cache-control': 'max-age=60', 'content-type': 'image/jpeg' }, body: jpeg });
     const worker = await startTestWorker(bundle, { vars: { ORIGIN: origin.url, LOG_LEVEL: 'silent' } });
     try {
-      for (const query of ['?width=100&format=webp', '?width=100&format=webp', '?w=99999']) {
+      const statuses: string[] = [];
+      for (const query of ['?width=100&format=webp', '?width=200&format=webp', '?w=300']) {
         const response = await worker.fetch('/photo.jpg' + query);
         expect(response.status).toBe(200);
         expect(response.headers.get('content-type')).toBe('image/jpeg');
         expect(Buffer.compare(Buffer.from(await response.arrayBuffer()), Buffer.from(jpeg))).toBe(0);
+        statuses.push(response.headers.get('cache-status') ?? '');
       }
+      // One cached copy of the source serves every size, and each answer says why it is untransformed.
+      expect(statuses[0]).toMatch(/^edge; fwd=uri-miss; stored; ttl=\d+; detail=image-transform-unavailable$/);
+      expect(statuses[1]).toMatch(/^edge; hit; ttl=\d+; detail=image-transform-unavailable$/);
+      expect(statuses[2]).toMatch(/^edge; hit; ttl=\d+; detail=image-transform-unavailable$/);
+      expect(origin.count('/photo.jpg')).toBe(1);
+      // Parameters are still checked: a bad width is a 400, as on Node.
+      const bad = await worker.fetch('/photo.jpg?width=abc');
+      expect(bad.status).toBe(400);
+      expect((await bad.json()).error).toBe('EDGE_BAD_PARAMETER');
     } finally {
       await worker.close();
       await origin.close();

@@ -42,7 +42,11 @@ export interface EdgeAppDeps {
   onRequest?: (record: RequestRecord) => void;
   /** Prometheus text for `GET /_edge/metrics`. */
   metrics?: () => Promise<string> | string;
-  /** Pixel work for image variants (Node: sharp). Without it, image parameters are ignored and originals pass through. */
+  /**
+   * Pixel work for image variants (Node: sharp; Workers: the Images binding).
+   * Without it, image parameters are still validated and the untransformed
+   * source is served, with `detail=image-transform-unavailable` in Cache-Status.
+   */
   imageTransformer?: ImageTransformer;
   /** Health of origin pool members and shields, for `GET /_edge/origins`. */
   originStatus?: () => unknown;
@@ -84,7 +88,7 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
     now,
   });
   const pull = new PullCache({ options, store: deps.store, origin: deps.origin, policies, now });
-  if (options.images && deps.imageTransformer) {
+  if (options.images) {
     pull.images = new ImageVariants({ options, store: deps.store, pull, policies, transformer: deps.imageTransformer, now });
   }
 

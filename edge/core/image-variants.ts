@@ -40,9 +40,13 @@ export interface ImageVariantDeps {
   store: CacheStore;
   pull: PullCache;
   policies: PolicyFactory;
-  transformer: ImageTransformer;
+  /** Without one, parameters are still checked, then the untransformed source is served. */
+  transformer?: ImageTransformer;
   now: () => number;
 }
+
+/** Cache-Status detail of image requests answered with the untransformed source. */
+export const IMAGE_TRANSFORM_UNAVAILABLE = 'image-transform-unavailable';
 
 /** Source fields a variant inherits: freshness and identity of what it was made from. */
 const INHERITED_FIELDS = ['cache-control', 'expires', 'date', 'last-modified', 'cache-tag', 'surrogate-key', 'edge-cache-control', 'cdn-cache-control'];
@@ -133,6 +137,7 @@ export class ImageVariants {
    * this request, when the caller has it (saves describing it again on a hit).
    */
   async handle(request: Request, ctx: RequestContext, params: ImageParams, described?: Described): Promise<Response> {
+    if (!this.deps.transformer) return this.untransformed(request, ctx);
     const { options, store } = this.deps;
     const sourceUrl = new URL(described?.href ?? request.url);
     // One rewrite of the query (each searchParams.delete re-serialises the URL).
@@ -211,7 +216,8 @@ export class ImageVariants {
       described?: Described;
     },
   ): Promise<{ response: Response; stored: boolean }> {
-    const { options, store, policies, now, transformer } = this.deps;
+    const { options, store, policies, now } = this.deps;
+    const transformer = this.deps.transformer!;
     const sourceCtx: RequestContext = { ...ctx, log: {}, sendEarlyHints: undefined, requestHeaders: undefined };
     const sourceResponse = await this.deps.pull.handle(job.sourceRequest(), sourceCtx);
     ctx.log.originMs = sourceCtx.log.originMs;
@@ -331,6 +337,21 @@ export class ImageVariants {
       ),
       stored,
     };
+  }
+
+  /** No transformer on this runtime: the source itself, from one cached copy, saying so. */
+  private async untransformed(request: Request, ctx: RequestContext): Promise<Response> {
+    const sourceUrl = new URL(request.url);
+    for (const name of IMAGE_PARAM_NAMES) sourceUrl.searchParams.delete(name);
+    const response = await this.deps.pull.handle(new Request(sourceUrl, { method: request.method, headers: request.headers }), {
+      ...ctx,
+      requestHeaders: undefined,
+    });
+    ctx.log.detail ??= IMAGE_TRANSFORM_UNAVAILABLE;
+    const status = response.headers.get('cache-status');
+    const member = status?.slice(status.lastIndexOf(',') + 1) ?? '';
+    if (status !== null && !/;\s*detail=/.test(member)) response.headers.set('cache-status', `${status}; detail=${IMAGE_TRANSFORM_UNAVAILABLE}`);
+    return response;
   }
 
   private answer(
