@@ -99,21 +99,25 @@ async function pullSection(): Promise<Row[]> {
     // The same kind of server is the origin for the edges.
     const memoryEdge = await startChild(['edge', bare.url, '256MB']);
     const diskEdge = await startChild(['edge', bare.url, '0']);
+    const quietEdge = await startChild(['edge', bare.url, '256MB', 'quiet']);
+    await warm(`${quietEdge.url}/obj`);
     await warm(`${memoryEdge.url}/obj`);
     await warm(`${diskEdge.url}/obj`);
-    const runs: Record<string, LoadResult[]> = { bare: [], memory: [], disk: [], miss: [] };
+    const runs: Record<string, LoadResult[]> = { bare: [], memory: [], quiet: [], disk: [], miss: [] };
     for (let round = 1; round <= ROUNDS; round++) {
       console.error(` round ${round}/${ROUNDS}`);
       runs.bare!.push(await load('bare node:http', `${bare.url}/obj`));
       runs.memory!.push(await load('edge, memory-tier hit', `${memoryEdge.url}/obj`));
+      runs.quiet!.push(await load('edge, memory hit, no access log', `${quietEdge.url}/obj`));
       runs.disk!.push(await load('edge, disk-tier hit', `${diskEdge.url}/obj`));
       runs.miss!.push(await load('edge, miss (local origin)', memoryEdge.url, { uniquePaths: true }));
     }
     const baseline = median(runs.bare!);
     rows.push({ scenario: 'edge, memory-tier hit', size, result: median(runs.memory!), baseline });
+    rows.push({ scenario: 'edge, memory-tier hit, access log off', size, result: median(runs.quiet!), baseline });
     rows.push({ scenario: 'edge, disk-tier hit (no memory tier)', size, result: median(runs.disk!), baseline });
     rows.push({ scenario: 'edge, miss (local origin)', size, result: median(runs.miss!), baseline });
-    await Promise.all([stop(memoryEdge.child), stop(diskEdge.child)]);
+    await Promise.all([stop(memoryEdge.child), stop(diskEdge.child), stop(quietEdge.child)]);
     await stop(bare.child);
   }
   return rows;
