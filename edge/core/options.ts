@@ -111,7 +111,12 @@ export const edgeOptionsSchema = z
     memoryMaxObjectSize: size(1, '8MB').default(8 * 1024 ** 2).describe('Largest object kept in the memory tier. (default 8MB)'),
     diskSize: size(1024 * 1024, '4GB').default(4 * 1024 ** 3).describe('Disk tier budget. (default 4GB)'),
     maxObjectSize: size(1, '64MB').default(64 * 1024 ** 2).describe('Objects larger than this pass through uncached. (default 64MB)'),
-    adminToken: z.string().min(16, 'must be at least 16 characters (use a random secret)').optional().describe('Bearer token for the admin API under /_edge/; the API is off when unset.'),
+    adminToken: z
+      .string()
+      .min(6, 'must be at least 6 characters (use 32+ random characters in production)')
+      .regex(/^[\x21-\x7e]+$/, 'must be printable ASCII without spaces (it travels in an Authorization header)')
+      .optional()
+      .describe('Bearer token for the admin API under /_edge/; the API is off when unset. Tokens under 16 characters are accepted with a warning.'),
     maxUploadSize: size(1, '512MB').default(512 * 1024 ** 2).describe('Largest body accepted by PUT /_edge/push/...; larger uploads get 413 and store nothing. (default 512MB)'),
     pushTtl: seconds.default(31_536_000).describe('Freshness of pushed objects whose upload sends no Cache-Control max-age, seconds. (default 31536000, one year)'),
     images: flag.default(true).describe('Transform images requested with width/height/fit/quality/format/dpr/position parameters. (default true)'),

@@ -98,6 +98,9 @@ export async function runNode(program: NodeProgram, argv: string[]): Promise<voi
     process.exit(2);
   }
 
+  if (options.adminToken !== undefined && options.adminToken.length < 16) {
+    console.error(`${tag}: warning: the admin token is ${options.adminToken.length} characters; use 32+ random characters (e.g. openssl rand -hex 32) outside a test setup`);
+  }
   let demo: Awaited<ReturnType<typeof startDemoOrigin>> | undefined;
   if (!options.origin) {
     if (!program.demoOrigin) {

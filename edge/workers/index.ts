@@ -193,7 +193,7 @@ async function createWorkerEdge(env: WorkersEnv): Promise<WorkerEdge> {
     imageTransformer: images,
     clientIp: (bindings) => (bindings as RequestBindings | undefined)?.clientIp,
     waitUntil: (executionCtx, promise) => (executionCtx as ExecutionContextLike).waitUntil(promise),
-    onRequest: logRequests ? (record) => console.log(JSON.stringify({ level: 'info', node: options.name, msg: 'request', req: record })) : undefined,
+    onRequest: logRequests ? (record) => console.log(JSON.stringify({ level: 'info', node: options.name, msg: 'request', ...record })) : undefined,
     health: () => ({
       runtime: 'workers',
       pushStore: bucket ? 'r2' : 'cache (no PUSH_BUCKET binding: pushed objects are per data center and may be evicted)',
