@@ -11,7 +11,7 @@ import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { signImagePath } from '../edge/core/image/params.js';
 import { createTestClock } from './helpers/clock.js';
 import { startTestEdge, type TestEdge } from './helpers/edge.js';
-import type { OriginResponseSpec } from './helpers/origin.js';
+import { setDated, type OriginResponseSpec } from './helpers/origin.js';
 
 let t: TestEdge;
 /** The test clock's start, on a whole second so HTTP-dates are exact. */
@@ -30,21 +30,8 @@ async function start(options: Record<string, unknown> = {}): Promise<TestEdge> {
 const httpDate = (ms: number) => new Date(ms).toUTCString();
 const advance = (seconds: number) => t.clock.advance(seconds * 1000);
 
-/** Origin answers dated with the node's clock at the moment they are sent. */
-function dated(spec: OriginResponseSpec): OriginResponseSpec {
-  const { headers, ...rest } = spec;
-  return {
-    ...rest,
-    get headers() {
-      return { date: httpDate(t.clock.now()), ...headers };
-    },
-  };
-}
-
 /** Script `path` on the origin, each answer dated with the node's clock. */
-function set(path: string, spec: OriginResponseSpec | OriginResponseSpec[]): void {
-  t.origin.set(path, (Array.isArray(spec) ? spec : [spec]).map(dated));
-}
+const set = (path: string, spec: OriginResponseSpec | OriginResponseSpec[]) => setDated(t.origin, t.clock.now, path, spec);
 
 /** A cacheable image answer. */
 function imageSpec(body: Uint8Array, type: string, headers: Record<string, string> = {}): OriginResponseSpec {

@@ -16,7 +16,7 @@ import { request as httpRequest, type IncomingHttpHeaders, type ServerResponse }
 import { afterEach, describe, expect, it } from 'vitest';
 import { createTestClock } from './helpers/clock.js';
 import { startTestEdge, type TestEdge } from './helpers/edge.js';
-import type { OriginResponseSpec } from './helpers/origin.js';
+import { setDated, type OriginResponseSpec } from './helpers/origin.js';
 
 let t: TestEdge;
 /** The test clock's start, on a whole second so HTTP-dates are exact. */
@@ -38,25 +38,8 @@ const at = (seconds: number) => httpDate(t0 + seconds * 1000);
 /** Move the node's clock forward. */
 const advance = (seconds: number) => t.clock.advance(seconds * 1000);
 
-/**
- * A spec whose `Date` is the node's clock at the moment the origin answers
- * (a `date` in the spec wins). The test origin reads `headers` when it
- * answers, after any `delayMs`.
- */
-function dated(spec: OriginResponseSpec): OriginResponseSpec {
-  const { headers, ...rest } = spec;
-  return {
-    ...rest,
-    get headers() {
-      return { date: httpDate(t.clock.now()), ...headers };
-    },
-  };
-}
-
-/** `origin.set` with clock-dated answers. */
-function set(path: string, spec: OriginResponseSpec | OriginResponseSpec[]): void {
-  t.origin.set(path, (Array.isArray(spec) ? spec : [spec]).map(dated));
-}
+/** Script `path` on the origin, each answer dated with the node's clock. */
+const set = (path: string, spec: OriginResponseSpec | OriginResponseSpec[]) => setDated(t.origin, t.clock.now, path, spec);
 
 /** An origin route answering from the request (Vary, forwarding), dated with the node's clock. */
 function echo(path: string, headers: Record<string, string>, body: (req: { headers: IncomingHttpHeaders }) => string): void {

@@ -669,9 +669,4 @@ export class PullCache {
     for (const derivedKey of new Set(derived)) removed += await store.delete(derivedKey);
     return removed;
   }
-
-  /** For diagnostics and tests: path part of a key. */
-  static pathOf(key: string): string {
-    return keyPath(key);
-  }
 }

@@ -209,3 +209,23 @@ export async function startTestOrigin(fallback?: OriginHandler): Promise<TestOri
     },
   };
 }
+
+/**
+ * A spec whose `Date` is `now()` at the moment the origin answers (a `date`
+ * in the spec wins): the test origin reads `headers` when it answers, after
+ * any `delayMs`, so answers follow an injected clock.
+ */
+export function datedBy(now: () => number, spec: OriginResponseSpec): OriginResponseSpec {
+  const { headers, ...rest } = spec;
+  return {
+    ...rest,
+    get headers() {
+      return { date: new Date(now()).toUTCString(), ...headers };
+    },
+  };
+}
+
+/** `origin.set` with answers dated by `now()`. */
+export function setDated(origin: TestOrigin, now: () => number, path: string, spec: OriginResponseSpec | OriginResponseSpec[]): void {
+  origin.set(path, (Array.isArray(spec) ? spec : [spec]).map((one) => datedBy(now, one)));
+}
