@@ -55,6 +55,8 @@ const IMAGE_PARAM_SET = new Set(IMAGE_PARAM_NAMES);
 
 const IMAGE_PATH = /\.(jpe?g|png|webp|avif|gif|tiff?)$/i;
 
+const MAX_REMEMBERED_VARIANTS = 10_000;
+
 /** Conditional and range fields: the source is fetched whole and unconditionally. */
 const SOURCE_STRIPPED_FIELDS = new Set(['range', 'if-range', 'if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since']);
 
@@ -105,6 +107,9 @@ async function readLimited(body: ReadableStream<Uint8Array>, limit: number): Pro
 export class ImageVariants {
   private readonly deps: ImageVariantDeps;
   private readonly flights = new FlightTable();
+  /** Request key (+ accept class) -> variant key, so repeated variant hits skip the source lookup. */
+  private readonly variantKeys = new Map<string, string>();
+  private readonly answerMetas = new WeakMap<CacheEntryMeta, { negotiated?: CacheEntryMeta; fixed?: CacheEntryMeta }>();
   private readonly allowedWidths?: number[];
 
   constructor(deps: ImageVariantDeps) {
@@ -139,6 +144,21 @@ export class ImageVariants {
   async handle(request: Request, ctx: RequestContext, params: ImageParams, described?: Described): Promise<Response> {
     if (!this.deps.transformer) return this.untransformed(request, ctx);
     const { options, store } = this.deps;
+    // A repeated request for a known variant: one lookup, no source lookup.
+    const memoKey = described ? this.memoKey(described.key, params, described.headers.accept ?? null) : undefined;
+    const memoized = memoKey !== undefined ? this.variantKeys.get(memoKey) : undefined;
+    if (memoized !== undefined) {
+      const [entry] = await store.get(memoized);
+      if (entry && !entry.meta.invalidated) {
+        const policy = this.deps.pull.policyOf(entry.meta);
+        const freshness = policy.evaluate({ url: memoized, method: 'GET', headers: described!.headers }, options.honorRequestCacheControl);
+        if (freshness === 'fresh' || freshness === 'stale-allowed') {
+          ctx.log.key = memoized;
+          ctx.log.outcome = 'hit';
+          return this.answer(request, ctx, params, entry, policy, { hit: true, ttl: policy.freshnessLifetime() - policy.age() }, described);
+        }
+      }
+    }
     const sourceUrl = new URL(described?.href ?? request.url);
     // One rewrite of the query (each searchParams.delete re-serialises the URL).
     const kept = [...sourceUrl.searchParams].filter(([name]) => !IMAGE_PARAM_SET.has(name));
@@ -168,6 +188,7 @@ export class ImageVariants {
       this.assertTransformable(known);
       const resolved = this.resolve(params, accept, sourceFormatFromContentType(known));
       variantKey = this.variantKey(sourceKey, resolved);
+      this.remember(memoKey, variantKey);
       ctx.log.key = variantKey;
       const [entry] = await store.get(variantKey);
       if (entry) {
@@ -193,7 +214,7 @@ export class ImageVariants {
     }
     const land = flight ? undefined : this.flights.lead(flightKey);
     try {
-      const response = await this.produce(request, ctx, params, { sourceRequest, sourceKey, accept, isHead, requestHeaders, stale, described });
+      const response = await this.produce(request, ctx, params, { sourceRequest, sourceKey, memoKey, accept, isHead, requestHeaders, stale, described });
       land?.({ kind: response.stored ? 'stored' : 'uncacheable' });
       return response.response;
     } catch (error) {
@@ -209,6 +230,7 @@ export class ImageVariants {
     job: {
       sourceRequest: () => Request;
       sourceKey: string;
+      memoKey?: string;
       accept: string | null;
       isHead: boolean;
       requestHeaders: Record<string, string>;
@@ -240,6 +262,7 @@ export class ImageVariants {
     }
     const resolved = this.resolve(params, job.accept, sourceFormatFromContentType(contentType));
     const variantKey = this.variantKey(job.sourceKey, resolved);
+    this.remember(job.memoKey, variantKey);
     ctx.log.key = variantKey;
     const sourceHeaders = headersToRecord(sourceResponse.headers);
     const sourceEtag = sourceHeaders.etag;
@@ -365,18 +388,56 @@ export class ImageVariants {
   ): Response {
     const client = described ?? this.deps.pull.describe(request, ctx.clientIp, ctx.requestHeaders ?? headersToRecord(request.headers));
     const pull: PullRequest = this.deps.pull.requestFor(request, ctx, client, entry.meta.key);
-    // The answer's headers are set on the entry it is built from, not on the
-    // Response afterwards: reading `response.headers` would turn the Node
-    // adapter's lightweight Response into a full one on every hit.
-    const headers: Record<string, string> = {};
-    for (const name in entry.meta.headers) if (name !== SOURCE_ETAG_FIELD) headers[name] = entry.meta.headers[name]!;
-    if (params.format === 'auto') headers.vary = 'Accept';
-    return this.deps.pull.fromCache(pull, { ...entry, meta: { ...entry.meta, headers } }, policy, fields);
+    return this.deps.pull.fromCache(pull, { ...entry, meta: this.answerMeta(entry.meta, params.format === 'auto') }, policy, fields);
+  }
+
+  /**
+   * The stored metadata as clients see it: internal field gone, `Vary:
+   * Accept` when the format was negotiated. Set on the entry rather than on
+   * the Response (reading `response.headers` turns the Node adapter's
+   * lightweight Response into a full one), and built once per stored
+   * metadata object, so the pull path's per-entry preparation is reused.
+   */
+  private answerMeta(meta: CacheEntryMeta, negotiated: boolean): CacheEntryMeta {
+    let forms = this.answerMetas.get(meta);
+    if (!forms) this.answerMetas.set(meta, (forms = {}));
+    const slot = negotiated ? 'negotiated' : 'fixed';
+    let answer = forms[slot];
+    if (!answer) {
+      const headers: Record<string, string> = {};
+      for (const name in meta.headers) if (name !== SOURCE_ETAG_FIELD) headers[name] = meta.headers[name]!;
+      if (negotiated) headers.vary = 'Accept';
+      answer = forms[slot] = { ...meta, headers };
+    }
+    return answer;
   }
 
   private resolve(params: ImageParams, accept: string | null, sourceFormat: ReturnType<typeof sourceFormatFromContentType>): ResolvedImageParams {
     const format = negotiateFormat(params.format, accept, sourceFormat);
     return resolveImageParams(params, format, { quality: this.deps.options.imageQuality, maxOutputSide: this.deps.options.imageMaxOutputSide });
+  }
+
+  /**
+   * What decides a variant besides the source: the request's own key (path,
+   * image parameters, host) and, for `format=auto`, which of AVIF and WebP
+   * the client accepts (GIF sources pick differently, so both are probed).
+   */
+  private memoKey(requestKey: string, params: ImageParams, accept: string | null): string {
+    if (params.format !== 'auto') return requestKey;
+    return `${requestKey}\n${negotiateFormat('auto', accept, 'jpeg')}/${negotiateFormat('auto', accept, 'gif')}`;
+  }
+
+  /** Bounded: the oldest half is dropped when full (a miss here only costs the source lookup). */
+  private remember(memoKey: string | undefined, variantKey: string): void {
+    if (memoKey === undefined) return;
+    if (this.variantKeys.size >= MAX_REMEMBERED_VARIANTS) {
+      let drop = MAX_REMEMBERED_VARIANTS / 2;
+      for (const key of this.variantKeys.keys()) {
+        this.variantKeys.delete(key);
+        if (--drop === 0) break;
+      }
+    }
+    this.variantKeys.set(memoKey, variantKey);
   }
 
   /** Variant key: after the source key, so prefix purges of the path cover it. */

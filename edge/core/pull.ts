@@ -330,9 +330,17 @@ export class PullCache {
     const refreshKey = `${pull.key}\u0000${entry.meta.variant}`;
     if (this.refreshing.has(refreshKey)) return;
     this.refreshing.add(refreshKey);
-    const background: PullRequest = { ...pull, isHead: true, ctx: { ...pull.ctx, log: {}, sendEarlyHints: undefined } };
+    // The refresh counts as under way until its cache fill lands, not just
+    // until the origin answers: otherwise a request in between starts another.
+    const fills: Promise<unknown>[] = [];
+    const waitUntil = (promise: Promise<unknown>) => {
+      fills.push(promise);
+      pull.ctx.waitUntil(promise);
+    };
+    const background: PullRequest = { ...pull, isHead: true, ctx: { ...pull.ctx, log: {}, sendEarlyHints: undefined, waitUntil } };
     const work = this.fetchFromOrigin(background, { reason: 'stale', stale: { entry, policy } })
       .then((response) => response.body?.cancel())
+      .then(() => Promise.allSettled(fills))
       .catch(() => {
         // A failed refresh leaves the stale entry; the next request retries.
       })
