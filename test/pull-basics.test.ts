@@ -48,6 +48,32 @@ describe('pull mode: miss, then hit', () => {
     expect(t.origin.requests.map((r) => r.method)).toEqual(['GET']);
   });
 
+  it('answers a Range request that misses with 206 as the object streams in, and caches the whole object', async () => {
+    t = await startTestEdge();
+    const body = 'abcdefghijklmnopqrstuvwxyz'.repeat(20_000);
+    t.origin.set('/r.bin', { headers: { 'cache-control': 'max-age=60' }, body });
+    t.origin.set('/r2.bin', { headers: { 'cache-control': 'max-age=60' }, body });
+
+    const partial = await t.get('/r.bin', { headers: { range: 'bytes=10-19' } });
+    expect(partial.status).toBe(206);
+    expect(partial.headers.get('content-range')).toBe(`bytes 10-19/${body.length}`);
+    expect(await partial.text()).toBe('klmnopqrst');
+    expect(t.origin.requests[0]!.headers.range).toBeUndefined();
+    await t.settle();
+    const whole = await t.get('/r.bin');
+    expect(whole.headers.get('cache-status')).toMatch(/^edge; hit/);
+    expect(await whole.text()).toBe(body);
+
+    const unsatisfiable = await t.get('/r2.bin', { headers: { range: `bytes=${body.length + 5}-` } });
+    expect(unsatisfiable.status).toBe(416);
+    expect(unsatisfiable.headers.get('content-range')).toBe(`bytes */${body.length}`);
+    await unsatisfiable.text();
+    await t.settle();
+    expect((await t.get('/r2.bin', { headers: { range: 'bytes=-3' } })).headers.get('cache-status')).toMatch(/^edge; hit/);
+    expect(t.origin.count('/r.bin')).toBe(1);
+    expect(t.origin.count('/r2.bin')).toBe(1);
+  });
+
   it('serves a cached object after a restart on the same data dir, without asking the origin', async () => {
     t = await startTestEdge();
     t.origin.set('/persist.css', { headers: { 'cache-control': 'public, max-age=3600' }, body: 'body{}' });

@@ -137,9 +137,12 @@ export function fillWhileStreaming(source: ReadableStream<Uint8Array>, options: 
 
 /** Consume a fill stream fully (HEAD requests, background refreshes, 304s to clients). */
 export function drainInBackground(stream: ReadableStream<Uint8Array>, waitUntil: (p: Promise<unknown>) => void): void {
+  drainReader(stream.getReader(), waitUntil);
+}
+
+function drainReader(reader: ReadableStreamDefaultReader<Uint8Array>, waitUntil: (p: Promise<unknown>) => void): void {
   waitUntil(
     (async () => {
-      const reader = stream.getReader();
       try {
         for (;;) {
           const { done } = await reader.read();
@@ -149,5 +152,52 @@ export function drainInBackground(stream: ReadableStream<Uint8Array>, waitUntil:
         // The fill already recorded the failure; nothing is stored.
       }
     })(),
+  );
+}
+
+/**
+ * The inclusive byte range `[start, end]` of a fill stream, for a Range
+ * request that misses: the client gets its 206 as the bytes arrive, and the
+ * rest of the body is still read into the cache after the range is sent.
+ */
+export function sliceFill(
+  fill: ReadableStream<Uint8Array>,
+  start: number,
+  end: number,
+  waitUntil: (p: Promise<unknown>) => void,
+): ReadableStream<Uint8Array> {
+  const reader = fill.getReader();
+  let position = 0;
+  let released = false;
+  const release = () => {
+    if (released) return;
+    released = true;
+    drainReader(reader, waitUntil);
+  };
+  return new ReadableStream<Uint8Array>(
+    {
+      async pull(controller) {
+        for (;;) {
+          const { done, value } = await reader.read();
+          if (done) {
+            controller.close();
+            return;
+          }
+          const chunkStart = position;
+          position += value.byteLength;
+          if (position <= start) continue;
+          controller.enqueue(value.subarray(Math.max(0, start - chunkStart), Math.min(value.byteLength, end + 1 - chunkStart)));
+          if (position > end) {
+            controller.close();
+            release();
+          }
+          return;
+        }
+      },
+      cancel() {
+        release();
+      },
+    },
+    { highWaterMark: 0 },
   );
 }

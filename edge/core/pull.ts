@@ -10,7 +10,7 @@ import { formatCacheStatus, type CacheOutcome, type CacheStatusFields, type Forw
 import { compileParamMatcher, keyPath, MAX_KEY_LENGTH, normaliseQuery, primaryKey, pushedKey, variantFor, varyNames } from './cache-key.js';
 import { FlightTable, waitForFlight, type FlightOutcome } from './collapse.js';
 import { EdgeError } from './errors.js';
-import { drainInBackground, fillWhileStreaming } from './fill.js';
+import { drainInBackground, fillWhileStreaming, sliceFill } from './fill.js';
 import { appendVia, forwardRequestHeaders, headersToRecord, splitList, withoutHopByHop, type ForwardingOptions } from './headers.js';
 import type { EdgeOptions } from './options.js';
 import type { OriginClient } from './origin/types.js';
@@ -532,6 +532,22 @@ export class PullCache {
     if (status === 200 && clientValidatorsMatch(pull.headers, stored)) {
       drainInBackground(filled, pull.ctx.waitUntil);
       return new Response(null, { status: 304, headers: notModifiedHeaders(headersToRecord(clientHeaders)) });
+    }
+    // A Range request that misses: the origin sent the whole object (it fills
+    // the cache); the client gets its range from that stream.
+    if (status === 200 && pull.headers.range !== undefined && contentLength !== undefined) {
+      const range = decideRange(pull.headers, stored, contentLength);
+      if (range.kind === 'unsatisfiable') {
+        drainInBackground(filled, pull.ctx.waitUntil);
+        clientHeaders.set('content-range', `bytes */${contentLength}`);
+        clientHeaders.delete('content-length');
+        return new Response(null, { status: 416, headers: clientHeaders });
+      }
+      if (range.kind === 'partial') {
+        clientHeaders.set('content-range', `bytes ${range.start}-${range.end}/${contentLength}`);
+        clientHeaders.set('content-length', String(range.end - range.start + 1));
+        return new Response(sliceFill(filled, range.start, range.end, pull.ctx.waitUntil), { status: 206, headers: clientHeaders });
+      }
     }
     return new Response(filled, { status, headers: clientHeaders });
   }
