@@ -745,4 +745,20 @@ describe('pushed objects and the disk tier', () => {
     expect((await pinned.text()).length).toBe(10_000);
     expect(t.origin.count('/pinned.css')).toBe(0);
   });
+
+  it('are evicted like pulled objects when --evict-pushed is set', async () => {
+    t = await startTestEdge({ adminToken: TOKEN, memorySize: 0, diskSize: '1MiB', evictPushed: true });
+    expect((await pushObject('/unpinned.css', 'p'.repeat(10_000))).status).toBe(201);
+    t.origin.set('/unpinned.css', cacheable('from the origin'));
+    const body = 'o'.repeat(200 * 1024);
+    for (let i = 0; i < 30; i++) {
+      t.origin.set(`/pull/${i}`, cacheable(body));
+      await (await t.get(`/pull/${i}`)).text();
+    }
+    await t.settle();
+    await (t.edge.store as unknown as { settled(): Promise<void> }).settled();
+    const after = await fetched('/unpinned.css');
+    expect(after.body).toBe('from the origin');
+    expect(t.origin.count('/unpinned.css')).toBe(1);
+  });
 });

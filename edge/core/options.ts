@@ -118,6 +118,9 @@ export const edgeOptionsSchema = z
       .optional()
       .describe('Bearer token for the admin API under /_edge/; the API is off when unset. Tokens under 16 characters are accepted with a warning.'),
     maxUploadSize: size(1, '512MB').default(512 * 1024 ** 2).describe('Largest body accepted by PUT /_edge/push/...; larger uploads get 413 and store nothing. (default 512MB)'),
+    evictPushed: flag
+      .default(false)
+      .describe('Let disk-tier eviction remove pushed objects too (least recently used first) when the disk budget is exceeded. (default false)'),
     pushTtl: seconds.default(31_536_000).describe('Freshness of pushed objects whose upload sends no Cache-Control max-age, seconds. (default 31536000, one year)'),
     images: flag.default(true).describe('Transform images requested with width/height/fit/quality/format/dpr/position parameters. (default true)'),
     imagePaths: list

@@ -47,7 +47,7 @@ function clientAddress(env: unknown): string | undefined {
 }
 
 export function createTieredStore(options: EdgeOptions, now: () => number): CacheStore {
-  const disk = new LmdbCacheStore({ path: options.dataDir, maxBytes: options.diskSize, clock: now });
+  const disk = new LmdbCacheStore({ path: options.dataDir, maxBytes: options.diskSize, clock: now, evictPushed: options.evictPushed });
   if (options.memorySize === 0) return disk;
   const memory = new MemoryCacheStore({
     maxBytes: options.memorySize,
