@@ -10,7 +10,7 @@
  * is its source's, and it records the source's ETag so that once stale it
  * is refreshed without re-encoding when the source did not change.
  */
-import { concatBytes } from './bytes.js';
+import { concatBytes, sha256Hex } from './bytes.js';
 import type { CacheStatusFields } from './cache-status.js';
 import { pushedKey } from './cache-key.js';
 import { FlightTable, waitForFlight } from './collapse.js';
@@ -68,10 +68,7 @@ const SOURCE_ETAG_FIELD = 'x-edge-source-etag';
 
 /** Identity of a source without an ETag: SHA-256 of its bytes (Web Crypto, so Workers too). */
 async function bytesIdentity(bytes: Uint8Array<ArrayBuffer>): Promise<string> {
-  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes));
-  let hex = '';
-  for (const b of digest.subarray(0, 16)) hex += b.toString(16).padStart(2, '0');
-  return `sha256:${hex}`;
+  return `sha256:${(await sha256Hex(bytes)).slice(0, 32)}`;
 }
 
 /** FNV-1a, 2 x 32 bits: a cheap, stable ETag for a variant (identity, not security). */

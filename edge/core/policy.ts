@@ -243,12 +243,6 @@ export class EdgePolicy {
     return !this.forbidsImplicitStale() && overdue < graceSeconds;
   }
 
-  /** Conditional request headers for revalidating (If-None-Match / If-Modified-Since). */
-  revalidationHeaders(request: PolicyRequest): Record<string, string> {
-    const headers = this.lib.revalidationHeaders({ ...request, method: 'GET' }) as Record<string, string>;
-    return headers;
-  }
-
   /**
    * The ms timestamp after which this entry is of no use even stale:
    * freshness plus the longest stale window. Entries that can be

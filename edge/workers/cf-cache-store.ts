@@ -57,7 +57,8 @@ import type {
   CacheStoreStats,
   CacheWriter,
 } from '../core/store/types.js';
-import { KeyedLock, LazyStoredBody, sha256Hex, skipBytes } from './stored-body.js';
+import { sha256Hex } from '../core/bytes.js';
+import { KeyedLock, LazyStoredBody, skipBytes } from './stored-body.js';
 
 /** The part of the Workers `Cache` interface this tier uses (also what Miniflare's `getCaches()` returns). */
 export interface CacheLike {

@@ -32,7 +32,8 @@ import type {
   CacheStoreStats,
   CacheWriter,
 } from '../core/store/types.js';
-import { LazyStoredBody, readPrefix, sha256Hex } from './stored-body.js';
+import { sha256Hex } from '../core/bytes.js';
+import { LazyStoredBody, readPrefix } from './stored-body.js';
 
 /** What this tier reads of an R2 object (`R2Object`). */
 export interface R2ObjectLike {

@@ -196,13 +196,6 @@ export async function readPrefix(source: ReadableStream<Uint8Array>, count: numb
   return [prefix, rest];
 }
 
-/** Lower-case hex SHA-256 of a string (Web Crypto: Workers and Node alike). */
-export async function sha256Hex(text: string): Promise<string> {
-  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(text)));
-  let hex = '';
-  for (const byte of digest) hex += byte.toString(16).padStart(2, '0');
-  return hex;
-}
 
 /** Serialises async work per name (one isolate's read-modify-write of one index entry). */
 export class KeyedLock {
