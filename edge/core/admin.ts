@@ -518,11 +518,11 @@ function parsePurgeTarget(value: string, field: string, index: number, pull: Pul
     path = url.pathname + (value.includes('?') ? '?' + url.search.slice(1) : '');
   } else {
     // The same key the pull path computes: ignored parameters dropped, parameters sorted.
-    const { key } = pull.describe(new Request(url), undefined);
+    const { key } = pull.describe(url.href, undefined, {});
     path = keyPath(key);
   }
   if (!absolute) return { path, pathname: url.pathname };
-  const { key } = pull.describe(new Request(url), undefined);
+  const { key } = pull.describe(url.href, undefined, {});
   return { path, pathname: url.pathname, origin: key.slice(key.lastIndexOf(' ') + 1) };
 }
 

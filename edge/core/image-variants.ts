@@ -166,7 +166,7 @@ export class ImageVariants {
     // The source request: same client headers, but whole and unconditional.
     const sourceRecord: Record<string, string> = {};
     for (const name in requestHeaders) if (!SOURCE_STRIPPED_FIELDS.has(name)) sourceRecord[name] = requestHeaders[name]!;
-    const source = this.deps.pull.describe({ url: sourceUrl.href } as Request, ctx.clientIp, sourceRecord);
+    const source = this.deps.pull.describe(sourceUrl.href, ctx.clientIp, sourceRecord);
     const sourceKey = this.deps.pull.pushedPaths.has(sourceUrl.pathname) ? pushedKey(sourceUrl.pathname) : source.key;
     const accept = requestHeaders.accept ?? null;
     const isHead = request.method === 'HEAD';
@@ -383,7 +383,7 @@ export class ImageVariants {
     fields: CacheStatusFields,
     described?: Described,
   ): Response {
-    const client = described ?? this.deps.pull.describe(request, ctx.clientIp, ctx.requestHeaders ?? headersToRecord(request.headers));
+    const client = described ?? this.deps.pull.describe(request.url, ctx.clientIp, ctx.requestHeaders ?? headersToRecord(request.headers));
     const pull: PullRequest = this.deps.pull.requestFor(request, ctx, client, entry.meta.key);
     return this.deps.pull.fromCache(pull, { ...entry, meta: this.answerMeta(entry.meta, params.format === 'auto') }, policy, fields);
   }

@@ -156,10 +156,9 @@ export class PullCache {
    * parameters or add request headers), forwarding facts, and the cache
    * rules of the route it matches.
    */
-  describe(request: Request, clientIp: string | undefined, headers: Record<string, string> = headersToRecord(request.headers)): Described {
-    // Request.url is always an absolute, parser-normalised URL without a
-    // fragment: slicing it is exact and spares a URL object on the hit path.
-    const href = request.url;
+  describe(href: string, clientIp: string | undefined, headers: Record<string, string>): Described {
+    // `href` is a Request.url or URL.href: absolute, parser-normalised, without
+    // a fragment. Slicing it is exact and spares a URL object on the hit path.
     const schemeEnd = href.indexOf('://');
     const pathStart = href.indexOf('/', schemeEnd + 3);
     const queryStart = pathStart === -1 ? -1 : href.indexOf('?', pathStart);
@@ -190,7 +189,7 @@ export class PullCache {
   }
 
   async handle(request: Request, ctx: RequestContext): Promise<Response> {
-    const described = this.describe(request, ctx.clientIp, ctx.requestHeaders ?? headersToRecord(request.headers));
+    const described = this.describe(request.url, ctx.clientIp, ctx.requestHeaders ?? headersToRecord(request.headers));
     const { key } = described;
     ctx.log.key = key;
     if (request.method !== 'GET' && request.method !== 'HEAD') return this.passUnsafe(request, ctx, described);
@@ -634,7 +633,7 @@ export class PullCache {
 
 
   /** Methods other than GET/HEAD: pass through, then invalidate what they changed. */
-  private async passUnsafe(request: Request, ctx: RequestContext, { key, forwarding, pathAndQuery }: Described): Promise<Response> {
+  private async passUnsafe(request: Request, ctx: RequestContext, { key, forwarding, pathAndQuery, headers: requestHeaders }: Described): Promise<Response> {
     const headers = forwardRequestHeaders(request.headers, forwarding);
     const started = this.deps.now();
     let response: Response;
@@ -666,8 +665,7 @@ export class PullCache {
           const target = new URL(value, request.url);
           const sameHost = target.host === new URL(request.url).host;
           if (!sameHost) continue;
-          const targetRequest = new Request(target, { headers: request.headers });
-          targets.add(this.describe(targetRequest, ctx.clientIp).key);
+          targets.add(this.describe(target.href, ctx.clientIp, requestHeaders).key);
         } catch {
           // An unparsable Location invalidates nothing.
         }
