@@ -22,6 +22,14 @@ afterEach(async () => {
 });
 
 describe('npx edge', () => {
+  it('installs its commands as executables (npm install builds dist/ in prepare)', async () => {
+    const { readFile, access } = await import('node:fs/promises');
+    const { constants } = await import('node:fs');
+    const pkg = JSON.parse(await readFile('package.json', 'utf8')) as { bin: Record<string, string> };
+    expect(Object.keys(pkg.bin).sort()).toEqual(['edge', 'origin-shield']);
+    for (const target of Object.values(pkg.bin)) await access(target, constants.X_OK);
+  });
+
   it('--help documents every option with its flag and environment variable', () => {
     const { status, stdout } = runCli(['--help']);
     expect(status).toBe(0);
