@@ -176,6 +176,40 @@ describe('parseImageParams', () => {
   });
 });
 
+describe('parseImageParams: hardening', () => {
+  it('refuses values that name Object.prototype members (400, never a lookup into the prototype)', () => {
+    for (const [query, parameter] of [
+      ['fit=constructor', 'fit'],
+      ['fit=__proto__', 'fit'],
+      ['format=constructor', 'format'],
+      ['f=__proto__', 'f'],
+      ['fit=cover&position=constructor', 'position'],
+      ['fit=cover&position=__proto__', 'position'],
+      ['fit=cover&position=toString', 'position'],
+    ] as const) {
+      expect(badParameter(() => parse(`w=100&${query}`)).details.parameter).toBe(parameter);
+    }
+    expect(sourceFormatFromContentType('constructor')).toBeUndefined();
+    expect(isTransformableContentType('__proto__')).toBe(false);
+  });
+
+  it('refuses a parameter that is neither an image parameter, sig, nor ignored, naming it', () => {
+    const e = badParameter(() => parse('w=100&x=1'));
+    expect(e.details.parameter).toBe('x');
+    expect(e.message).toMatch(/'x' is not an image parameter/);
+    expect(badParameter(() => parse('w=100&constructor=1')).details.parameter).toBe('constructor');
+    expect(parse('w=100&sig=abc')!.width).toBe(100);
+    // Without an image parameter there is nothing to refuse.
+    expect(parse('x=1')).toBeNull();
+  });
+
+  it('tolerates the parameters ignoreParam accepts', () => {
+    const ignoreParam = (name: string) => name.startsWith('utm_') || name === 'fbclid';
+    expect(parse('w=100&utm_source=a&fbclid=b', { ignoreParam })!.width).toBe(100);
+    expect(badParameter(() => parse('w=100&gclid=c', { ignoreParam })).details.parameter).toBe('gclid');
+  });
+});
+
 describe('widthsFromRange', () => {
   it('expands ranges and lists', () => {
     const w = widthsFromRange('16..3840:16');
@@ -388,6 +422,15 @@ describe('URL signing', () => {
     expect(await verifyImageSignature(KEY, path, q('w=400&sig=not+base64!'))).toBe(false);
     expect(await verifyImageSignature(KEY, path, q(`w=400&sig=${sig.slice(0, 20)}`))).toBe(false);
     expect(await verifyImageSignature(KEY, path, q('w=400&sig='))).toBe(false);
+  });
+
+  it('leaves out the parameters `ignore` accepts (tracking parameters appended after signing)', async () => {
+    const ignore = (name: string) => name.startsWith('utm_');
+    expect(imageSignaturePayload(path, q('w=400&utm_source=x&v=2'), ignore)).toBe('/photos/cat.jpg\nv=2&w=400');
+    const sig = await signImagePath(KEY, path, q('w=400'));
+    expect(await verifyImageSignature(KEY, path, q(`w=400&sig=${sig}&utm_source=mail`), ignore)).toBe(true);
+    expect(await verifyImageSignature(KEY, path, q(`w=400&sig=${sig}&utm_source=mail`))).toBe(false);
+    expect(await verifyImageSignature(KEY, path, q(`w=400&sig=${sig}&x=1`), ignore)).toBe(false);
   });
 
   it('throws TypeError for an empty key', async () => {

@@ -12,11 +12,12 @@
  */
 import { concatBytes, sha256Hex } from './bytes.js';
 import type { CacheStatusFields } from './cache-status.js';
-import { pushedKey } from './cache-key.js';
+import { compileParamMatcher, pushedKey } from './cache-key.js';
 import { FlightTable, waitForFlight } from './collapse.js';
 import { EdgeError } from './errors.js';
 import { headersToRecord } from './headers.js';
 import {
+  hasImageParams,
   IMAGE_CONTENT_TYPES,
   IMAGE_PARAM_NAMES,
   isTransformableContentType,
@@ -108,10 +109,13 @@ export class ImageVariants {
   private readonly variantKeys = new Map<string, string>();
   private readonly answerMetas = new WeakMap<CacheEntryMeta, { negotiated?: CacheEntryMeta; fixed?: CacheEntryMeta }>();
   private readonly allowedWidths?: number[];
+  /** `--ignore-query-params`: tolerated beside image parameters and not covered by `sig`. */
+  private readonly ignoreParam: (name: string) => boolean;
 
   constructor(deps: ImageVariantDeps) {
     this.deps = deps;
     if (deps.options.imageWidths) this.allowedWidths = widthsFromRange(deps.options.imageWidths);
+    this.ignoreParam = compileParamMatcher(deps.options.ignoreQueryParams);
   }
 
   /**
@@ -125,13 +129,17 @@ export class ImageVariants {
 
   /** Parse and check the parameters; null when the request asks for no transformation. */
   async parse(url: URL): Promise<ImageParams | null> {
-    const params = parseImageParams(url.searchParams, { maxOutputSide: this.deps.options.imageMaxOutputSide, allowedWidths: this.allowedWidths });
-    if (!params) return null;
+    if (!hasImageParams(url.searchParams)) return null;
+    // The signature first (as imgproxy): an unsigned URL learns nothing about parameter rules.
     const key = this.deps.options.imageSigningKey;
-    if (key && !(await verifyImageSignature(key, url.pathname, url.searchParams))) {
+    if (key && !(await verifyImageSignature(key, url.pathname, url.searchParams, this.ignoreParam))) {
       throw new EdgeError('EDGE_BAD_SIGNATURE', 'This image URL is not signed, or its signature (sig) does not match its parameters.');
     }
-    return params;
+    return parseImageParams(url.searchParams, {
+      maxOutputSide: this.deps.options.imageMaxOutputSide,
+      allowedWidths: this.allowedWidths,
+      ignoreParam: this.ignoreParam,
+    });
   }
 
   /**

@@ -6,7 +6,9 @@
  *
  * Everything here runs before any pixel work: user input is rejected with
  * `EDGE_BAD_PARAMETER` (400) and never reaches sharp (STYLE: "user input
- * never produces a 500").
+ * never produces a 500"). Client strings are only looked up in `Map`s and
+ * `Set`s, never as keys of plain objects: `fit=constructor` or
+ * `format=__proto__` must not find `Object.prototype`'s members.
  */
 
 import { EdgeError } from '../errors.js';
@@ -51,6 +53,8 @@ export const IMAGE_PARAM_NAMES: readonly string[] = Object.freeze([
 /** Names that ask for a transformation (everything except `sig`). */
 const TRANSFORM_PARAM_NAMES: readonly string[] = Object.values(PARAM_ALIASES).flat();
 
+const KNOWN_PARAM_NAMES: ReadonlySet<string> = new Set(IMAGE_PARAM_NAMES);
+
 /**
  * True when the query asks for a transformation (any image parameter other
  * than `sig`). Without one the source passes through unchanged.
@@ -69,7 +73,7 @@ export const DEFAULT_IMAGE_QUALITY = 75;
 
 export const IMAGE_FITS: readonly ImageFit[] = ['cover', 'contain', 'fill', 'inside', 'outside'];
 export const IMAGE_FORMAT_PARAMS: readonly ImageFormatParam[] = ['auto', 'avif', 'webp', 'jpeg', 'png'];
-const FORMAT_ALIASES: Record<string, ImageFormatParam> = { jpg: 'jpeg' };
+const FORMAT_ALIASES: ReadonlyMap<string, ImageFormatParam> = new Map([['jpg', 'jpeg']]);
 
 /**
  * Canonical positions (sharp's spelling). `entropy` and `attention` are
@@ -88,17 +92,17 @@ export const IMAGE_POSITIONS: readonly string[] = [
   'entropy',
   'attention',
 ];
-const POSITION_ALIASES: Record<string, string> = {
-  center: 'centre',
-  north: 'top',
-  northeast: 'right top',
-  east: 'right',
-  southeast: 'right bottom',
-  south: 'bottom',
-  southwest: 'left bottom',
-  west: 'left',
-  northwest: 'left top',
-};
+const POSITION_ALIASES: ReadonlyMap<string, string> = new Map([
+  ['center', 'centre'],
+  ['north', 'top'],
+  ['northeast', 'right top'],
+  ['east', 'right'],
+  ['southeast', 'right bottom'],
+  ['south', 'bottom'],
+  ['southwest', 'left bottom'],
+  ['west', 'left'],
+  ['northwest', 'left top'],
+]);
 const CROP_STRATEGIES = new Set(['entropy', 'attention']);
 
 /** Limits applied while parsing. */
@@ -111,6 +115,14 @@ export interface ImageParamLimits {
    * @example widthsFromRange('16..3840:16')
    */
   allowedWidths?: readonly number[];
+  /**
+   * Query parameters the node drops from cache keys (`--ignore-query-params`,
+   * e.g. `utm_*`): tolerated beside image parameters. Any other parameter
+   * that is not an image parameter is refused (see `parseImageParams`).
+   * @default nothing is ignored
+   * @example compileParamMatcher(['utm_*', 'fbclid', 'gclid'])
+   */
+  ignoreParam?: (name: string) => boolean;
 }
 
 // ---------------------------------------------------------------------------
@@ -169,11 +181,11 @@ function parseIntegerParam(
 function parseEnumParam<T extends string>(
   param: { used: string; value: string },
   allowed: readonly T[],
-  aliases: Record<string, T> = {},
+  aliases: ReadonlyMap<string, T> = new Map(),
   normalise: (value: string) => string = (value) => value.toLowerCase(),
 ): T {
   const key = normalise(param.value);
-  const value = (allowed as readonly string[]).includes(key) ? (key as T) : aliases[key];
+  const value = (allowed as readonly string[]).includes(key) ? (key as T) : aliases.get(key);
   if (value === undefined) {
     throw badParameter(
       param.used,
@@ -192,16 +204,38 @@ function normalisePosition(value: string): string {
 }
 
 /**
+ * Refuse a query parameter that is neither an image parameter, `sig`, nor
+ * one the node ignores. As imgproxy does: an unknown parameter would be
+ * passed over yet stay in the cache key, so `&x=1`, `&x=2`, ... would each
+ * cost an origin fetch, a stored source and a transform.
+ */
+function assertKnownParams(query: URLSearchParams, ignoreParam: ((name: string) => boolean) | undefined): void {
+  for (const name of query.keys()) {
+    if (KNOWN_PARAM_NAMES.has(name) || ignoreParam?.(name)) continue;
+    throw badParameter(
+      name,
+      `${quote(name)} is not an image parameter; image URLs take only ${TRANSFORM_PARAM_NAMES.join(', ')} and ${IMAGE_SIGNATURE_PARAM}`,
+      IMAGE_PARAM_NAMES,
+    );
+  }
+}
+
+/**
  * Parse and validate the image parameters of a request.
+ *
+ * A query with at least one image parameter may hold nothing else but
+ * `sig` and the parameters `limits.ignoreParam` accepts (tracking
+ * parameters, dropped from the key): anything more is refused.
  *
  * @returns `null` when the query holds no image parameter (the source is
  *   served unchanged), otherwise the validated parameters.
  * @throws EdgeError `EDGE_BAD_PARAMETER` (400) with `details.parameter`
- *   (the spelling the client used) and `details.allowed`.
+ *   (the spelling the client used, or the unknown name) and `details.allowed`.
  * @example parseImageParams(new URLSearchParams('w=400&fit=cover'), { maxOutputSide: 4096 })
  */
 export function parseImageParams(query: URLSearchParams, limits: ImageParamLimits = {}): ImageParams | null {
   if (!hasImageParams(query)) return null;
+  assertKnownParams(query, limits.ignoreParam);
   const maxOutputSide = limits.maxOutputSide ?? DEFAULT_MAX_OUTPUT_SIDE;
 
   const params: ImageParams = { fit: 'inside', format: 'auto', dpr: 1, position: 'centre', enlarge: false };
@@ -301,16 +335,17 @@ export function widthsFromRange(spec: string, maxEntries = 10_000): number[] {
 /** Formats a source can have; the output formats plus GIF and TIFF. */
 export type SourceImageFormat = ImageOutputFormat | 'gif' | 'tiff';
 
-const TRANSFORMABLE_TYPES: Record<string, SourceImageFormat> = {
-  'image/jpeg': 'jpeg',
-  'image/jpg': 'jpeg',
-  'image/pjpeg': 'jpeg',
-  'image/png': 'png',
-  'image/webp': 'webp',
-  'image/avif': 'avif',
-  'image/gif': 'gif',
-  'image/tiff': 'tiff',
-};
+// A Map: the origin's Content-Type (`constructor`, `__proto__`) must not find Object.prototype.
+const TRANSFORMABLE_TYPES: ReadonlyMap<string, SourceImageFormat> = new Map([
+  ['image/jpeg', 'jpeg'],
+  ['image/jpg', 'jpeg'],
+  ['image/pjpeg', 'jpeg'],
+  ['image/png', 'png'],
+  ['image/webp', 'webp'],
+  ['image/avif', 'avif'],
+  ['image/gif', 'gif'],
+  ['image/tiff', 'tiff'],
+]);
 
 function mediaType(ct: string | null): string {
   return (ct ?? '').split(';', 1)[0]!.trim().toLowerCase();
@@ -321,7 +356,7 @@ function mediaType(ct: string | null): string {
  * is not one we transform (see `isTransformableContentType`).
  */
 export function sourceFormatFromContentType(ct: string | null): SourceImageFormat | undefined {
-  return TRANSFORMABLE_TYPES[mediaType(ct)];
+  return TRANSFORMABLE_TYPES.get(mediaType(ct));
 }
 
 /**
@@ -488,12 +523,15 @@ export function variantCacheSuffix(resolved: ResolvedImageParams): string {
   ].join(';');
 }
 
-export const IMAGE_CONTENT_TYPES: Record<ImageOutputFormat, string> = {
-  avif: 'image/avif',
-  webp: 'image/webp',
-  jpeg: 'image/jpeg',
-  png: 'image/png',
-};
+/** Content type of each output format (indexed only by validated formats; null prototype all the same). */
+export const IMAGE_CONTENT_TYPES: Readonly<Record<ImageOutputFormat, string>> = Object.freeze(
+  Object.assign(Object.create(null) as Record<ImageOutputFormat, string>, {
+    avif: 'image/avif',
+    webp: 'image/webp',
+    jpeg: 'image/jpeg',
+    png: 'image/png',
+  }),
+);
 
 // ---------------------------------------------------------------------------
 // URL signing
@@ -520,14 +558,18 @@ function hmacKey(key: string): Promise<CryptoKey> {
 
 /**
  * The signed string: the pathname, a newline, then every query parameter
- * except `sig`, sorted by name then value, each `encodeURIComponent`-ed as
- * `name=value` and joined with `&`. All parameters are covered, not only
- * image ones, so a signed URL cannot be varied (e.g. `&x=1`) to force new
- * origin fetches or transforms.
+ * except `sig` and those `ignore` accepts, sorted by name then value, each
+ * `encodeURIComponent`-ed as `name=value` and joined with `&`. All kept
+ * parameters are covered, not only image ones, so a signed URL cannot be
+ * varied (e.g. `&x=1`) to force new origin fetches or transforms.
+ *
+ * `ignore` is the node's `--ignore-query-params` matcher: those parameters
+ * (`utm_*`, `fbclid`, ...) are dropped from cache keys, and are often
+ * appended to a published URL after it was signed, so they are not covered.
  */
-export function imageSignaturePayload(pathname: string, params: URLSearchParams): string {
+export function imageSignaturePayload(pathname: string, params: URLSearchParams, ignore?: (name: string) => boolean): string {
   const pairs: Array<[string, string]> = [];
-  for (const [name, value] of params) if (name !== IMAGE_SIGNATURE_PARAM) pairs.push([name, value]);
+  for (const [name, value] of params) if (name !== IMAGE_SIGNATURE_PARAM && !ignore?.(name)) pairs.push([name, value]);
   pairs.sort(([an, av], [bn, bv]) => (an < bn ? -1 : an > bn ? 1 : av < bv ? -1 : av > bv ? 1 : 0));
   const query = pairs.map(([n, v]) => `${encodeURIComponent(n)}=${encodeURIComponent(v)}`).join('&');
   return `${pathname}\n${query}`;
@@ -550,14 +592,14 @@ function fromBase64Url(text: string): Uint8Array<ArrayBuffer> | undefined {
 }
 
 /**
- * HMAC-SHA256 of `imageSignaturePayload(pathname, params)`, base64url
+ * HMAC-SHA256 of `imageSignaturePayload(pathname, params, ignore)`, base64url
  * without padding (43 characters). Add it to the URL as `sig=`.
  * `pathname` is as in `new URL(...).pathname` (percent-encoded).
  * @throws TypeError when `key` is empty.
  * @example `${path}?w=400&sig=${await signImagePath(key, path, new URLSearchParams('w=400'))}`
  */
-export async function signImagePath(key: string, pathname: string, params: URLSearchParams): Promise<string> {
-  const mac = await crypto.subtle.sign('HMAC', await hmacKey(key), encoder.encode(imageSignaturePayload(pathname, params)));
+export async function signImagePath(key: string, pathname: string, params: URLSearchParams, ignore?: (name: string) => boolean): Promise<string> {
+  const mac = await crypto.subtle.sign('HMAC', await hmacKey(key), encoder.encode(imageSignaturePayload(pathname, params, ignore)));
   return toBase64Url(new Uint8Array(mac));
 }
 
@@ -565,14 +607,20 @@ export async function signImagePath(key: string, pathname: string, params: URLSe
  * True when `params` carries exactly one `sig` that matches. False for a
  * missing, repeated, malformed or wrong signature (answer 403
  * `EDGE_BAD_SIGNATURE`). The comparison is `crypto.subtle.verify`, which
- * compares in constant time.
+ * compares in constant time. Parameters `ignore` accepts are not covered
+ * (see `imageSignaturePayload`).
  * @throws TypeError when `key` is empty (a configuration error, not a client one).
  */
-export async function verifyImageSignature(key: string, pathname: string, params: URLSearchParams): Promise<boolean> {
+export async function verifyImageSignature(
+  key: string,
+  pathname: string,
+  params: URLSearchParams,
+  ignore?: (name: string) => boolean,
+): Promise<boolean> {
   const cryptoKey = await hmacKey(key);
   const sigs = params.getAll(IMAGE_SIGNATURE_PARAM);
   if (sigs.length !== 1) return false;
   const sig = fromBase64Url(sigs[0]!);
   if (sig === undefined || sig.length !== 32) return false;
-  return crypto.subtle.verify('HMAC', cryptoKey, sig, encoder.encode(imageSignaturePayload(pathname, params)));
+  return crypto.subtle.verify('HMAC', cryptoKey, sig, encoder.encode(imageSignaturePayload(pathname, params, ignore)));
 }
