@@ -15,14 +15,19 @@
  */
 import type { Context, Hono } from 'hono';
 import { z } from 'zod';
-import type { ContentHasher } from './app.js';
-import { keyPath, MAX_KEY_LENGTH, pushedKey } from './cache-key.js';
+import { keyPath, keysOfPathPrefix, MAX_KEY_LENGTH, parseCacheKey, pushedKey, type PulledCacheKey } from './cache-key.js';
 import { EdgeError, isEdgeError } from './errors.js';
 import { splitList } from './headers.js';
 import type { EdgeOptions } from './options.js';
 import { parseCacheControl, type PolicyFactory } from './policy.js';
 import type { PullCache } from './pull.js';
 import type { CacheEntryMeta, CacheStore } from './store/types.js';
+
+/** Incremental hash: `update` per chunk, `digest` once at the end (hex). */
+export interface ContentHasher {
+  update(chunk: Uint8Array): void;
+  digest(): string;
+}
 
 export interface AdminDeps {
   options: EdgeOptions;
@@ -490,8 +495,8 @@ interface PurgeTarget {
   /** Normalised path-and-query (URLs) or path prefix (prefixes), as primary keys begin. */
   path: string;
   pathname: string;
-  /** `scheme://host` for absolute URLs; undefined for paths. */
-  origin?: string;
+  /** The key of an absolute URL (its scheme and host select); undefined for paths, which match every host. */
+  site?: PulledCacheKey;
 }
 
 function parsePurgeTarget(value: string, field: string, index: number, pull: PullCache, isPrefix: boolean): PurgeTarget {
@@ -512,27 +517,17 @@ function parsePurgeTarget(value: string, field: string, index: number, pull: Pul
     if (url.protocol !== 'http:' && url.protocol !== 'https:') throw problem(`"${value}" is not an http(s) URL`);
     if (url.username || url.password) throw problem(`"${value}" carries credentials`);
   }
-  let path: string;
-  if (isPrefix) {
-    // A prefix is matched as typed (after URL normalisation of the path); its query, if any, is not reordered.
-    path = url.pathname + (value.includes('?') ? '?' + url.search.slice(1) : '');
-  } else {
-    // The same key the pull path computes: ignored parameters dropped, parameters sorted.
-    const { key } = pull.describe(url.href, undefined, {});
-    path = keyPath(key);
-  }
+  // The same key the pull path computes: ignored parameters dropped, parameters sorted, host normalised.
+  const { cacheKey } = pull.describe(url.href, undefined, {});
+  // A prefix is matched as typed (after URL normalisation of the path); its query, if any, is not reordered.
+  const path = isPrefix ? url.pathname + (value.includes('?') ? '?' + url.search.slice(1) : '') : cacheKey.path;
   if (!absolute) return { path, pathname: url.pathname };
-  const { key } = pull.describe(url.href, undefined, {});
-  return { path, pathname: url.pathname, origin: key.slice(key.lastIndexOf(' ') + 1) };
+  return { path, pathname: url.pathname, site: cacheKey };
 }
 
-/** `scheme://host` part of a primary key, or undefined for pushed and derived keys. */
-function keyOrigin(key: string): string {
-  return key.slice(key.lastIndexOf(' ') + 1);
-}
-
-function isPushedKey(key: string): boolean {
-  return key === pushedKey(keyPath(key));
+/** Same scheme and host (whatever keyed request headers the entry has). */
+function sameSite(key: PulledCacheKey, site: PulledCacheKey): boolean {
+  return key.scheme === site.scheme && key.host === site.host;
 }
 
 const storageKey = (meta: CacheEntryMeta) => `${meta.key}\u0000${meta.variant}`;
@@ -550,11 +545,13 @@ async function selectForPurge(request: PurgeRequest, deps: AdminDeps): Promise<M
   } else if (request.urls) {
     const targets = request.urls.map((value, i) => parsePurgeTarget(value, 'urls', i, pull, false));
     for (const target of targets) {
-      if (target.origin) {
-        for (const entry of await store.get(`${target.path} ${target.origin}`)) add(entry.meta);
-      } else {
-        // Primary keys are `<path?query> <scheme>://<host>`: the prefix with a trailing space selects every host.
-        for await (const meta of store.list({ prefix: `${target.path} ` })) if (!isDerivedKey(meta.key)) add(meta);
+      // Every key of exactly this path and query: each host, each set of keyed
+      // request headers. Derived entries are reached through their source.
+      for await (const meta of store.list({ prefix: keysOfPathPrefix(target.path) })) {
+        const key = parseCacheKey(meta.key);
+        if (!key || key.derived || key.kind !== 'pulled' || key.path !== target.path) continue;
+        if (target.site && !sameSite(key, target.site)) continue;
+        add(meta);
       }
       // The pushed object answers this URL whatever its host or query: it goes too.
       for (const entry of await store.get(pushedKey(target.pathname))) add(entry.meta);
@@ -563,7 +560,8 @@ async function selectForPurge(request: PurgeRequest, deps: AdminDeps): Promise<M
     const targets = request.prefixes.map((value, i) => parsePurgeTarget(value, 'prefixes', i, pull, true));
     for (const target of targets) {
       for await (const meta of store.list({ prefix: target.path })) {
-        if (target.origin && !isPushedKey(meta.key) && keyOrigin(meta.key) !== target.origin) continue;
+        const key = parseCacheKey(meta.key);
+        if (target.site && key?.kind === 'pulled' && !sameSite(key, target.site)) continue;
         add(meta);
       }
     }
@@ -571,10 +569,6 @@ async function selectForPurge(request: PurgeRequest, deps: AdminDeps): Promise<M
   return selected;
 }
 
-/** Derived keys (`<source key>#img:...`) are reached through their source, never matched by URL. */
-function isDerivedKey(key: string): boolean {
-  return keyOrigin(key).includes('#');
-}
 
 /** Entries derived from any of `sources` (image variants). */
 async function findDerived(store: CacheStore, sources: Set<string>): Promise<CacheEntryMeta[]> {
@@ -614,7 +608,8 @@ async function purge(c: Context, deps: AdminDeps): Promise<Response> {
     // Exactly the variants selected: a purge by tag leaves a key's untagged variants alone.
     for (const meta of selected.values()) {
       purged += await store.delete(meta.key, meta.variant);
-      if (isPushedKey(meta.key)) pull.pushedPaths.delete(keyPath(meta.key));
+      const key = parseCacheKey(meta.key);
+      if (key?.kind === 'pushed' && !key.derived) pull.pushedPaths.delete(key.path);
     }
     if (request.all) pull.pushedPaths.clear();
   }
@@ -715,7 +710,7 @@ async function listObjects(c: Context, deps: AdminDeps): Promise<Response> {
   if (more) page.pop();
   const objects = page.map(([, meta]) => ({
     key: meta.key,
-    path: keyPath(meta.key),
+    path: parseCacheKey(meta.key)?.path ?? keyPath(meta.key),
     variant: meta.variant,
     size: meta.size,
     status: meta.status,

@@ -3,25 +3,44 @@
  * Request/Response, shared by the Node server and the Workers entry.
  * Runtime specifics (client address, 103 relaying, background work, the
  * store and the origin) come in through `EdgeAppDeps`.
+ *
+ * Content requests are dispatched here, once: image variants to
+ * `ImageVariants`, everything else to `PullCache`; both answer with an
+ * `Answer` (`responder.ts`). `answerFreshHit()` exposes the fresh-hit
+ * decision as plain data for adapters that write it without Web objects.
  */
 import { Hono } from 'hono';
-import { errorResponse, EdgeError } from './errors.js';
-import type { EdgeOptions } from './options.js';
-import type { OriginClient } from './origin/types.js';
-import { mountAdminApi } from './admin.js';
+import { mountAdminApi, type ContentHasher } from './admin.js';
+import { formatCacheStatus } from './cache-status.js';
+import { EdgeError, errorResponse } from './errors.js';
+import { headersToRecord } from './headers.js';
 import { ImageVariants } from './image-variants.js';
 import type { ImageTransformer } from './image/types.js';
+import type { EdgeOptions } from './options.js';
+import type { OriginClient } from './origin/types.js';
 import { createPolicyFactory } from './policy.js';
-import { PullCache, type RequestContext, type RequestLog } from './pull.js';
+import type { Described } from './describe.js';
+import { PullCache, type IncomingRequest, type RequestContext, type RequestLog } from './pull.js';
+import { answerError, toResponse, type Answer } from './responder.js';
 import type { CacheStore } from './store/types.js';
+
+export type { ContentHasher } from './admin.js';
 
 /** One finished request, as handed to the access log and metrics. */
 export interface RequestRecord extends RequestLog {
   method: string;
   path: string;
   status: number;
+  /** Time to the response headers at this node. */
   durationMs: number;
   clientIp?: string;
+  /** Body bytes sent (the answer's length; counted when it streams without one). */
+  bytes?: number;
+  requestId: string;
+  userAgent?: string;
+  referer?: string;
+  /** This node's full `Cache-Status` value, upstream members included. */
+  cacheStatus?: string;
 }
 
 export interface EdgeAppDeps {
@@ -38,7 +57,7 @@ export interface EdgeAppDeps {
   sendEarlyHints?: (env: unknown, headers: Record<string, string | string[]>) => void;
   /** Background work runner (Workers: `ctx.waitUntil`). Work is also tracked in-process for `settle()`. */
   waitUntil?: (executionCtx: unknown, promise: Promise<unknown>) => void;
-  /** Called once per request after the response headers are ready. */
+  /** Called once per request, when its answer is complete (streamed bodies of unknown length: when they end). */
   onRequest?: (record: RequestRecord) => void;
   /** Prometheus text for `GET /_edge/metrics`. */
   metrics?: () => Promise<string> | string;
@@ -56,10 +75,11 @@ export interface EdgeAppDeps {
   health?: () => Record<string, unknown>;
 }
 
-/** Incremental hash: `update` per chunk, `digest` once at the end (hex). */
-export interface ContentHasher {
-  update(chunk: Uint8Array): void;
-  digest(): string;
+/** What an adapter gets back from {@link EdgeApp.answerFreshHit}. */
+export interface FastAnswer {
+  answer: Answer;
+  /** Call once the answer is written, with the body bytes sent: logs and counts the request like any other. */
+  done(bytes: number): void;
 }
 
 export interface EdgeApp {
@@ -70,12 +90,33 @@ export interface EdgeApp {
    * the hit path, measured in `npm run bench`.)
    */
   fetch: (request: Request, env?: unknown, executionCtx?: unknown) => Promise<Response>;
+  /**
+   * A fresh cache hit as plain data, or undefined when the request needs
+   * the general path. Same decision and same `Answer` as `fetch` gives.
+   * `url` is absolute and must already be in the URL parser's normal form.
+   */
+  answerFreshHit(method: string, url: string, headers: Record<string, string>, clientIp: string | undefined): FastAnswer | undefined;
+  /**
+   * Any content request (not `/_edge/`) as an `Answer`, errors included, for
+   * adapters that write answers themselves. `url` as for `answerFreshHit`.
+   */
+  answerContent(
+    request: IncomingRequest,
+    clientIp: string | undefined,
+    runtime: { sendEarlyHints?: (headers: Record<string, string | string[]>) => void },
+  ): Promise<FastAnswer>;
   pull: PullCache;
   /** Resolves when start-up work (the pushed-object index) is done. */
   ready: Promise<void>;
   /** Resolves when all background work (refreshes, cache fills) started so far is done. */
   settle(): Promise<void>;
 }
+
+/** `/_edge/...` however it is spelled (case, doubled slashes, an encoded slash): never content. */
+const RESERVED_PATH = /^\/+_edge(?:\/|%2f|$)/i;
+
+/** Client-sent request ids are kept when they are short, printable tokens. */
+const CLIENT_REQUEST_ID = /^[\w.:@+=-]{1,128}$/;
 
 export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
   const { options } = deps;
@@ -88,9 +129,7 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
     now,
   });
   const pull = new PullCache({ options, store: deps.store, origin: deps.origin, policies, now });
-  if (options.images) {
-    pull.images = new ImageVariants({ options, store: deps.store, pull, policies, transformer: deps.imageTransformer, now });
-  }
+  const images = options.images ? new ImageVariants({ options, store: deps.store, pull, policies, transformer: deps.imageTransformer, now }) : undefined;
 
   const pending = new Set<Promise<unknown>>();
   const track = (promise: Promise<unknown>) => {
@@ -98,12 +137,56 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
     pending.add(tracked);
   };
 
-  const app = new Hono();
-  // The per-request log record rides on the Request itself: a WeakMap keyed
-  // by short-lived requests costs measurable GC time (ephemerons) per request.
-  const LOG = Symbol('edgeLog');
-  type Logged = Request & { [LOG]?: RequestLog };
+  // Request ids: a random per-process prefix and a counter (unique, and far
+  // cheaper per request than a UUID).
+  const idPrefix = Array.from(crypto.getRandomValues(new Uint8Array(6)), (b) => b.toString(16).padStart(2, '0')).join('') + '-';
+  let idCounter = 0;
 
+  /** Per-request facts, riding on the Request itself (a WeakMap of short-lived requests costs GC time). */
+  interface Pending {
+    log: RequestLog;
+    headers: Record<string, string>;
+    requestId: string;
+    /** True when the id is ours, so the answer carries it. */
+    ownId: boolean;
+  }
+  const PENDING = Symbol('edgePending');
+  type Tagged = Request & { [PENDING]?: Pending };
+
+  const begin = (headers: Record<string, string>): Pending => {
+    const sent = headers['x-request-id'];
+    const ownId = sent === undefined || !CLIENT_REQUEST_ID.test(sent);
+    return { log: {}, headers, requestId: ownId ? idPrefix + (++idCounter).toString(36) : sent!, ownId };
+  };
+
+  const onRequest = deps.onRequest;
+  const record = (
+    state: Pending,
+    method: string,
+    url: string,
+    status: number,
+    answerHeaders: { get(name: string): string | undefined },
+    started: number,
+    clientIp: string | undefined,
+    bytes: number | undefined,
+  ): RequestRecord => {
+    const pathStart = url.indexOf('/', url.indexOf('//') + 2);
+    return {
+      ...state.log,
+      method,
+      path: pathStart === -1 ? '/' : url.slice(pathStart),
+      status,
+      durationMs: now() - started,
+      clientIp,
+      bytes,
+      requestId: state.requestId,
+      userAgent: state.headers['user-agent'],
+      referer: state.headers.referer,
+      cacheStatus: answerHeaders.get('cache-status'),
+    };
+  };
+
+  const app = new Hono();
   app.onError((err) => errorResponse(err));
 
   app.get('/_edge/health', (c) =>
@@ -122,53 +205,93 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
     throw new EdgeError('EDGE_NOT_FOUND', 'No such endpoint under /_edge/.');
   });
 
-  app.all('*', (c) => {
+  app.all('*', async (c) => {
+    const request = c.req.raw as Tagged;
+    const state = request[PENDING] ?? begin(deps.requestHeaders?.(c.env) ?? headersToRecord(request.headers));
     // Only runtimes with waitUntil have an execution context; Hono throws (an
     // expensive Error) when asked for one that does not exist.
     const executionCtx = deps.waitUntil ? c.executionCtx : undefined;
     const ctx: RequestContext = {
       clientIp: deps.clientIp?.(c.env),
-      requestHeaders: deps.requestHeaders?.(c.env),
       waitUntil: (promise) => {
         track(promise);
         if (deps.waitUntil && executionCtx) deps.waitUntil(executionCtx, promise);
       },
       sendEarlyHints: deps.sendEarlyHints ? (headers) => deps.sendEarlyHints!(c.env, headers) : undefined,
-      log: (c.req.raw as Logged)[LOG] ?? {},
+      log: state.log,
     };
-    return pull.handle(c.req.raw, ctx).catch((error: unknown) => {
-      // Errors carry Cache-Status too, so a client can tell where they came from.
-      const response = errorResponse(error);
-      const code = (error as { code?: unknown } | null)?.code;
-      response.headers.set('cache-status', `${options.name}; fwd=miss${typeof code === 'string' ? `; detail=${code}` : ''}`);
-      return response;
-    });
+    const answer = await answerSafely({ method: request.method, url: request.url, headers: state.headers, body: () => request.body }, ctx);
+    if (state.ownId) answer.headers['x-request-id'] = state.requestId;
+    return toResponse(answer);
   });
 
-  const onRequest = deps.onRequest;
-  const fetch = onRequest
-    ? async (request: Request, env?: unknown, executionCtx?: unknown): Promise<Response> => {
-        const started = now();
-        const log: RequestLog = {};
-        (request as Logged)[LOG] = log;
-        const response = await app.fetch(request, env, executionCtx as never);
-        const url = request.url;
-        const pathStart = url.indexOf('/', url.indexOf('//') + 2);
-        onRequest({
-          ...log,
-          method: request.method,
-          path: pathStart === -1 ? '/' : url.slice(pathStart),
-          status: response.status,
-          durationMs: now() - started,
-          clientIp: deps.clientIp?.(env),
-        });
-        return response;
-      }
-    : async (request: Request, env?: unknown, executionCtx?: unknown) => app.fetch(request, env, executionCtx as never);
+  /** Dispatch, with every failure turned into its JSON answer. */
+  async function answerSafely(request: IncomingRequest, ctx: RequestContext): Promise<Answer> {
+    try {
+      return await dispatch(request, ctx);
+    } catch (error) {
+      // Errors carry Cache-Status too, so a client can tell where they came from.
+      const code = (error as { code?: unknown } | null)?.code;
+      return answerError(error, formatCacheStatus(options.name, { fwd: 'miss', ...(typeof code === 'string' ? { detail: code } : {}) }));
+    }
+  }
+
+  /** Neither a node path nor an image request: the pull path's alone (what the fast path may answer). */
+  const isPlainContent = (described: Described): boolean =>
+    !RESERVED_PATH.test(described.pathname) && !(images && described.search !== '' && images.applies(described.pathname));
+
+  /** The one dispatch of content requests: image variants or the pull path. */
+  async function dispatch(request: IncomingRequest, ctx: RequestContext): Promise<Answer> {
+    const described = pull.describe(request.url, ctx.clientIp, request.headers);
+    if (RESERVED_PATH.test(described.pathname)) throw new EdgeError('EDGE_NOT_FOUND', 'No such endpoint under /_edge/.');
+    const incoming = { ...request, url: described.href };
+    if (images && described.search !== '' && (request.method === 'GET' || request.method === 'HEAD') && images.applies(described.pathname)) {
+      const params = await images.parse(new URL(described.href));
+      if (params) return images.handle(incoming, ctx, params, described);
+    }
+    return pull.handle(incoming, ctx, described);
+  }
+
+  const fetch = async (request: Request, env?: unknown, executionCtx?: unknown): Promise<Response> => {
+    const started = now();
+    const state = begin(deps.requestHeaders?.(env) ?? headersToRecord(request.headers));
+    (request as Tagged)[PENDING] = state;
+    const response = await app.fetch(request, env, executionCtx as never);
+    if (state.ownId && !response.headers.has('x-request-id')) response.headers.set('x-request-id', state.requestId);
+    if (!onRequest) return response;
+    const clientIp = deps.clientIp?.(env);
+    const headerView = { get: (name: string) => response.headers.get(name) ?? undefined };
+    const declared = response.headers.get('content-length');
+    const bytes = response.body === null || request.method === 'HEAD' ? 0 : declared === null ? undefined : Number(declared);
+    onRequest(record(state, request.method, request.url, response.status, headerView, started, clientIp, bytes));
+    return response;
+  };
 
   return {
     app,
     fetch,
+    async answerContent(request, clientIp, runtime) {
+      const started = now();
+      const state = begin(request.headers);
+      const ctx: RequestContext = { clientIp, waitUntil: track, sendEarlyHints: runtime.sendEarlyHints, log: state.log };
+      const answer = await answerSafely(request, ctx);
+      if (state.ownId) answer.headers['x-request-id'] = state.requestId;
+      return {
+        answer,
+        done: (bytes) => onRequest?.(record(state, request.method, request.url, answer.status, { get: (name) => answer.headers[name] }, started, clientIp, bytes)),
+      };
+    },
+    answerFreshHit(method, url, headers, clientIp) {
+      const started = now();
+      const state = begin(headers);
+      const answer = pull.answerFreshHit(method, url, headers, clientIp, state.log, isPlainContent);
+      if (!answer) return undefined;
+      if (state.ownId) answer.headers['x-request-id'] = state.requestId;
+      return {
+        answer,
+        done: (bytes) => onRequest?.(record(state, method, url, answer.status, { get: (name) => answer.headers[name] }, started, clientIp, bytes)),
+      };
+    },
     pull,
     ready: pull.loadPushedIndex(),
     async settle() {

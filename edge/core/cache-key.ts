@@ -1,13 +1,141 @@
 /**
- * Cache keys. A primary key is `<path>?<normalised query> <scheme>://<host>`:
- * the path comes first so that keys sort by path, which makes purge by
- * prefix a range scan and keeps every host's copy of `/a.css` together.
+ * Cache keys: the one home of the key format. A `CacheKey` is a typed value;
+ * `formatCacheKey` / `parseCacheKey` are the only code that turns it into
+ * the string the stores index by, or back. Pull, images, admin (purge,
+ * listing), invalidation and the Workers stores all go through here.
+ *
+ * String form (what the stores see):
+ *   pulled  `<path>?<query> <scheme>://<host>[#h:<name>=<value>&...][#img:<params>]`
+ *   pushed  `<path> push:[#img:<params>]`
+ * The path comes first so keys sort by path: purge by prefix is a range
+ * scan, and every host's copy of `/a.css` sits beside the pushed one. The
+ * path and query are percent-encoded by the URL parser, header values by
+ * `encodeURIComponent`, so none of the parts holds a space or a `#`.
  * GET and HEAD share a key (HEAD is answered from the stored GET).
  */
 import { splitList } from './headers.js';
 
 /** Keys longer than this are not cached (LMDB keys are bounded; such URLs are rare and unshared). */
 export const MAX_KEY_LENGTH = 1500;
+
+/** What a derived entry was made with (today: image variants of a source). */
+export interface DerivedKeyPart {
+  kind: 'image';
+  /** The resolved operation, e.g. `w=400;h=;fit=cover;q=80;f=webp;pos=centre;e=0`. */
+  params: string;
+}
+
+interface KeyCommon {
+  /** Pathname and normalised `?query` (pushed keys: the pathname only). */
+  readonly path: string;
+  /** Set for entries made from another entry; the key without it is the source's. */
+  readonly derived?: DerivedKeyPart;
+}
+
+/** A pulled object: one per path, query, scheme, host and keyed request headers. */
+export interface PulledCacheKey extends KeyCommon {
+  readonly kind: 'pulled';
+  readonly scheme: string;
+  /** Normalised: lower case, no trailing dot, no default port (or the fixed `--cache-key-host`). */
+  readonly host: string;
+  /** Request headers a route puts in the key (`keyHeaders`), in the route's order. */
+  readonly headers?: readonly (readonly [name: string, value: string])[];
+}
+
+/** A pushed object: answers its path on every host and with any query string. */
+export interface PushedCacheKey extends KeyCommon {
+  readonly kind: 'pushed';
+}
+
+export type CacheKey = PulledCacheKey | PushedCacheKey;
+
+const PUSHED_MARK = 'push:';
+const HEADERS_MARK = '#h:';
+const IMAGE_MARK = '#img:';
+
+/** The string the stores index by. */
+export function formatCacheKey(key: CacheKey): string {
+  let out = key.path + ' ';
+  if (key.kind === 'pushed') {
+    out += PUSHED_MARK;
+  } else {
+    out += `${key.scheme}://${key.host}`;
+    if (key.headers?.length) out += HEADERS_MARK + key.headers.map(([name, value]) => `${name}=${encodeURIComponent(value)}`).join('&');
+  }
+  if (key.derived) out += IMAGE_MARK + key.derived.params;
+  return out;
+}
+
+/** The inverse of {@link formatCacheKey}; undefined for a string no version of it produced. */
+export function parseCacheKey(text: string): CacheKey | undefined {
+  const space = text.lastIndexOf(' ');
+  if (space <= 0) return undefined;
+  const path = text.slice(0, space);
+  let rest = text.slice(space + 1);
+  let derived: DerivedKeyPart | undefined;
+  const image = rest.indexOf(IMAGE_MARK);
+  if (image !== -1) {
+    derived = { kind: 'image', params: rest.slice(image + IMAGE_MARK.length) };
+    rest = rest.slice(0, image);
+  }
+  if (rest === PUSHED_MARK) return derived ? { kind: 'pushed', path, derived } : { kind: 'pushed', path };
+  let headers: [string, string][] | undefined;
+  const marked = rest.indexOf(HEADERS_MARK);
+  if (marked !== -1) {
+    headers = rest
+      .slice(marked + HEADERS_MARK.length)
+      .split('&')
+      .map((pair) => {
+        const eq = pair.indexOf('=');
+        return [pair.slice(0, eq), decodeURIComponent(pair.slice(eq + 1))] as [string, string];
+      });
+    rest = rest.slice(0, marked);
+  }
+  const sep = rest.indexOf('://');
+  if (sep <= 0) return undefined;
+  return { kind: 'pulled', path, scheme: rest.slice(0, sep), host: rest.slice(sep + 3), ...(headers ? { headers } : {}), ...(derived ? { derived } : {}) };
+}
+
+/** The key of a pushed object at `pathname`. */
+export function pushedKey(pathname: string): string {
+  return formatCacheKey({ kind: 'pushed', path: pathname });
+}
+
+/** A derived entry's key: the source key with the operation appended (so prefix purges of the path cover it). */
+export function derivedKey(source: string, derived: DerivedKeyPart): string {
+  const parsed = parseCacheKey(source);
+  if (!parsed) throw new TypeError(`derivedKey: not a cache key: ${source}`);
+  return formatCacheKey({ ...parsed, derived });
+}
+
+/** The `path?query` part of a key (what purge by URL and prefix match on), without parsing the rest. */
+export function keyPath(key: string): string {
+  const space = key.lastIndexOf(' ');
+  return space === -1 ? key : key.slice(0, space);
+}
+
+/** The prefix every stored key for exactly this `path?query` starts with, whatever its host or kind. */
+export function keysOfPathPrefix(path: string): string {
+  return path + ' ';
+}
+
+/**
+ * Host as keyed and forwarded: lower case, no trailing dot, no port that is
+ * the scheme's default (`Example.COM.:443` over https is `example.com`).
+ */
+export function normaliseHost(host: string, scheme: string): string {
+  let out = host.toLowerCase();
+  const bracket = out.lastIndexOf(']');
+  const colon = out.lastIndexOf(':');
+  let port = '';
+  if (colon > bracket) {
+    port = out.slice(colon);
+    out = out.slice(0, colon);
+  }
+  if (out.endsWith('.')) out = out.slice(0, -1);
+  if ((port === ':80' && scheme === 'http') || (port === ':443' && scheme === 'https') || port === ':') port = '';
+  return out + port;
+}
 
 export interface CacheKeyOptions {
   /** Query parameter names to drop; `*` at the end matches a prefix. @default ['utm_*', 'fbclid', 'gclid'] */
@@ -26,38 +154,45 @@ export function compileParamMatcher(patterns: string[]): (name: string) => boole
   return (name) => exact.has(name) || prefixes.some((prefix) => name.startsWith(prefix));
 }
 
-/** Normalised `?query` (or '') with ignored parameters removed and, optionally, sorted. */
-export function normaliseQuery(search: string, ignore: (name: string) => boolean, sort: boolean, alsoDrop?: (name: string) => boolean): string {
-  if (search === '' || search === '?') return '';
-  const params = new URLSearchParams(search);
-  const kept: [string, string][] = [];
-  for (const [name, value] of params) {
-    if (ignore(name) || alsoDrop?.(name)) continue;
-    kept.push([name, value]);
+function decodeName(raw: string): string {
+  const eq = raw.indexOf('=');
+  const name = (eq === -1 ? raw : raw.slice(0, eq)).replace(/\+/g, ' ');
+  try {
+    return decodeURIComponent(name);
+  } catch {
+    return name;
   }
-  if (kept.length === 0) return '';
-  // By name only (the sort is stable): the order of a repeated parameter is meaningful (?id=2&id=1).
-  if (sort) kept.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
-  return '?' + new URLSearchParams(kept).toString();
 }
 
-export function primaryKey(pathAndQuery: string, scheme: string, host: string): string {
-  return `${pathAndQuery} ${scheme}://${host.toLowerCase()}`;
+/** A query as keyed, and as forwarded: the same parameters, the key's sorted. */
+export interface NormalisedQuery {
+  /** `?query` in the key (or ''): dropped parameters removed, sorted by name when sorting is on. */
+  keyed: string;
+  /** `?query` sent to the origin (or ''): exactly the keyed parameters, in the client's order. */
+  forwarded: string;
 }
 
 /**
- * Key of a pushed object: its path only, with a marker instead of a host,
- * so a pushed object answers every host and any query string, and sorts
- * beside the pulled copies of the same path (prefix purge covers both).
+ * Normalised query with dropped parameters removed: what is not keyed is
+ * not forwarded. Parameters are split on `&` only, as URLSearchParams and
+ * most origins do: a `;` stays inside its parameter's value in the key and
+ * upstream alike. Kept parameters are passed on as the client encoded them.
  */
-export function pushedKey(pathname: string): string {
-  return `${pathname} push:`;
-}
-
-/** The path-and-query part of a primary key (what purge by URL and prefix match on). */
-export function keyPath(key: string): string {
-  const space = key.lastIndexOf(' ');
-  return space === -1 ? key : key.slice(0, space);
+export function normaliseQuery(search: string, drop: (name: string) => boolean, sort: boolean, alsoDrop?: (name: string) => boolean): NormalisedQuery {
+  if (search === '' || search === '?') return { keyed: '', forwarded: '' };
+  const kept: { name: string; raw: string }[] = [];
+  for (const raw of search.slice(search.startsWith('?') ? 1 : 0).split('&')) {
+    if (raw === '') continue;
+    const name = decodeName(raw);
+    if (drop(name) || alsoDrop?.(name)) continue;
+    kept.push({ name, raw });
+  }
+  if (kept.length === 0) return { keyed: '', forwarded: '' };
+  const forwarded = '?' + kept.map((param) => param.raw).join('&');
+  if (!sort) return { keyed: forwarded, forwarded };
+  // By name only (the sort is stable): the order of a repeated parameter is meaningful (?id=2&id=1).
+  kept.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  return { keyed: '?' + kept.map((param) => param.raw).join('&'), forwarded };
 }
 
 /** Normalised header names listed in `Vary`, or '*' when the response varies on everything. */
@@ -69,6 +204,7 @@ export function varyNames(vary: string | undefined): string[] | '*' {
 /**
  * Secondary key for a request given the stored response's Vary names
  * (RFC 9111 4.1): each named header's value with whitespace normalised.
+ * `headers` is the request as the origin received it (see `describe.ts`).
  */
 export function variantFor(names: string[], requestHeaders: Record<string, string>): string {
   if (names.length === 0) return '';

@@ -41,9 +41,8 @@ const UNTRUSTED_REQUEST_HEADERS = new Set([
   'x-method-override',
 ]);
 
-/** Names listed in `Connection` are hop-by-hop too. */
-function connectionTokens(headers: Headers): Set<string> {
-  const value = headers.get('connection');
+/** Names listed in a `Connection` field value: hop-by-hop too (RFC 9110 7.6.1). */
+export function connectionTokens(value: string | null | undefined): Set<string> {
   if (!value) return new Set();
   return new Set(
     value
@@ -55,7 +54,7 @@ function connectionTokens(headers: Headers): Set<string> {
 
 /** A copy of `headers` without hop-by-hop fields (including those named by `Connection`). */
 export function withoutHopByHop(headers: Headers): Headers {
-  const named = connectionTokens(headers);
+  const named = connectionTokens(headers.get('connection'));
   const out = new Headers();
   headers.forEach((value, name) => {
     if (HOP_BY_HOP.has(name) || named.has(name) || name === 'set-cookie') return;
@@ -102,6 +101,8 @@ export interface ForwardingOptions {
 export function forwardRequestHeaders(incoming: Headers, opts: ForwardingOptions): Headers {
   const out = withoutHopByHop(incoming);
   out.delete('host');
+  // This node answers `100 Continue` to its client itself; the origin request carries the whole body.
+  out.delete('expect');
   let priorFor: string | null = null;
   if (opts.trustedPeer) {
     priorFor = out.get('x-forwarded-for');
@@ -115,6 +116,53 @@ export function forwardRequestHeaders(incoming: Headers, opts: ForwardingOptions
   if (opts.port && (!opts.trustedPeer || !out.has('x-forwarded-port'))) out.set('x-forwarded-port', opts.port);
   appendVia(out, opts.via);
   return out;
+}
+
+/**
+ * The request headers of a GET/HEAD sent upstream: the described request's
+ * allow-listed fields (`Described.upstream`) plus this node's own
+ * forwarding fields. Client-sent `X-Forwarded-*` are kept only from a
+ * trusted peer, and only the standard ones.
+ */
+export function originRequestHeaders(upstream: Record<string, string>, client: Record<string, string>, opts: ForwardingOptions): Headers {
+  const out = new Headers();
+  for (const name in upstream) out.set(name, upstream[name]!);
+  const priorFor = opts.trustedPeer ? client['x-forwarded-for'] : undefined;
+  const chain = [priorFor, opts.clientIp].filter((part): part is string => !!part);
+  if (chain.length > 0) out.set('x-forwarded-for', chain.join(', '));
+  out.set('x-forwarded-proto', opts.proto);
+  out.set('x-forwarded-host', opts.host);
+  if (opts.port) out.set('x-forwarded-port', opts.port);
+  const via = opts.trustedPeer ? client.via : undefined;
+  out.set('via', via ? `${via}, 1.1 ${opts.via}` : `1.1 ${opts.via}`);
+  return out;
+}
+
+const CODINGS = ['br', 'gzip'] as const;
+
+/**
+ * `Accept-Encoding` reduced to the codings this node and its origins
+ * produce, in a fixed order (`br, gzip`, `gzip`, or '' for identity only):
+ * q-values honoured, `q=0` excluded, `*` understood (RFC 9110 12.5.3).
+ */
+export function normaliseAcceptEncoding(value: string): string {
+  const q = new Map<string, number>();
+  for (const member of value.split(',')) {
+    const [rawName, ...params] = member.split(';');
+    const name = rawName!.trim().toLowerCase();
+    if (name === '') continue;
+    let weight = 1;
+    for (const param of params) {
+      const [k, v] = param.split('=');
+      if (k?.trim().toLowerCase() === 'q') {
+        const parsed = Number(v?.trim());
+        weight = Number.isFinite(parsed) ? parsed : 0;
+      }
+    }
+    q.set(name === 'x-gzip' ? 'gzip' : name, weight);
+  }
+  const star = q.get('*');
+  return CODINGS.filter((coding) => (q.get(coding) ?? star ?? 0) > 0).join(', ');
 }
 
 /** Append `1.1 <pseudonym>` to `Via` (RFC 9110 7.6.3). */

@@ -12,10 +12,9 @@
  */
 import { concatBytes, sha256Hex } from './bytes.js';
 import type { CacheStatusFields } from './cache-status.js';
-import { compileParamMatcher, pushedKey } from './cache-key.js';
+import { compileParamMatcher, derivedKey, pushedKey } from './cache-key.js';
 import { FlightTable, waitForFlight } from './collapse.js';
 import { EdgeError } from './errors.js';
-import { headersToRecord } from './headers.js';
 import {
   hasImageParams,
   IMAGE_CONTENT_TYPES,
@@ -33,7 +32,9 @@ import {
 import type { ImageParams, ImageTransformer, ResolvedImageParams } from './image/types.js';
 import type { EdgeOptions } from './options.js';
 import type { EdgePolicy, PolicyFactory } from './policy.js';
-import type { Described, PullCache, PullRequest, RequestContext } from './pull.js';
+import type { Described } from './describe.js';
+import type { IncomingRequest, PullCache, PullRequest, RequestContext } from './pull.js';
+import type { Answer } from './responder.js';
 import type { CacheEntry, CacheEntryMeta, CacheStore } from './store/types.js';
 
 export interface ImageVariantDeps {
@@ -84,7 +85,17 @@ function fnv64(text: string): string {
   return (h1 >>> 0).toString(16).padStart(8, '0') + (h2 >>> 0).toString(16).padStart(8, '0');
 }
 
-async function readLimited(body: ReadableStream<Uint8Array>, limit: number): Promise<Uint8Array<ArrayBuffer>> {
+/** Let go of an answer's body without reading it. */
+async function discard(answer: Answer): Promise<void> {
+  if (answer.body instanceof ReadableStream) await answer.body.cancel();
+}
+
+async function readLimited(body: Answer['body'], limit: number): Promise<Uint8Array<ArrayBuffer>> {
+  if (body === null) return new Uint8Array(0);
+  if (body instanceof Uint8Array) {
+    if (body.byteLength > limit) throw new EdgeError('EDGE_UNPROCESSABLE_IMAGE', `The source image is larger than the ${limit}-byte limit for transformation.`);
+    return body.slice() as Uint8Array<ArrayBuffer>;
+  }
   const reader = body.getReader();
   const chunks: Uint8Array[] = [];
   let size = 0;
@@ -146,47 +157,41 @@ export class ImageVariants {
    * Answer an image request. `described` is the pull path's description of
    * this request, when the caller has it (saves describing it again on a hit).
    */
-  async handle(request: Request, ctx: RequestContext, params: ImageParams, described?: Described): Promise<Response> {
+  async handle(request: IncomingRequest, ctx: RequestContext, params: ImageParams, described: Described): Promise<Answer> {
     if (!this.deps.transformer) return this.untransformed(request, ctx);
     const { options, store } = this.deps;
+    const isHead = request.method === 'HEAD';
     // A repeated request for a known variant: one lookup, no source lookup.
-    const memoKey = described ? this.memoKey(described.key, params, described.headers.accept ?? null) : undefined;
-    const memoized = memoKey !== undefined ? this.variantKeys.get(memoKey) : undefined;
+    const memoKey = this.memoKey(described.key, params, described.headers.accept ?? null);
+    const memoized = this.variantKeys.get(memoKey);
     if (memoized !== undefined) {
       const [entry] = await store.get(memoized);
       if (entry && !entry.meta.invalidated) {
         const policy = this.deps.pull.policyOf(entry.meta);
-        const freshness = policy.evaluate({ url: memoized, method: 'GET', headers: described!.headers }, options.honorRequestCacheControl);
+        const freshness = policy.evaluate({ url: memoized, method: 'GET', headers: described.upstream }, options.honorRequestCacheControl);
         if (freshness === 'fresh' || freshness === 'stale-allowed') {
           ctx.log.key = memoized;
           ctx.log.outcome = 'hit';
-          return this.answer(request, ctx, params, entry, policy, { hit: true, ttl: policy.freshnessLifetime() - policy.age() }, described);
+          return this.answer(isHead, ctx, params, entry, policy, { hit: true, ttl: policy.freshnessLifetime() - policy.age() }, described);
         }
       }
     }
-    const sourceUrl = new URL(described?.href ?? request.url);
+    const sourceUrl = new URL(described.href);
     // One rewrite of the query (each searchParams.delete re-serialises the URL).
     const kept = [...sourceUrl.searchParams].filter(([name]) => !IMAGE_PARAM_SET.has(name));
     sourceUrl.search = kept.length > 0 ? new URLSearchParams(kept).toString() : '';
-    // Read headers from the runtime's parsed record when it has one: a
-    // variant hit should cost what any hit costs.
-    const requestHeaders = ctx.requestHeaders ?? headersToRecord(request.headers);
+    const requestHeaders = described.headers;
     // The source request: same client headers, but whole and unconditional.
     const sourceRecord: Record<string, string> = {};
     for (const name in requestHeaders) if (!SOURCE_STRIPPED_FIELDS.has(name)) sourceRecord[name] = requestHeaders[name]!;
     const source = this.deps.pull.describe(sourceUrl.href, ctx.clientIp, sourceRecord);
     const sourceKey = this.deps.pull.pushedPaths.has(sourceUrl.pathname) ? pushedKey(sourceUrl.pathname) : source.key;
     const accept = requestHeaders.accept ?? null;
-    const isHead = request.method === 'HEAD';
-    const sourceRequest = (): Request => {
-      const headers = new Headers(request.headers);
-      for (const name of SOURCE_STRIPPED_FIELDS) headers.delete(name);
-      return new Request(sourceUrl, { method: 'GET', headers });
-    };
+    const sourceRequest = (): IncomingRequest => ({ method: 'GET', url: sourceUrl.href, headers: sourceRecord });
 
     // Knowing the source's type from the cache gives the exact variant key
     // without reading a byte of the source.
-    const known = await this.sourceContentType(sourceKey, requestHeaders);
+    const known = await this.sourceContentType(sourceKey, source.upstream);
     let variantKey: string | undefined;
     let stale: { entry: CacheEntry; policy: EdgePolicy } | undefined;
     if (known !== undefined) {
@@ -201,7 +206,7 @@ export class ImageVariants {
         const freshness = entry.meta.invalidated ? 'revalidate' : policy.evaluate({ url: variantKey, method: 'GET', headers: requestHeaders }, options.honorRequestCacheControl);
         if (freshness === 'fresh' || freshness === 'stale-allowed') {
           ctx.log.outcome = 'hit';
-          return this.answer(request, ctx, params, { meta: entry.meta, body: entry.body, tier: entry.tier }, policy, {
+          return this.answer(isHead, ctx, params, { meta: entry.meta, body: entry.body, tier: entry.tier }, policy, {
             hit: true,
             ttl: policy.freshnessLifetime() - policy.age(),
           }, described);
@@ -210,7 +215,8 @@ export class ImageVariants {
       }
     }
 
-    const flightKey = variantKey ?? `${sourceKey}#img-pending:${new URLSearchParams([...new URL(request.url).searchParams].sort()).toString()}`;
+    // Not a cache key: the flight of a variant whose key is not known yet (the source's type decides it).
+    const flightKey = variantKey ?? `${sourceKey}\u0000pending:${new URLSearchParams([...new URL(described.href).searchParams].sort()).toString()}`;
     const flight = this.flights.join(flightKey);
     if (flight) {
       const outcome = await waitForFlight(flight, options.collapseTimeout);
@@ -219,9 +225,9 @@ export class ImageVariants {
     }
     const land = flight ? undefined : this.flights.lead(flightKey);
     try {
-      const response = await this.produce(request, ctx, params, { sourceRequest, sourceKey, memoKey, accept, isHead, requestHeaders, stale, described });
-      land?.({ kind: response.stored ? 'stored' : 'uncacheable' });
-      return response.response;
+      const produced = await this.produce(ctx, params, { sourceRequest, sourceKey, memoKey, accept, isHead, requestHeaders, stale, described });
+      land?.({ kind: produced.stored ? 'stored' : 'uncacheable' });
+      return produced.answer;
     } catch (error) {
       land?.({ kind: 'failed', error });
       throw error;
@@ -229,47 +235,46 @@ export class ImageVariants {
   }
 
   private async produce(
-    request: Request,
     ctx: RequestContext,
     params: ImageParams,
     job: {
-      sourceRequest: () => Request;
+      sourceRequest: () => IncomingRequest;
       sourceKey: string;
       memoKey?: string;
       accept: string | null;
       isHead: boolean;
       requestHeaders: Record<string, string>;
       stale?: { entry: CacheEntry; policy: EdgePolicy };
-      described?: Described;
+      described: Described;
     },
-  ): Promise<{ response: Response; stored: boolean }> {
+  ): Promise<{ answer: Answer; stored: boolean }> {
     const { options, store, policies, now } = this.deps;
     const transformer = this.deps.transformer!;
-    const sourceCtx: RequestContext = { ...ctx, log: {}, sendEarlyHints: undefined, requestHeaders: undefined };
+    const sourceCtx: RequestContext = { ...ctx, log: {}, sendEarlyHints: undefined };
     const sourceResponse = await this.deps.pull.handle(job.sourceRequest(), sourceCtx);
     ctx.log.originMs = sourceCtx.log.originMs;
     if (sourceResponse.status !== 200) {
       // Not an image to work on (404, 5xx, redirects...): the client sees what the source is.
       ctx.log.outcome = sourceCtx.log.outcome;
-      return { response: sourceResponse, stored: false };
+      return { answer: sourceResponse, stored: false };
     }
-    const contentType = sourceResponse.headers.get('content-type');
+    const contentType = sourceResponse.headers['content-type'] ?? null;
     try {
       this.assertTransformable(contentType);
     } catch (error) {
-      await sourceResponse.body?.cancel();
+      await discard(sourceResponse);
       throw error;
     }
-    const declared = Number(sourceResponse.headers.get('content-length') ?? '0');
+    const declared = Number(sourceResponse.headers['content-length'] ?? '0');
     if (declared > options.imageMaxSourceSize) {
-      await sourceResponse.body?.cancel();
+      await discard(sourceResponse);
       throw new EdgeError('EDGE_UNPROCESSABLE_IMAGE', `The source image is larger than the ${options.imageMaxSourceSize}-byte limit for transformation.`);
     }
     const resolved = this.resolve(params, job.accept, sourceFormatFromContentType(contentType));
     const variantKey = this.variantKey(job.sourceKey, resolved);
     this.remember(job.memoKey, variantKey);
     ctx.log.key = variantKey;
-    const sourceHeaders = headersToRecord(sourceResponse.headers);
+    const sourceHeaders = sourceResponse.headers;
     const sourceEtag = sourceHeaders.etag;
     const sourceAge = Number(sourceHeaders.age ?? '0');
 
@@ -281,7 +286,7 @@ export class ImageVariants {
     const policyRequest = { url: variantKey, method: 'GET', headers: job.requestHeaders };
 
     // A stale variant of an unchanged source only needs its freshness renewed.
-    const refresh = async (stale: CacheEntry): Promise<{ response: Response; stored: boolean }> => {
+    const refresh = async (stale: CacheEntry): Promise<{ answer: Answer; stored: boolean }> => {
       const merged = { ...stale.meta.headers, ...headers };
       const policy = policies.fromResponse(policyRequest, { status: 200, headers: merged });
       const meta: CacheEntryMeta = {
@@ -296,7 +301,7 @@ export class ImageVariants {
       ctx.log.outcome = 'revalidated';
       ctx.log.detail = 'source-unchanged';
       return {
-        response: this.answer(request, ctx, params, { meta, body: stale.body }, policy, {
+        answer: this.answer(job.isHead, ctx, params, { meta, body: stale.body }, policy, {
           fwd: 'stale',
           detail: 'source-unchanged',
           ttl: policy.freshnessLifetime() - policy.age(),
@@ -305,11 +310,11 @@ export class ImageVariants {
       };
     };
     if (job.stale && sourceEtag !== undefined && job.stale.entry.meta.headers[SOURCE_ETAG_FIELD] === sourceEtag) {
-      await sourceResponse.body?.cancel();
+      await discard(sourceResponse);
       return refresh(job.stale.entry);
     }
 
-    const sourceBytes = await readLimited(sourceResponse.body!, options.imageMaxSourceSize);
+    const sourceBytes = await readLimited(sourceResponse.body, options.imageMaxSourceSize);
     const sniffed = sniffImageFormat(sourceBytes);
     if (sniffed === undefined) {
       throw new EdgeError('EDGE_UNPROCESSABLE_IMAGE', 'The source is not a decodable image (its bytes match no supported image format).');
@@ -354,8 +359,8 @@ export class ImageVariants {
     ctx.log.detail = 'transformed';
     const bytes = output.body;
     return {
-      response: this.answer(
-        request,
+      answer: this.answer(
+        job.isHead,
         ctx,
         params,
         { meta, body: { size: bytes.byteLength, bytes, stream: () => new Response(bytes as unknown as BodyInit).body! } },
@@ -368,31 +373,27 @@ export class ImageVariants {
   }
 
   /** No transformer on this runtime: the source itself, from one cached copy, saying so. */
-  private async untransformed(request: Request, ctx: RequestContext): Promise<Response> {
+  private async untransformed(request: IncomingRequest, ctx: RequestContext): Promise<Answer> {
     const sourceUrl = new URL(request.url);
     for (const name of IMAGE_PARAM_NAMES) sourceUrl.searchParams.delete(name);
-    const response = await this.deps.pull.handle(new Request(sourceUrl, { method: request.method, headers: request.headers }), {
-      ...ctx,
-      requestHeaders: undefined,
-    });
+    const answer = await this.deps.pull.handle({ ...request, url: sourceUrl.href }, ctx);
     ctx.log.detail ??= IMAGE_TRANSFORM_UNAVAILABLE;
-    const status = response.headers.get('cache-status');
+    const status = answer.headers['cache-status'];
     const member = status?.slice(status.lastIndexOf(',') + 1) ?? '';
-    if (status !== null && !/;\s*detail=/.test(member)) response.headers.set('cache-status', `${status}; detail=${IMAGE_TRANSFORM_UNAVAILABLE}`);
-    return response;
+    if (status !== undefined && !/;\s*detail=/.test(member)) answer.headers['cache-status'] = `${status}; detail=${IMAGE_TRANSFORM_UNAVAILABLE}`;
+    return answer;
   }
 
   private answer(
-    request: Request,
+    isHead: boolean,
     ctx: RequestContext,
     params: ImageParams,
     entry: CacheEntry,
     policy: EdgePolicy,
     fields: CacheStatusFields,
-    described?: Described,
-  ): Response {
-    const client = described ?? this.deps.pull.describe(request.url, ctx.clientIp, ctx.requestHeaders ?? headersToRecord(request.headers));
-    const pull: PullRequest = this.deps.pull.requestFor(request, ctx, client, entry.meta.key);
+    described: Described,
+  ): Answer {
+    const pull: PullRequest = this.deps.pull.requestFor(isHead, ctx, described, entry.meta.key);
     return this.deps.pull.fromCache(pull, { ...entry, meta: this.answerMeta(entry.meta, params.format === 'auto') }, policy, fields);
   }
 
@@ -447,7 +448,7 @@ export class ImageVariants {
 
   /** Variant key: after the source key, so prefix purges of the path cover it. */
   private variantKey(sourceKey: string, resolved: ResolvedImageParams): string {
-    return `${sourceKey}#img:${variantCacheSuffix(resolved)}`;
+    return derivedKey(sourceKey, { kind: 'image', params: variantCacheSuffix(resolved) });
   }
 
   private assertTransformable(contentType: string | null): void {

@@ -5,27 +5,34 @@
  * concurrent misses into one origin request and streams misses to the
  * client while they fill the cache. Other methods pass through and
  * invalidate the URL (RFC 9111 4.4).
+ *
+ * What a request means comes from `describe.ts` (key and origin request),
+ * every answer leaves through `responder.ts`; this file decides between
+ * them. `answerFreshHit()` is the same decision made synchronously, for
+ * runtimes that can answer a fresh hit without Web objects.
  */
 import { formatCacheStatus, type CacheOutcome, type CacheStatusFields, type ForwardReason } from './cache-status.js';
-import { compileParamMatcher, keyPath, MAX_KEY_LENGTH, normaliseQuery, primaryKey, pushedKey, variantFor, varyNames } from './cache-key.js';
+import { keyPath, MAX_KEY_LENGTH, pushedKey, variantFor, varyNames } from './cache-key.js';
 import { FlightTable, waitForFlight, type FlightOutcome } from './collapse.js';
+import { RequestDescriber, type Described } from './describe.js';
 import { EdgeError } from './errors.js';
 import { drainInBackground, fillWhileStreaming, sliceFill } from './fill.js';
-import { appendVia, forwardRequestHeaders, headersToRecord, splitList, withoutHopByHop, type ForwardingOptions } from './headers.js';
+import { forwardRequestHeaders, headersToRecord, originRequestHeaders, splitList, withoutHopByHop } from './headers.js';
 import type { EdgeOptions } from './options.js';
 import type { OriginClient } from './origin/types.js';
 import { fieldsNotToStore, parseCacheControl, type EdgePolicy, type PolicyFactory, type PolicyRequest } from './policy.js';
 import {
+  answerFromEntry,
+  answerFromOrigin,
+  answerGatewayTimeout,
   clientValidatorsMatch,
   decideRange,
-  downstreamHeaders,
-  entryBody,
-  INTERNAL_RESPONSE_FIELDS,
   notModifiedHeaders,
   statusAllowsBody,
-} from './respond.js';
-import type { ImageVariants } from './image-variants.js';
-import { matchRoute, type RouteCacheRules, type RouteConfig } from './routes.js';
+  storedAnswerHeaders,
+  type Answer,
+} from './responder.js';
+import type { RouteCacheRules } from './routes.js';
 import type { CacheEntry, CacheEntryMeta, CacheStore } from './store/types.js';
 
 /** Per-request facts recorded for the access log and metrics. */
@@ -45,16 +52,20 @@ export interface RequestContext {
   clientIp?: string;
   /** Keep background work (refreshes, cache fills) alive after the response is sent. */
   waitUntil(promise: Promise<unknown>): void;
-  /**
-   * The request's headers as a lower-case record, when the runtime already
-   * has them parsed (Node's `IncomingMessage.headers`): reading
-   * `request.headers` on @hono/node-server's lazy Request builds a full
-   * Fetch Request, which costs more than the rest of a cache hit.
-   */
-  requestHeaders?: Record<string, string>;
   /** Relay a 103 Early Hints response to the client, where the runtime can. */
   sendEarlyHints?(headers: Record<string, string | string[]>): void;
   log: RequestLog;
+}
+
+/** A request as the pull path reads it: no Web `Request` needed. */
+export interface IncomingRequest {
+  method: string;
+  /** Absolute URL. */
+  url: string;
+  /** Lower-case names, repeated fields joined with `, `. */
+  headers: Record<string, string>;
+  /** The request body (methods other than GET/HEAD). */
+  body?: () => ReadableStream<Uint8Array> | null;
 }
 
 export interface PullDeps {
@@ -71,13 +82,6 @@ const FILL_STRIPPED_REQUEST_FIELDS = ['if-none-match', 'if-modified-since', 'if-
 /** Stored entries with a validator stay useful this long past freshness: they can be revalidated. */
 const KEEP_WITH_VALIDATOR_SECONDS = 7 * 24 * 3600;
 
-/** A GET/HEAD on its way through the pull path. */
-/** The first member of a comma-separated forwarding field, trimmed. */
-function firstMember(value: string): string {
-  const comma = value.indexOf(',');
-  return (comma === -1 ? value : value.slice(0, comma)).trim();
-}
-
 /**
  * What a stored entry needs on every hit, computed once per stored
  * metadata object (the memory tier hands back the same object each time).
@@ -87,36 +91,25 @@ interface PreparedEntry {
   vary: string[] | '*';
   /** Downstream headers without Age and Cache-Status. */
   headers: Record<string, string>;
+  /** The origin said explicitly that this may be shared (`public`, `s-maxage`, a CDN-targeted field). */
+  explicitlyShared: boolean;
 }
 
-/** What `describe()` derives from a request. */
-export interface Described {
-  /** The request URL's path (percent-encoded as the URL parser left it). */
-  pathname: string;
-  /** `?query` as sent, or ''. */
-  search: string;
-  /** The absolute request URL. */
-  href: string;
-  key: string;
-  pathAndQuery: string;
-  forwarding: ForwardingOptions;
-  headers: Record<string, string>;
-  /** Cache rules of the matching route, if any. */
-  rules?: RouteCacheRules;
-}
-
+/** A GET/HEAD on its way through the pull path. */
 export interface PullRequest {
-  request: Request;
-  pathname: string;
+  described: Described;
+  /** The key looked up and stored under (the described key, or an image variant's). */
   key: string;
-  pathAndQuery: string;
-  headers: Record<string, string>;
   policyRequest: PolicyRequest;
   isHead: boolean;
-  forwarding: ForwardingOptions;
   rules?: RouteCacheRules;
   ctx: RequestContext;
 }
+
+/** The freshness decision for a stored entry, as a typed outcome. */
+type Decision =
+  | { kind: 'serve'; outcome: 'hit' | 'stale'; fields: CacheStatusFields; refresh: boolean }
+  | { kind: 'forward'; reason: ForwardReason };
 
 interface OriginFetchPlan {
   reason: ForwardReason;
@@ -130,57 +123,23 @@ export class PullCache {
   private readonly deps: PullDeps;
   private readonly flights = new FlightTable();
   private readonly refreshing = new Set<string>();
-  private readonly ignoreParam: (name: string) => boolean;
-  private readonly trusted: Set<string>;
-  private readonly routes: readonly RouteConfig[];
   private readonly preparedMemo = new WeakMap<CacheEntryMeta, PreparedEntry>();
+  readonly describer: RequestDescriber;
   /**
    * Paths that have a pushed object, so that requests for other paths skip
    * the pushed lookup. The admin API keeps it in step with the store;
    * `loadPushedIndex()` rebuilds it at start-up.
    */
   readonly pushedPaths = new Set<string>();
-  /** Image transformation, when the runtime has a transformer (set by createEdgeApp). */
-  images?: ImageVariants;
 
   constructor(deps: PullDeps) {
     this.deps = deps;
-    this.ignoreParam = compileParamMatcher(deps.options.ignoreQueryParams);
-    this.trusted = new Set(deps.options.trustedProxies);
-    this.routes = deps.options.origins?.routes.filter((route) => route.cache !== undefined) ?? [];
+    this.describer = new RequestDescriber(deps.options);
   }
 
-  /**
-   * Everything the node derives from a request before looking anything up:
-   * the primary cache key (query normalised; route rules may keep only some
-   * parameters or add request headers), forwarding facts, and the cache
-   * rules of the route it matches.
-   */
+  /** See {@link RequestDescriber.describe}. */
   describe(href: string, clientIp: string | undefined, headers: Record<string, string>): Described {
-    // `href` is a Request.url or URL.href: absolute, parser-normalised, without
-    // a fragment. Slicing it is exact and spares a URL object on the hit path.
-    const schemeEnd = href.indexOf('://');
-    const pathStart = href.indexOf('/', schemeEnd + 3);
-    const queryStart = pathStart === -1 ? -1 : href.indexOf('?', pathStart);
-    const pathname = pathStart === -1 ? '/' : queryStart === -1 ? href.slice(pathStart) : href.slice(pathStart, queryStart);
-    const search = queryStart === -1 ? '' : href.slice(queryStart);
-    const trustedPeer = clientIp !== undefined && this.trusted.has(clientIp);
-    const forwardedProto = trustedPeer ? headers['x-forwarded-proto'] : undefined;
-    const forwardedHost = trustedPeer ? headers['x-forwarded-host'] : undefined;
-    const proto = firstMember(forwardedProto ?? href.slice(0, schemeEnd));
-    const host = firstMember(forwardedHost ?? headers.host ?? href.slice(schemeEnd + 3, pathStart === -1 ? undefined : pathStart));
-    const rules = this.routes.length > 0 ? matchRoute(this.routes, { pathname, host, headers })?.cache : undefined;
-    const keepOnly = rules?.queryParams ? new Set(rules.queryParams) : undefined;
-    const query = normaliseQuery(search, this.ignoreParam, this.deps.options.sortQuery, keepOnly ? (name) => !keepOnly.has(name) : undefined);
-    let key = primaryKey(pathname + query, proto, host);
-    if (rules?.keyHeaders?.length) {
-      // A node-side Vary: the named request headers become part of the key.
-      key += '#h:' + rules.keyHeaders.map((name) => `${name}=${encodeURIComponent(headers[name] ?? '')}`).join('&');
-    }
-    const colon = host.lastIndexOf(':');
-    const port = colon > host.lastIndexOf(']') ? host.slice(colon + 1) : undefined;
-    const forwarding: ForwardingOptions = { clientIp, trustedPeer, proto, host, port, via: this.deps.options.name };
-    return { pathname, search, href, key, forwarding, pathAndQuery: pathname + search, headers, rules };
+    return this.describer.describe(href, clientIp, headers);
   }
 
   /** Rebuild `pushedPaths` from the store (start-up). */
@@ -188,35 +147,22 @@ export class PullCache {
     for await (const meta of this.deps.store.list({ pushed: true })) this.pushedPaths.add(keyPath(meta.key));
   }
 
-  async handle(request: Request, ctx: RequestContext): Promise<Response> {
-    const described = this.describe(request.url, ctx.clientIp, ctx.requestHeaders ?? headersToRecord(request.headers));
-    const { key } = described;
-    ctx.log.key = key;
+  async handle(request: IncomingRequest, ctx: RequestContext, described = this.describe(request.url, ctx.clientIp, request.headers)): Promise<Answer> {
+    ctx.log.key = described.key;
     if (request.method !== 'GET' && request.method !== 'HEAD') return this.passUnsafe(request, ctx, described);
-    if (this.images && described.search !== '' && this.images.applies(described.pathname)) {
-      const params = await this.images.parse(new URL(described.href));
-      if (params) return this.images.handle(request, ctx, params, described);
-    }
-    const pull = this.requestFor(request, ctx, described);
-    if (key.length > MAX_KEY_LENGTH || described.rules?.bypass) return this.fetchFromOrigin(pull, { reason: 'bypass' }, false);
-    // A request with credentials is not answered from the shared cache; its
-    // response may still be stored if the origin marks it public (RFC 9111 3.5).
-    if (pull.headers.authorization !== undefined) return this.fetchFromOrigin(pull, { reason: 'request' });
+    const pull = this.requestFor(request.method === 'HEAD', ctx, described);
+    if (pull.key.length > MAX_KEY_LENGTH || described.rules?.bypass) return this.fetchFromOrigin(pull, { reason: 'bypass' }, false);
     return this.serve(pull);
   }
 
   /** The pull-path view of a GET/HEAD request (for `key`, by default the described one). */
-  requestFor(request: Request, ctx: RequestContext, described: Described, key = described.key): PullRequest {
-    const { headers } = described;
+  requestFor(isHead: boolean, ctx: RequestContext, described: Described, key = described.key): PullRequest {
     return {
-      request,
-      pathname: described.pathname,
+      described,
       key,
-      pathAndQuery: described.pathAndQuery,
-      headers,
-      policyRequest: { url: described.pathAndQuery, method: 'GET', headers },
-      isHead: request.method === 'HEAD',
-      forwarding: described.forwarding,
+      // The request as the origin receives it: credentials and directives as forwarded.
+      policyRequest: { url: described.upstreamPath, method: 'GET', headers: described.upstream },
+      isHead,
       rules: described.rules,
       ctx,
     };
@@ -227,42 +173,95 @@ export class PullCache {
     return pull.rules?.grace ?? pull.rules?.staleIfError ?? this.deps.options.staleGrace;
   }
 
+  /**
+   * A fresh hit decided synchronously, for runtimes that write answers
+   * without Web objects (the Node adapter). Undefined whenever the general
+   * path is needed: a miss, anything stale, credentials, a body that is not
+   * at hand as bytes, or a store that cannot read synchronously.
+   */
+  answerFreshHit(
+    method: string,
+    href: string,
+    headers: Record<string, string>,
+    clientIp: string | undefined,
+    log: RequestLog,
+    isContent: (described: Described) => boolean,
+  ): Answer | undefined {
+    const { store } = this.deps;
+    if (!store.getSync || (method !== 'GET' && method !== 'HEAD')) return undefined;
+    const described = this.describe(href, clientIp, headers);
+    if (!isContent(described) || described.key.length > MAX_KEY_LENGTH || described.rules?.bypass || described.credentials === 'authorization') return undefined;
+    const pull = this.requestFor(method === 'HEAD', { log, waitUntil: () => {} }, described);
+    if (this.pushedPaths.has(described.pathname)) {
+      const [entry] = store.getSync(pushedKey(described.pathname)) ?? [];
+      if (!entry) return undefined;
+      const policy = this.policyOf(entry.meta);
+      if (!policy.isFresh() || entry.meta.invalidated || !hasBytes(entry)) return undefined;
+      log.key = described.key;
+      return this.answerPushed(pull, entry, policy);
+    }
+    const entries = store.getSync(described.key);
+    if (!entries || entries.length === 0) return undefined;
+    const entry = this.selectVariant(entries, described.upstream);
+    if (!entry || !hasBytes(entry)) return undefined;
+    const decision = this.decide(pull, entry);
+    if (decision.kind !== 'serve' || decision.refresh) return undefined;
+    log.key = described.key;
+    log.outcome = decision.outcome;
+    return this.fromCache(pull, entry, this.policyOf(entry.meta), decision.fields);
+  }
+
+  /**
+   * RFC 9111 4.2 and 5.2.1 for one stored entry and one request: serve it
+   * (possibly stale, possibly refreshing in the background) or go forward.
+   */
+  private decide(pull: PullRequest, entry: CacheEntry): Decision {
+    const prepared = this.prepare(entry.meta);
+    const { policy } = prepared;
+    // A request with forwarded cookies takes only what the origin said may be shared.
+    if (pull.described.credentials === 'cookie' && !prepared.explicitlyShared) return { kind: 'forward', reason: 'request' };
+    const freshness = entry.meta.invalidated ? 'revalidate' : policy.evaluate(pull.policyRequest, this.deps.options.honorRequestCacheControl);
+    const ttl = policy.freshnessLifetime() - policy.age();
+    if (freshness === 'fresh') return { kind: 'serve', outcome: 'hit', fields: { hit: true, ttl }, refresh: false };
+    if (freshness === 'stale-allowed') return { kind: 'serve', outcome: 'stale', fields: { hit: true, ttl }, refresh: false };
+    if (freshness === 'stale-while-revalidate') {
+      return { kind: 'serve', outcome: 'stale', fields: { hit: true, ttl, detail: 'stale-while-revalidate' }, refresh: true };
+    }
+    // RFC 9211 2.2: fwd=request when the entry was fresh but the request asked to go forward.
+    return { kind: 'forward', reason: !entry.meta.invalidated && policy.isFresh() ? 'request' : 'stale' };
+  }
+
   /** Look up, then hit, revalidate or miss. */
-  async serve(pull: PullRequest): Promise<Response> {
-    if (this.pushedPaths.has(pull.pathname)) {
+  async serve(pull: PullRequest): Promise<Answer> {
+    const { described } = pull;
+    if (described.credentials === 'authorization') {
+      // A request with credentials is not answered from the shared cache; its
+      // response may still be stored if the origin marks it public (RFC 9111 3.5).
+      return this.fetchFromOrigin(pull, { reason: 'request' });
+    }
+    if (this.pushedPaths.has(described.pathname)) {
       const pushed = await this.servePushed(pull);
       if (pushed) return pushed;
     }
     const entries = await this.deps.store.get(pull.key);
-    const entry = this.selectVariant(entries, pull.headers);
+    const entry = this.selectVariant(entries, described.upstream);
     if (entry) {
-      const policy = this.policyOf(entry.meta);
-      const freshness = entry.meta.invalidated ? 'revalidate' : policy.evaluate(pull.policyRequest, this.deps.options.honorRequestCacheControl);
-      if (freshness === 'fresh' || freshness === 'stale-allowed') {
-        pull.ctx.log.outcome = freshness === 'fresh' ? 'hit' : 'stale';
-        return this.fromCache(pull, entry, policy, { hit: true, ttl: policy.freshnessLifetime() - policy.age() });
+      const decision = this.decide(pull, entry);
+      if (decision.kind === 'serve') {
+        pull.ctx.log.outcome = decision.outcome;
+        if (decision.refresh) this.refreshInBackground(pull, entry, this.policyOf(entry.meta));
+        return this.fromCache(pull, entry, this.policyOf(entry.meta), decision.fields);
       }
-      if (freshness === 'stale-while-revalidate') {
-        pull.ctx.log.outcome = 'stale';
-        this.refreshInBackground(pull, entry, policy);
-        return this.fromCache(pull, entry, policy, {
-          hit: true,
-          ttl: policy.freshnessLifetime() - policy.age(),
-          detail: 'stale-while-revalidate',
-        });
+      if (this.onlyIfCached(pull)) return this.gatewayTimeout(pull, 'stale');
+      // Cookie-bearing requests for entries not explicitly shared go forward alone, never stored over the shared copy.
+      if (described.credentials === 'cookie' && decision.reason === 'request' && !this.prepare(entry.meta).explicitlyShared) {
+        return this.fetchFromOrigin(pull, { reason: 'request' }, false);
       }
-      if (this.onlyIfCached(pull)) {
-        pull.ctx.log.outcome = 'miss';
-        return this.gatewayTimeout('stale');
-      }
-      // RFC 9211 2.2: fwd=request when the entry was fresh but the request asked to go forward.
-      const reason = !entry.meta.invalidated && policy.isFresh() ? 'request' : 'stale';
-      return this.collapsed(pull, `${pull.key}\u0000${entry.meta.variant}`, { reason, stale: { entry, policy } });
+      return this.collapsed(pull, `${pull.key}\u0000${entry.meta.variant}`, { reason: decision.reason, stale: { entry, policy: this.policyOf(entry.meta) } });
     }
-    if (this.onlyIfCached(pull)) {
-      pull.ctx.log.outcome = 'miss';
-      return this.gatewayTimeout('miss');
-    }
+    if (this.onlyIfCached(pull)) return this.gatewayTimeout(pull, 'miss');
+    // Private requests never lead or follow a shared flight: their answer is theirs.
+    if (described.credentials === 'cookie') return this.fetchFromOrigin(pull, { reason: entries.length > 0 ? 'vary-miss' : 'uri-miss' });
     return this.collapsed(pull, pull.key, { reason: entries.length > 0 ? 'vary-miss' : 'uri-miss' });
   }
 
@@ -271,31 +270,43 @@ export class PullCache {
    * expire; client Cache-Control cannot force a revalidation (there is
    * nothing upstream to revalidate with).
    */
-  private async servePushed(pull: PullRequest): Promise<Response | undefined> {
-    const [entry] = await this.deps.store.get(pushedKey(pull.pathname));
+  private async servePushed(pull: PullRequest): Promise<Answer | undefined> {
+    const [entry] = await this.deps.store.get(pushedKey(pull.described.pathname));
     if (!entry) return undefined;
     const policy = this.policyOf(entry.meta);
     // Soft-purged or expired: fall through to the pull path.
     if (!policy.isFresh() || entry.meta.invalidated) return undefined;
+    return this.answerPushed(pull, entry, policy);
+  }
+
+  private answerPushed(pull: PullRequest, entry: CacheEntry, policy: EdgePolicy): Answer {
     pull.ctx.log.outcome = 'hit';
     pull.ctx.log.detail = 'pushed';
     return this.fromCache(pull, entry, policy, { hit: true, ttl: policy.freshnessLifetime() - policy.age(), detail: 'pushed' });
   }
 
   private onlyIfCached(pull: PullRequest): boolean {
-    return this.deps.options.honorRequestCacheControl && parseCacheControl(pull.headers['cache-control']).has('only-if-cached');
+    return this.deps.options.honorRequestCacheControl && parseCacheControl(pull.described.headers['cache-control']).has('only-if-cached');
   }
 
   /** RFC 9111 5.2.1.7: only-if-cached with nothing usable stored. */
-  private gatewayTimeout(fwd: ForwardReason): Response {
-    return new Response(null, {
-      status: 504,
-      headers: { 'cache-status': formatCacheStatus(this.deps.options.name, { fwd, detail: 'only-if-cached' }) },
-    });
+  private gatewayTimeout(pull: PullRequest, fwd: ForwardReason): Answer {
+    pull.ctx.log.outcome = 'miss';
+    return answerGatewayTimeout(this.deps.options.name, { fwd, detail: 'only-if-cached' });
+  }
+
+  /**
+   * The one stale fallback: when the origin failed (an error or a 5xx) and
+   * the stale entry may stand in (stale-if-error or grace), answer with it.
+   */
+  private staleFallback(pull: PullRequest, stale: OriginFetchPlan['stale'], fields: CacheStatusFields): Answer | undefined {
+    if (!stale || !stale.policy.canServeStaleOnError(this.graceFor(pull))) return undefined;
+    pull.ctx.log.outcome = 'stale';
+    return this.fromCache(pull, stale.entry, stale.policy, { fwd: 'stale', ...fields, detail: 'stale-if-error' });
   }
 
   /** One origin request per flight key; others wait and then read the cache. */
-  private async collapsed(pull: PullRequest, flightKey: string, plan: OriginFetchPlan): Promise<Response> {
+  private async collapsed(pull: PullRequest, flightKey: string, plan: OriginFetchPlan): Promise<Answer> {
     const joinedAt = this.deps.now();
     const flight = this.flights.join(flightKey);
     if (!flight) return this.fetchFromOrigin(pull, { ...plan, land: this.flights.lead(flightKey) });
@@ -304,14 +315,12 @@ export class PullCache {
     pull.ctx.log.collapsed = true;
     if (outcome !== 'timeout') {
       if (outcome.kind === 'failed') {
-        if (plan.stale && plan.stale.policy.canServeStaleOnError(this.graceFor(pull))) {
-          pull.ctx.log.outcome = 'stale';
-          return this.fromCache(pull, plan.stale.entry, plan.stale.policy, { fwd: 'stale', collapsed: true, detail: 'stale-if-error' });
-        }
+        const fallback = this.staleFallback(pull, plan.stale, { collapsed: true });
+        if (fallback) return fallback;
         throw outcome.error;
       }
       if (outcome.kind === 'stored') {
-        const entry = this.selectVariant(await this.deps.store.get(pull.key), pull.headers);
+        const entry = this.selectVariant(await this.deps.store.get(pull.key), pull.described.upstream);
         // The entry the leader just stored answers its followers even when it
         // was stale on arrival (max-age=0): they asked at the same moment.
         if (entry && !entry.meta.invalidated && entry.meta.storedAt >= joinedAt - 1) {
@@ -338,7 +347,7 @@ export class PullCache {
     };
     const background: PullRequest = { ...pull, isHead: true, ctx: { ...pull.ctx, log: {}, sendEarlyHints: undefined, waitUntil } };
     const work = this.fetchFromOrigin(background, { reason: 'stale', stale: { entry, policy } })
-      .then((response) => response.body?.cancel())
+      .then((answer) => (answer.body instanceof ReadableStream ? answer.body.cancel() : undefined))
       .then(() => Promise.allSettled(fills))
       .catch(() => {
         // A failed refresh leaves the stale entry; the next request retries.
@@ -349,11 +358,14 @@ export class PullCache {
 
   /**
    * Go to the origin for a GET (HEAD is sent as GET so the cache fills),
-   * conditionally when revalidating, and store what may be stored.
+   * conditionally when revalidating, and store what may be stored. The
+   * origin request is built from the described request only: keyed path
+   * and query, allow-listed headers.
    */
-  async fetchFromOrigin(pull: PullRequest, plan: OriginFetchPlan, mayStore = true): Promise<Response> {
-    const { options, origin, policies, store, now } = this.deps;
-    const headers = forwardRequestHeaders(pull.request.headers, pull.forwarding);
+  async fetchFromOrigin(pull: PullRequest, plan: OriginFetchPlan, mayStore = true): Promise<Answer> {
+    const { origin, policies, store, now } = this.deps;
+    const { described } = pull;
+    const headers = originRequestHeaders(described.upstream, described.headers, described.forwarding);
     for (const name of FILL_STRIPPED_REQUEST_FIELDS) headers.delete(name);
     const stale = plan.stale;
     if (stale) {
@@ -367,7 +379,7 @@ export class PullCache {
     try {
       response = await origin.fetch({
         method: 'GET',
-        pathAndQuery: pull.pathAndQuery,
+        pathAndQuery: described.upstreamPath,
         headers,
         cacheKey: pull.key,
         onInformational: (status, info) => {
@@ -376,12 +388,9 @@ export class PullCache {
       });
     } catch (error) {
       pull.ctx.log.originMs = now() - started;
-      if (stale && stale.policy.canServeStaleOnError(this.graceFor(pull))) {
-        plan.land?.({ kind: 'failed', error });
-        pull.ctx.log.outcome = 'stale';
-        return this.fromCache(pull, stale.entry, stale.policy, { fwd: 'stale', detail: 'stale-if-error' });
-      }
       plan.land?.({ kind: 'failed', error });
+      const fallback = this.staleFallback(pull, stale, {});
+      if (fallback) return fallback;
       pull.ctx.log.outcome = 'error';
       throw error;
     }
@@ -406,7 +415,7 @@ export class PullCache {
         this.prepare(meta, freshened.policy);
         plan.land?.({ kind: 'stored' });
         pull.ctx.log.outcome = 'revalidated';
-        return this.fromCache(pull, { meta, body: stale.entry.body }, freshened.policy, {
+        return this.fromCache(pull, { meta, body: stale.entry.body, tier: stale.entry.tier }, freshened.policy, {
           fwd: plan.reason,
           fwdStatus: 304,
           ttl: freshened.policy.freshnessLifetime() - freshened.policy.age(),
@@ -416,11 +425,13 @@ export class PullCache {
       return this.fetchFromOrigin(pull, { reason: plan.reason, land: plan.land }, mayStore);
     }
 
-    if (stale && response.status >= 500 && stale.policy.canServeStaleOnError(this.graceFor(pull))) {
-      await response.body?.cancel();
-      plan.land?.({ kind: 'failed', error: new EdgeError('EDGE_ORIGIN_BAD_RESPONSE', `The origin answered ${response.status}.`) });
-      pull.ctx.log.outcome = 'stale';
-      return this.fromCache(pull, stale.entry, stale.policy, { fwd: 'stale', fwdStatus: response.status, detail: 'stale-if-error' });
+    if (stale && response.status >= 500) {
+      const fallback = this.staleFallback(pull, stale, { fwdStatus: response.status });
+      if (fallback) {
+        await response.body?.cancel();
+        plan.land?.({ kind: 'failed', error: new EdgeError('EDGE_ORIGIN_BAD_RESPONSE', `The origin answered ${response.status}.`) });
+        return fallback;
+      }
     }
 
     return this.storeAndRespond(pull, plan, response, mayStore);
@@ -455,10 +466,18 @@ export class PullCache {
     return [this.deps.options.targetedCacheControl, 'cdn-cache-control'];
   }
 
-  private async storeAndRespond(pull: PullRequest, plan: OriginFetchPlan, response: Response, mayStore: boolean): Promise<Response> {
+  /** `public`, `s-maxage` or a CDN-targeted field: the origin said a shared cache may keep it. */
+  private explicitlyShared(headers: Record<string, string>): boolean {
+    const cc = parseCacheControl(headers['cache-control']);
+    return cc.has('public') || cc.has('s-maxage') || this.targetedFields().some((field) => headers[field] !== undefined);
+  }
+
+  private async storeAndRespond(pull: PullRequest, plan: OriginFetchPlan, response: Response, mayStore: boolean): Promise<Answer> {
     const { options, policies, store, now } = this.deps;
+    const { described } = pull;
     const { clean, stored, setCookies, upstreamStatus } = this.storableHeaders(response.headers);
     const status = response.status;
+    const explicitlyShared = this.explicitlyShared(stored);
     if (stored.date === undefined) stored.date = new Date(now()).toUTCString();
     if (pull.rules?.ttl !== undefined) this.applyRouteTtl(stored, pull.rules.ttl, pull.rules.overrideTtl, pull.rules.staleIfError);
     const policy = policies.fromResponse(pull.policyRequest, { status, headers: stored });
@@ -469,6 +488,8 @@ export class PullCache {
       policy.storable() &&
       vary !== '*' &&
       (setCookies.length === 0 || options.cacheSetCookie) &&
+      // A response to a request with forwarded cookies is shared only when the origin says so explicitly.
+      (described.credentials !== 'cookie' || explicitlyShared) &&
       // No freshness and no validator: storing it could never save a fetch.
       (policy.freshnessLifetime() > 0 || policy.hasValidator()) &&
       !(contentLength !== undefined && contentLength > options.maxObjectSize) &&
@@ -480,19 +501,23 @@ export class PullCache {
       ? { fwd: plan.reason, fwdStatus: status, stored: storable }
       : { fwd: plan.reason, stored: storable };
     if (storable) fields.ttl = policy.freshnessLifetime() - policy.age();
-    const clientHeaders = this.downstream(clean, formatCacheStatus(options.name, fields, upstreamStatus));
+    const answer = (body: ReadableStream<Uint8Array> | null, answerStatus = status) =>
+      answerFromOrigin(answerStatus, clean, body, formatCacheStatus(options.name, fields, upstreamStatus), {
+        targetedField: options.targetedCacheControl,
+        name: options.name,
+      });
     pull.ctx.log.outcome = plan.reason === 'bypass' || plan.reason === 'request' ? 'bypass' : plan.stale ? 'stale' : 'miss';
 
     if (!storable) {
       plan.land?.({ kind: 'uncacheable' });
       if (pull.isHead) {
         await response.body?.cancel();
-        return new Response(null, { status, headers: clientHeaders });
+        return answer(null);
       }
-      return new Response(response.body, { status, headers: clientHeaders });
+      return answer(response.body);
     }
 
-    const variant = variantFor(vary as string[], pull.headers);
+    const variant = variantFor(vary as string[], described.upstream);
     const tags = [...splitList(stored['cache-tag']), ...(stored['surrogate-key'] ?? '').split(/\s+/).filter(Boolean)];
     const writer = store.createWriter(pull.key, variant, contentLength);
     const body = response.body ?? new ReadableStream<Uint8Array>({ start: (c) => c.close() });
@@ -520,79 +545,51 @@ export class PullCache {
       },
     });
 
-    if (pull.isHead) {
+    if (pull.isHead || !statusAllowsBody(status)) {
       drainInBackground(filled, pull.ctx.waitUntil);
-      return new Response(null, { status, headers: clientHeaders });
+      return answer(null);
     }
-    if (!statusAllowsBody(status)) {
+    const requestHeaders = described.headers;
+    if (status === 200 && clientValidatorsMatch(requestHeaders, stored)) {
       drainInBackground(filled, pull.ctx.waitUntil);
-      return new Response(null, { status, headers: clientHeaders });
-    }
-    if (status === 200 && clientValidatorsMatch(pull.headers, stored)) {
-      drainInBackground(filled, pull.ctx.waitUntil);
-      return new Response(null, { status: 304, headers: notModifiedHeaders(headersToRecord(clientHeaders)) });
+      const full = answer(null);
+      return { ...full, status: 304, headers: notModifiedHeaders(full.headers) };
     }
     // A Range request that misses: the origin sent the whole object (it fills
     // the cache); the client gets its range from that stream.
-    if (status === 200 && pull.headers.range !== undefined && contentLength !== undefined) {
-      const range = decideRange(pull.headers, stored, contentLength);
+    if (status === 200 && requestHeaders.range !== undefined && contentLength !== undefined) {
+      const range = decideRange(requestHeaders, stored, contentLength);
       if (range.kind === 'unsatisfiable') {
         drainInBackground(filled, pull.ctx.waitUntil);
-        clientHeaders.set('content-range', `bytes */${contentLength}`);
-        clientHeaders.delete('content-length');
-        return new Response(null, { status: 416, headers: clientHeaders });
+        const out = answer(null, 416);
+        out.headers['content-range'] = `bytes */${contentLength}`;
+        delete out.headers['content-length'];
+        return out;
       }
       if (range.kind === 'partial') {
-        clientHeaders.set('content-range', `bytes ${range.start}-${range.end}/${contentLength}`);
-        clientHeaders.set('content-length', String(range.end - range.start + 1));
-        return new Response(sliceFill(filled, range.start, range.end, pull.ctx.waitUntil), { status: 206, headers: clientHeaders });
+        const out = answer(sliceFill(filled, range.start, range.end, pull.ctx.waitUntil), 206);
+        out.headers['content-range'] = `bytes ${range.start}-${range.end}/${contentLength}`;
+        out.headers['content-length'] = String(range.end - range.start + 1);
+        return out;
       }
     }
-    return new Response(filled, { status, headers: clientHeaders });
-  }
-
-  /** Client-facing headers for an origin response (miss or pass). */
-  private downstream(clean: Headers, cacheStatus: string): Headers {
-    const out = new Headers(clean);
-    for (const name of INTERNAL_RESPONSE_FIELDS) out.delete(name);
-    out.delete(this.deps.options.targetedCacheControl);
-    appendVia(out, this.deps.options.name);
-    out.set('cache-status', cacheStatus);
-    return out;
+    return answer(filled);
   }
 
   /** Answer from a stored entry: validators, ranges, HEAD. */
-  fromCache(pull: PullRequest, entry: CacheEntry, policy: EdgePolicy, fields: CacheStatusFields): Response {
-    const { meta } = entry;
-    const { options } = this.deps;
+  fromCache(pull: PullRequest, entry: CacheEntry, policy: EdgePolicy, fields: CacheStatusFields): Answer {
     if (entry.tier) pull.ctx.log.tier = entry.tier;
-    const headers = { ...this.prepare(meta).headers };
-    headers.age = String(Math.floor(policy.age()));
-    headers['cache-status'] = formatCacheStatus(options.name, fields);
-
-    if (meta.status === 200 && clientValidatorsMatch(pull.headers, meta.headers)) {
-      return new Response(null, { status: 304, headers: notModifiedHeaders(headers) });
-    }
-    if (!statusAllowsBody(meta.status)) return new Response(null, { status: meta.status, headers });
-    const size = entry.body.size;
-    if (meta.status === 200 && pull.headers.range !== undefined) {
-      const range = pull.isHead ? ({ kind: 'full' } as const) : decideRange(pull.headers, meta.headers, size);
-      if (range.kind === 'unsatisfiable') {
-        headers['content-range'] = `bytes */${size}`;
-        delete headers['content-length'];
-        return new Response(null, { status: 416, headers });
-      }
-      if (range.kind === 'partial') {
-        headers['content-range'] = `bytes ${range.start}-${range.end}/${size}`;
-        headers['content-length'] = String(range.end - range.start + 1);
-        return new Response(entryBody(entry, range.start, range.end), { status: 206, headers });
-      }
-    }
-    return new Response(pull.isHead ? null : entryBody(entry), { status: meta.status, headers });
+    return answerFromEntry(
+      entry,
+      this.prepare(entry.meta).headers,
+      { isHead: pull.isHead, headers: pull.described.headers },
+      policy.age(),
+      formatCacheStatus(this.deps.options.name, fields),
+    );
   }
 
-  /** The stored variant matching the request's Vary-named headers (RFC 9111 4.1). */
-  selectVariant(entries: CacheEntry[], requestHeaders: Record<string, string>): CacheEntry | undefined {
+  /** The stored variant matching the request's Vary-named headers (RFC 9111 4.1), as the origin would receive them. */
+  selectVariant(entries: CacheEntry[], upstreamHeaders: Record<string, string>): CacheEntry | undefined {
     if (entries.length === 1 && entries[0]!.meta.variant === '') {
       const { vary } = this.prepare(entries[0]!.meta);
       if (vary !== '*' && vary.length === 0) return entries[0];
@@ -601,7 +598,7 @@ export class PullCache {
     for (const entry of entries) {
       const names = this.prepare(entry.meta).vary;
       if (names === '*') continue;
-      if (variantFor(names, requestHeaders) !== entry.meta.variant) continue;
+      if (variantFor(names, upstreamHeaders) !== entry.meta.variant) continue;
       // Several matches (Vary changed over time): the most recent wins (RFC 9111 4.1).
       if (!best || entry.meta.storedAt > best.meta.storedAt) best = entry;
     }
@@ -616,33 +613,33 @@ export class PullCache {
     let prepared = policy ? undefined : this.preparedMemo.get(meta);
     if (!prepared) {
       const { options } = this.deps;
-      const headers = downstreamHeaders(meta.headers, options.targetedCacheControl);
-      headers.via = headers.via ? `${headers.via}, 1.1 ${options.name}` : `1.1 ${options.name}`;
-      if (statusAllowsBody(meta.status)) headers['content-length'] = String(meta.size);
-      else delete headers['content-length'];
-      if (meta.status === 200) headers['accept-ranges'] = 'bytes';
       prepared = {
         policy: policy ?? this.deps.policies.fromStored(meta.policy, meta.headers),
         vary: varyNames(meta.headers.vary),
-        headers,
+        headers: storedAnswerHeaders(meta, options.targetedCacheControl, options.name),
+        explicitlyShared: meta.pushed === true || this.explicitlyShared(meta.headers),
       };
       this.preparedMemo.set(meta, prepared);
     }
     return prepared;
   }
 
-
-  /** Methods other than GET/HEAD: pass through, then invalidate what they changed. */
-  private async passUnsafe(request: Request, ctx: RequestContext, { key, forwarding, pathAndQuery, headers: requestHeaders }: Described): Promise<Response> {
-    const headers = forwardRequestHeaders(request.headers, forwarding);
+  /**
+   * Methods other than GET/HEAD: pass through (every end-to-end header but
+   * client-sent forwarding fields: nothing here is stored), then invalidate
+   * what they changed.
+   */
+  private async passUnsafe(request: IncomingRequest, ctx: RequestContext, described: Described): Promise<Answer> {
+    const { key, forwarding, pathname, search, headers: requestHeaders } = described;
+    const headers = forwardRequestHeaders(new Headers(requestHeaders), forwarding);
     const started = this.deps.now();
     let response: Response;
     try {
       response = await this.deps.origin.fetch({
         method: request.method,
-        pathAndQuery,
+        pathAndQuery: pathname + search,
         headers,
-        body: request.body,
+        body: request.body?.() ?? null,
         cacheKey: key,
         onInformational: (status, info) => {
           if (status === 103) ctx.sendEarlyHints?.(info);
@@ -662,9 +659,8 @@ export class PullCache {
         const value = response.headers.get(field);
         if (!value) continue;
         try {
-          const target = new URL(value, request.url);
-          const sameHost = target.host === new URL(request.url).host;
-          if (!sameHost) continue;
+          const target = new URL(value, described.href);
+          if (target.host !== new URL(described.href).host) continue;
           targets.add(this.describe(target.href, ctx.clientIp, requestHeaders).key);
         } catch {
           // An unparsable Location invalidates nothing.
@@ -675,10 +671,9 @@ export class PullCache {
     const clean = withoutHopByHop(response.headers);
     const upstreamStatus = clean.get('cache-status');
     clean.delete('cache-status');
-    const body = statusAllowsBody(response.status) ? response.body : null;
-    return new Response(body, {
-      status: response.status,
-      headers: this.downstream(clean, formatCacheStatus(this.deps.options.name, { fwd: 'method' }, upstreamStatus)),
+    return answerFromOrigin(response.status, clean, response.body, formatCacheStatus(this.deps.options.name, { fwd: 'method' }, upstreamStatus), {
+      targetedField: this.deps.options.targetedCacheControl,
+      name: this.deps.options.name,
     });
   }
 
@@ -691,4 +686,9 @@ export class PullCache {
     for (const derivedKey of new Set(derived)) removed += await store.delete(derivedKey);
     return removed;
   }
+}
+
+/** A body the fast path can write at once. */
+function hasBytes(entry: CacheEntry): boolean {
+  return entry.body.bytes !== undefined || entry.body.size === 0 || entry.body.readAll !== undefined;
 }

@@ -70,8 +70,21 @@ export const routeCacheRulesSchema = z
     bypass: z.boolean().default(false),
     /** Only these query parameters enter the cache key (others are dropped); unset keeps all. */
     queryParams: z.array(z.string()).optional(),
-    /** Request headers that enter the cache key (a node-side Vary). */
+    /** Request headers that enter the cache key (a node-side Vary); they are forwarded to the origin too. */
     keyHeaders: z.array(z.string().transform((h) => h.toLowerCase())).optional(),
+    /**
+     * Request headers forwarded to the origin without entering the key (an
+     * explicit choice: the origin must not let them shape the body, or must
+     * name them in `Vary`). Added to `--forward-headers`.
+     */
+    forwardHeaders: z.array(z.string().transform((h) => h.toLowerCase())).optional(),
+    /**
+     * `false`: request cookies are not forwarded on this route, so a request
+     * with `Cookie` is cached like any other. @default true (forwarded; such
+     * a request is then not answered from, and its response not stored in, the
+     * shared cache unless the response is explicitly `public` or has `s-maxage`).
+     */
+    forwardCookies: z.boolean().default(true),
     /** stale-if-error window in seconds applied to what this route caches. */
     staleIfError: z.number().int().min(0).optional(),
     /** Grace (serve stale when the origin is down) for this route, seconds. */

@@ -146,6 +146,10 @@ export class LmdbCacheStore implements CacheStore {
   }
 
   async get(key: string): Promise<CacheEntry[]> {
+    return this.getSync(key);
+  }
+
+  getSync(key: string): CacheEntry[] {
     if (this.#closed || key.includes(SEP) || !fitsKey(key)) return [];
     const entries: CacheEntry[] = [];
     for (const { key: storageKey, value } of this.#meta.getRange({ start: key + SEP, end: key + AFTER_SEP })) {

@@ -6,8 +6,9 @@
  */
 import { createHash } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
-import type { Server } from 'node:http';
-import { serve, type HttpBindings } from '@hono/node-server';
+import { Readable } from 'node:stream';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { getRequestListener, type HttpBindings } from '@hono/node-server';
 import pino, { type Logger } from 'pino';
 import { createEdgeApp, type EdgeApp, type RequestRecord } from '../core/app.js';
 import type { EdgeOptions } from '../core/options.js';
@@ -19,6 +20,7 @@ import { LmdbCacheStore } from './lmdb-store.js';
 import { ShieldOriginClient } from '../core/origin/shield.js';
 import { createOriginClient } from './origin-pool.js';
 import { createEdgeMetrics } from './metrics.js';
+import { writeAnswer } from './write-answer.js';
 import { SharpImageTransformer } from './sharp-transformer.js';
 import { UndiciOriginClient } from './undici-origin.js';
 
@@ -77,6 +79,55 @@ export function createUpstream(options: EdgeOptions): OriginClient {
   return Object.assign(shields, { status: () => ({ shields: shieldStatus(), origin: origin.status?.() ?? null }) });
 }
 
+/**
+ * The request targets and hosts whose absolute URL is the plain
+ * concatenation the URL parser would also produce (the same test
+ * @hono/node-server applies before skipping `new URL()`), so the fast path
+ * and the general path describe a request from the same string. Anything
+ * else (dot segments, characters the parser escapes, upper-case hosts) takes
+ * the general path.
+ */
+const PLAIN_TARGET = /^\/[!#$&-;=?-[\]_a-z~]*$/;
+const DOT_SEGMENT = /\/\.\.?(?:[/?#]|$)/;
+const PLAIN_HOST = /^[a-z0-9._-]+(?::(?:[1-5]\d{3,4}|[6-9]\d{3}))?$/;
+
+/**
+ * Content requests with a plain target are answered by the core as an
+ * `Answer` and written here: a fresh hit synchronously from the cache, the
+ * rest after the pull path decides. Returns false for what Hono routes:
+ * `/_edge/` paths, and targets or hosts that need the URL parser's care.
+ */
+function answerContent(edge: EdgeApp, req: IncomingMessage, res: ServerResponse): boolean {
+  const target = req.url!;
+  const host = req.headers.host;
+  if (target.startsWith('/_edge/') || host === undefined || !PLAIN_HOST.test(host) || !PLAIN_TARGET.test(target) || DOT_SEGMENT.test(target)) {
+    return false;
+  }
+  const method = req.method!;
+  const url = `http://${host}${target}`;
+  const headers = req.headers as Record<string, string>;
+  const clientIp = clientAddress({ incoming: req });
+  if (method === 'GET' || method === 'HEAD') {
+    const fast = edge.answerFreshHit(method, url, headers, clientIp);
+    if (fast) {
+      writeAnswer(res, fast.answer, fast.done);
+      return true;
+    }
+  }
+  const body = method === 'GET' || method === 'HEAD' ? () => null : () => Readable.toWeb(req) as ReadableStream<Uint8Array>;
+  edge
+    .answerContent({ method, url, headers, body }, clientIp, {
+      sendEarlyHints: (hints) => {
+        if (!res.headersSent) res.writeEarlyHints(hints);
+      },
+    })
+    .then(
+      (content) => writeAnswer(res, content.answer, content.done),
+      () => res.destroy(),
+    );
+  return true;
+}
+
 export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServerOverrides = {}): Promise<EdgeServer> {
   if (!options.origin && !options.origins && !overrides.origin) throw new TypeError('startEdgeServer: options.origin is required (or an origin override).');
   const now = overrides.now ?? Date.now;
@@ -126,9 +177,17 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
   });
 
   await edge.ready;
-  const server = await new Promise<Server>((resolve, reject) => {
-    const s = serve({ fetch: edge.fetch as never, port: options.port, hostname: options.host }, () => resolve(s as Server));
-    s.once('error', reject);
+  const general = getRequestListener(edge.fetch as never);
+  const server = createServer((req, res) => {
+    // A fresh hit is written straight from the cache: no Request, Response or router.
+    if (!answerContent(edge, req, res)) void general(req, res);
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(options.port, options.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
   });
   // Keep-alive longer than typical load balancers' idle timeouts, so they close first.
   server.keepAliveTimeout = 65_000;

@@ -97,6 +97,10 @@ export class MemoryCacheStore implements CacheStore {
   }
 
   async get(key: string): Promise<CacheEntry[]> {
+    return this.getSync(key);
+  }
+
+  getSync(key: string): CacheEntry[] {
     const variants = this.#variants.get(key);
     if (!variants) return [];
     const entries: CacheEntry[] = [];

@@ -76,6 +76,31 @@ export class TieredCacheStore implements CacheStore {
     this.#tiers = [...options.tiers];
     this.name = options.name ?? 'tiered';
     this.#onError = options.onError ?? (() => {});
+    if (this.#tiers.every((tier) => tier.getSync)) this.getSync = (key) => this.#getSync(key);
+  }
+
+  /** Present when every tier reads synchronously (memory over LMDB). */
+  readonly getSync?: (key: string) => CacheEntry[];
+
+  /** {@link get}'s walk, synchronously; promotions still run in the background. */
+  #getSync(key: string): CacheEntry[] {
+    const first = this.#tiers[0]!.getSync!(key);
+    if (first.length > 0 && first.every((entry) => entry.meta.variant === '')) {
+      for (let i = 1; i < this.#tiers.length; i++) this.#tiers[i]!.touch?.(key, '');
+      return first;
+    }
+    const found = new Map<string, CacheEntry>();
+    for (const entry of first) found.set(entry.meta.variant, entry);
+    for (let i = 1; i < this.#tiers.length; i++) {
+      const fresh = this.#tiers[i]!.getSync!(key).filter((entry) => !found.has(entry.meta.variant));
+      for (const entry of fresh) found.set(entry.meta.variant, entry);
+      for (const entry of fresh) this.#promote(entry, i);
+      if (found.size > 0 && [...found.keys()].every((variant) => variant === '')) {
+        for (const lower of this.#tiers.slice(i + 1)) lower.touch?.(key, '');
+        break;
+      }
+    }
+    return [...found.values()];
   }
 
   /**
@@ -85,6 +110,7 @@ export class TieredCacheStore implements CacheStore {
    * Without that, a variant evicted from memory would look like a miss.
    */
   async get(key: string): Promise<CacheEntry[]> {
+    if (this.getSync) return this.getSync(key);
     // The common hit: the first tier holds the key and it has no Vary variants.
     const first = await this.#tiers[0]!.get(key);
     if (first.length > 0 && first.every((entry) => entry.meta.variant === '')) {

@@ -110,6 +110,12 @@ export interface CacheStore {
   readonly name: string;
   /** All stored variants of a primary key (possibly none). */
   get(key: string): Promise<CacheEntry[]>;
+  /**
+   * The same read, synchronously, for tiers whose reads are synchronous
+   * (memory, LMDB): lets a runtime answer a fresh hit without awaiting.
+   * Promotions between tiers it triggers happen in the background.
+   */
+  getSync?(key: string): CacheEntry[];
   /** Start writing one variant of a key; see {@link CacheWriter}. */
   createWriter(key: string, variant: string, expectedSize?: number): CacheWriter;
   /** Replace an entry's metadata (e.g. after a 304); false if the entry is gone. */
