@@ -53,6 +53,71 @@ export function deltaSeconds(arg: string | true | undefined): number | undefined
   return Math.min(Number(arg), 2 ** 31);
 }
 
+const MONTHS = ['jan', 'feb', 'mar', 'apr', 'may', 'jun', 'jul', 'aug', 'sep', 'oct', 'nov', 'dec'];
+const DAY_NAME = '(?:mon|tue|wed|thu|fri|sat|sun)';
+const MONTH = `(?<month>${MONTHS.join('|')})`;
+const TIME = '(?<hour>\\d{2}):(?<minute>\\d{2}):(?<second>\\d{2})';
+/** The three forms of HTTP-date (RFC 9110 5.6.7), matched case-insensitively (RFC 9111 4.2). */
+const HTTP_DATE_FORMS = [
+  // IMF-fixdate: Sun, 06 Nov 1994 08:49:37 GMT
+  new RegExp(`^${DAY_NAME}, (?<day>\\d{2}) ${MONTH} (?<year>\\d{4}) ${TIME} GMT$`, 'i'),
+  // obsolete RFC 850: Sunday, 06-Nov-94 08:49:37 GMT
+  new RegExp(`^(?:monday|tuesday|wednesday|thursday|friday|saturday|sunday), (?<day>\\d{2})-${MONTH}-(?<year2>\\d{2}) ${TIME} GMT$`, 'i'),
+  // obsolete asctime: Sun Nov  6 08:49:37 1994
+  new RegExp(`^${DAY_NAME} ${MONTH} (?<day>\\d{2}| \\d) ${TIME} (?<year>\\d{4})$`, 'i'),
+];
+
+function daysInMonth(year: number, month: number): number {
+  if (month !== 1) return [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][month]!;
+  return (year % 4 === 0 && year % 100 !== 0) || year % 400 === 0 ? 29 : 28;
+}
+
+/**
+ * Parse an HTTP-date (RFC 9110 5.6.7): IMF-fixdate, or the obsolete RFC 850
+ * and asctime forms, always UTC. Letter case is ignored, as RFC 9111 4.2
+ * asks of caches; anything else (ISO 8601, other zones, missing parts,
+ * extra spaces, impossible days or times, a list) is `undefined`. Unlike
+ * `Date.parse`, which accepts almost anything and reads asctime in the
+ * local zone. The day name is not checked against the date.
+ *
+ * @param now ms since epoch; an RFC 850 two-digit year more than 50 years
+ *   after it is read as the century before (RFC 9110 5.6.7).
+ * @returns ms since epoch
+ */
+export function parseHttpDate(value: string | undefined, now: number = Date.now()): number | undefined {
+  if (value === undefined) return undefined;
+  const text = value.trim();
+  let parts: Record<string, string> | undefined;
+  for (const form of HTTP_DATE_FORMS) {
+    parts = form.exec(text)?.groups;
+    if (parts) break;
+  }
+  if (!parts) return undefined;
+  let year: number;
+  if (parts.year2 !== undefined) {
+    const thisYear = new Date(now).getUTCFullYear();
+    year = thisYear - (thisYear % 100) + Number(parts.year2);
+    if (year > thisYear + 50) year -= 100;
+  } else {
+    year = Number(parts.year);
+  }
+  const month = MONTHS.indexOf(parts.month!.toLowerCase());
+  const day = Number(parts.day!.trim());
+  const [hour, minute, second] = [Number(parts.hour), Number(parts.minute), Number(parts.second)];
+  if (day < 1 || day > daysInMonth(year, month) || hour > 23 || minute > 59 || second > 60) return undefined;
+  const date = new Date(0);
+  // setUTCFullYear, not Date.UTC: years 0-99 are years, not 1900 + year.
+  date.setUTCFullYear(year, month, day);
+  // A leap second (60) counts as the last second of its minute.
+  date.setUTCHours(hour, minute, Math.min(second, 59), 0);
+  return date.getTime();
+}
+
+/** An HTTP-date in the preferred IMF-fixdate form. */
+export function formatHttpDate(ms: number): string {
+  return new Date(ms).toUTCString();
+}
+
 export interface PolicyOptions {
   /** Fraction of (Date - Last-Modified) used as heuristic freshness. @default 0.1 */
   heuristicFraction: number;
@@ -70,6 +135,7 @@ interface LibraryInternals {
   _rescc: Record<string, string | boolean>;
   _resHeaders: Record<string, string>;
   _status: number;
+  _responseTime: number;
 }
 
 /** Request as the policy needs it: lower-case header record. */
@@ -86,10 +152,21 @@ export interface StoredResponseInfo {
 }
 
 /**
- * What this cache should obey: the first targeted field present replaces
- * Cache-Control, Expires and Pragma for our decisions (RFC 9213 2.2).
+ * What `http-cache-semantics` should see of a response, and the directives
+ * this cache obeys: the first targeted field present replaces Cache-Control,
+ * Expires and Pragma for our decisions (RFC 9213 2.2). The library reads
+ * dates with `Date.parse`, so Date, Expires and Last-Modified reach it only
+ * as IMF-fixdates: an invalid Expires as a date in the past (RFC 9111 5.3:
+ * already expired), an invalid Date or Last-Modified not at all (the
+ * response time stands in for the one, the other is no validator and no
+ * base for heuristics).
+ * The stored headers keep the origin's values.
  */
-function policyHeaders(headers: Record<string, string>, targetedFields: string[]): { view: Record<string, string>; cc: CacheControl } {
+function policyHeaders(
+  headers: Record<string, string>,
+  targetedFields: string[],
+  now: number,
+): { view: Record<string, string>; cc: CacheControl } {
   const view: Record<string, string> = { ...headers };
   let ccValue = headers['cache-control'];
   for (const field of targetedFields) {
@@ -110,6 +187,7 @@ function policyHeaders(headers: Record<string, string>, targetedFields: string[]
   if (typeof cc.get('no-cache') === 'string') libCc.delete('no-cache');
   if (typeof cc.get('private') === 'string') libCc.delete('private');
   if (ccValue !== undefined || libCc.size > 0) view['cache-control'] = formatCacheControl(libCc);
+  normaliseDates(view, now);
   // An invalid Age is ignored (RFC 9111 5.1); the library would parse "12abc" as 12.
   if (view.age !== undefined) {
     const first = view.age.split(',')[0]!.trim();
@@ -119,12 +197,23 @@ function policyHeaders(headers: Record<string, string>, targetedFields: string[]
   return { view, cc };
 }
 
+/** See `policyHeaders`. Idempotent: a normalised record is left as it is. */
+function normaliseDates(view: Record<string, string>, now: number): void {
+  for (const name of ['date', 'last-modified'] as const) {
+    if (view[name] === undefined) continue;
+    const ms = parseHttpDate(view[name], now);
+    if (ms === undefined) delete view[name];
+    else view[name] = formatHttpDate(ms);
+  }
+  if (view.expires !== undefined) view.expires = formatHttpDate(parseHttpDate(view.expires, now) ?? 0);
+}
+
 /**
  * The names a qualified `no-cache="..."` / `private="..."` asks a shared
  * cache not to store (RFC 9111 5.2.2.4, 5.2.2.7). Dropped before storing.
  */
 export function fieldsNotToStore(headers: Record<string, string>, targetedFields: string[]): string[] {
-  const { cc } = policyHeaders(headers, targetedFields);
+  const { cc } = policyHeaders(headers, targetedFields, Date.now());
   const names: string[] = [];
   for (const directive of ['no-cache', 'private']) {
     const arg = cc.get(directive);
@@ -274,8 +363,10 @@ export function createPolicyFactory(options: PolicyOptions) {
     private lifetime?: number;
     private dateMs?: number;
 
+    /** The Date field if it is a valid HTTP-date, else the response time (RFC 9111 4.2.3). */
     override date(): number {
-      this.dateMs ??= super.date();
+      const self = this as unknown as LibraryInternals;
+      this.dateMs ??= parseHttpDate(self._resHeaders.date, self._responseTime) ?? self._responseTime;
       return this.dateMs;
     }
 
@@ -294,7 +385,7 @@ export function createPolicyFactory(options: PolicyOptions) {
      * since Date has one-second resolution.
      */
     override age(): number {
-      const self = this as unknown as LibraryInternals & { _responseTime: number; _ageValue(): number };
+      const self = this as unknown as LibraryInternals & { _ageValue(): number };
       const apparent = Math.max(0, Math.floor(self._responseTime / 1000) - Math.floor(this.date() / 1000));
       return Math.max(apparent, self._ageValue()) + (now() - self._responseTime) / 1000;
     }
@@ -319,7 +410,7 @@ export function createPolicyFactory(options: PolicyOptions) {
   return {
     /** Policy for a response just received from upstream. */
     fromResponse(request: PolicyRequest, response: StoredResponseInfo): EdgePolicy {
-      const { view, cc } = policyHeaders(response.headers, options.targetedFields);
+      const { view, cc } = policyHeaders(response.headers, options.targetedFields, now());
       const lib = new ClockedPolicy(
         { url: request.url, method: request.method === 'HEAD' ? 'GET' : request.method, headers: request.headers },
         { status: response.status, headers: view },
@@ -330,8 +421,13 @@ export function createPolicyFactory(options: PolicyOptions) {
 
     /** Rehydrate a stored policy; the stored headers carry the targeted fields again. */
     fromStored(serialized: Record<string, unknown>, storedHeaders: Record<string, string>): EdgePolicy {
-      const lib = ClockedPolicy.fromObject(serialized as never) as CachePolicy;
-      const { cc } = policyHeaders(storedHeaders, options.targetedFields);
+      const lib = ClockedPolicy.fromObject(serialized as never) as ClockedPolicy;
+      const self = lib as unknown as LibraryInternals;
+      // Entries stored by earlier versions may hold dates the library would misread.
+      const view = { ...self._resHeaders };
+      normaliseDates(view, self._responseTime);
+      self._resHeaders = view;
+      const { cc } = policyHeaders(storedHeaders, options.targetedFields, self._responseTime);
       return new EdgePolicy(lib, cc, options);
     },
 
@@ -350,13 +446,13 @@ export function createPolicyFactory(options: PolicyOptions) {
     ): { policy: EdgePolicy; headers: Record<string, string> } | null {
       const { matches } = stored.lib.revalidatedPolicy(
         { ...request, method: 'GET' },
-        { status: 304, headers: policyHeaders(notModified.headers, options.targetedFields).view },
+        { status: 304, headers: policyHeaders(notModified.headers, options.targetedFields, now()).view },
       );
       if (!matches) return null;
       const headers: Record<string, string> = { ...storedHeaders };
       // The 304 is a new response: its Age and Date describe it, not the stored ones.
       delete headers.age;
-      headers.date = notModified.headers.date ?? new Date(options.now()).toUTCString();
+      headers.date = notModified.headers.date ?? formatHttpDate(now());
       for (const [name, value] of Object.entries(notModified.headers)) {
         if (NOT_UPDATED_BY_304.has(name)) continue;
         headers[name] = value;

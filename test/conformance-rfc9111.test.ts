@@ -1,0 +1,176 @@
+/**
+ * Conformance in the places an HTTP caching test suite (http-tests/cache-tests)
+ * probes hardest and where `http-cache-semantics` alone gets it wrong:
+ * HTTP-date parsing (Expires, Date, Last-Modified), targeted fields as
+ * Structured Field Dictionaries (RFC 9213), explicit freshness on any final
+ * status, which stored response a 304 may update and which fields it may
+ * change, and which stale responses the stale grace may serve.
+ *
+ * Like `pull-conformance.test.ts`: a real test origin, a real node, time
+ * moved only through the injected clock.
+ */
+import { request as httpRequest } from 'node:http';
+import { gzipSync } from 'node:zlib';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createTestClock } from './helpers/clock.js';
+import { startTestEdge, type TestEdge } from './helpers/edge.js';
+import { setDated, type OriginResponseSpec } from './helpers/origin.js';
+
+let t: TestEdge;
+/** The test clock's start, on a whole second so HTTP-dates are exact. */
+let t0: number;
+
+afterEach(async () => {
+  await t?.close();
+});
+
+async function start(options: Record<string, unknown> = {}): Promise<TestEdge> {
+  t0 = Math.floor(Date.now() / 1000) * 1000;
+  t = await startTestEdge(options, { clock: createTestClock(t0) });
+  return t;
+}
+
+/** The IMF-fixdate `seconds` after the start of the test clock. */
+const at = (seconds: number) => new Date(t0 + seconds * 1000).toUTCString();
+const advance = (seconds: number) => t.clock.advance(seconds * 1000);
+/** Script `path` on the origin, each answer dated with the node's clock (a `date` in the spec wins). */
+const set = (path: string, spec: OriginResponseSpec | OriginResponseSpec[]) => setDated(t.origin, t.clock.now, path, spec);
+const originRequests = (path: string) => t.origin.requests.filter((r) => r.path === path);
+
+interface Answer {
+  status: number;
+  headers: Headers;
+  body: Buffer;
+  text: string;
+}
+
+/** One request through the node on its own connection (`node:http`: no client cache, no decoding). */
+function get(path: string, headers: Record<string, string> = {}): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({ host: '127.0.0.1', port: t.edge.port, path, headers, agent: false }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (chunk: Buffer) => chunks.push(chunk));
+      res.on('error', reject);
+      res.on('end', () => {
+        const joined = new Headers();
+        for (let i = 0; i < res.rawHeaders.length; i += 2) joined.append(res.rawHeaders[i]!, res.rawHeaders[i + 1]!);
+        const body = Buffer.concat(chunks);
+        resolve({ status: res.statusCode ?? 0, headers: joined, body, text: body.toString() });
+        req.destroy();
+      });
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+const cacheStatus = (answer: Answer) => answer.headers.get('cache-status') ?? '(none)';
+
+describe('Expires, Date and Last-Modified are HTTP-dates, parsed strictly (RFC 9110 5.6.7, RFC 9111 4.2, 5.3)', () => {
+  it('treats an Expires in any other form as already expired, however a lenient date parser reads it', async () => {
+    await start();
+    const invalid = [
+      '2050-08-18',
+      '2050-08-18T02:01:18Z',
+      'Thu, 18 Aug 2050',
+      'Thu, 18 Aug 2050 02:01:18 UTC',
+      'Thu, 18 Aug 2050 02:01:18 +0000',
+      'Thu, 18 Aug 2050 02:01:18 AEST',
+      'Thu, 18 Aug 50 02:01:18 GMT',
+      'Thu 18 Aug 2050 02:01:18 GMT',
+      'Thu, 18  Aug  2050 02:01:18 GMT',
+      'Thu, 18-Aug-2050 02:01:18 GMT',
+      'Thu, 18 Aug 2050 02.01.18 GMT',
+      'Thu, 18 Aug 2050 2:01:18 GMT',
+      'Thu, 31 Feb 2050 02:01:18 GMT',
+      'Thu, 18 Aug 2050 24:01:18 GMT',
+      'August 18, 2050',
+      '2524615278',
+      '0',
+    ];
+    for (const [i, expires] of invalid.entries()) set(`/x${i}`, { headers: { expires }, body: `x${i}` });
+    // Two field lines, each a valid future date: a list is not an HTTP-date.
+    set('/two-lines', { headers: { expires: [at(3600), at(7200)] }, body: 'two' });
+    const paths = [...invalid.map((_, i) => `/x${i}`), '/two-lines'];
+
+    for (const path of paths) await get(path);
+    advance(1);
+    for (const [i, path] of paths.entries()) {
+      const again = await get(path);
+      expect(cacheStatus(again), `Expires: ${invalid[i] ?? 'two lines'}`).not.toMatch(/hit/);
+      expect(t.origin.count(path), `Expires: ${invalid[i] ?? 'two lines'}`).toBe(2);
+    }
+  });
+
+  it('reuses a response whose Expires is an IMF-fixdate, an RFC 850 date or an asctime date, in any letter case, all in UTC', async () => {
+    await start();
+    const valid: [string, number][] = [
+      ['Thu, 18 Aug 2050 02:01:18 GMT', Date.UTC(2050, 7, 18, 2, 1, 18)],
+      ['THU, 18 AUG 2050 02:01:18 gmt', Date.UTC(2050, 7, 18, 2, 1, 18)],
+      // Two-digit year: the most recent year with those digits not more than 50 years ahead.
+      ['Thursday, 18-Aug-50 02:01:18 GMT', Date.UTC(2050, 7, 18, 2, 1, 18)],
+      ['Thu Aug  8 02:01:18 2050', Date.UTC(2050, 7, 8, 2, 1, 18)],
+      ['Mon Aug 18 02:01:18 2050', Date.UTC(2050, 7, 18, 2, 1, 18)],
+      ['Tue, 19 Jan 2038 03:14:08 GMT', Date.UTC(2038, 0, 19, 3, 14, 8)],
+    ];
+    for (const [i, [expires]] of valid.entries()) set(`/v${i}`, { headers: { expires }, body: `v${i}` });
+    for (const [i] of valid.entries()) await get(`/v${i}`);
+    advance(60);
+    for (const [i, [expires, ms]] of valid.entries()) {
+      const hit = await get(`/v${i}`);
+      expect(cacheStatus(hit), `Expires: ${expires}`).toBe(`edge; hit; ttl=${(ms - t0) / 1000 - 60}`);
+      expect(hit.headers.get('expires'), 'the stored value goes downstream unchanged').toBe(expires);
+    }
+    expect(t.origin.count()).toBe(valid.length);
+  });
+
+  it('ignores Expires, valid or not, when max-age or s-maxage is present', async () => {
+    await start();
+    set('/ma-invalid', { headers: { 'cache-control': 'max-age=60', expires: 'Thu, 18 Aug 2050 02:01:18 UTC' }, body: 'a' });
+    set('/ma-past', { headers: { 'cache-control': 'max-age=60', expires: at(-3600) }, body: 'b' });
+    set('/ma-future', { headers: { 'cache-control': 'max-age=60', expires: at(3600) }, body: 'c' });
+    set('/sma-zero', { headers: { 'cache-control': 's-maxage=60, max-age=0', expires: '0' }, body: 'd' });
+    set('/sma-future', { headers: { 'cache-control': 's-maxage=10', expires: at(3600) }, body: 'e' });
+    const paths = ['/ma-invalid', '/ma-past', '/ma-future', '/sma-zero', '/sma-future'];
+    for (const path of paths) await get(path);
+    advance(5);
+    const answers = await Promise.all(paths.map((path) => get(path)));
+    expect(answers.map(cacheStatus)).toEqual([
+      'edge; hit; ttl=55',
+      'edge; hit; ttl=55',
+      'edge; hit; ttl=55',
+      'edge; hit; ttl=55',
+      'edge; hit; ttl=5',
+    ]);
+  });
+
+  it('ignores an invalid Date: the time the response arrived stands in for it', async () => {
+    await start();
+    // A lenient parser reads these as dates long past, which would make the response old on arrival.
+    set('/iso-date', { headers: { 'cache-control': 'max-age=60', date: '2020-01-01' }, body: 'a' });
+    set('/utc-date', { headers: { 'cache-control': 'max-age=60', date: 'Wed, 01 Jan 2020 00:00:00 UTC' }, body: 'b' });
+    set('/expires-bad-date', { headers: { date: 'foo', expires: at(60) }, body: 'c' });
+    for (const path of ['/iso-date', '/utc-date', '/expires-bad-date']) await get(path);
+    advance(10);
+    for (const path of ['/iso-date', '/utc-date', '/expires-bad-date']) {
+      const hit = await get(path);
+      expect(cacheStatus(hit), path).toBe('edge; hit; ttl=50');
+      expect(hit.headers.get('age'), path).toBe('10');
+    }
+  });
+
+  it('gives no heuristic freshness, and no validator, from an invalid Last-Modified', async () => {
+    await start();
+    set('/lm-iso', { headers: { 'last-modified': '2020-01-01' }, body: 'a' });
+    set('/lm-utc', { headers: { 'last-modified': 'Wed, 01 Jan 2020 00:00:00 UTC' }, body: 'b' });
+    // The same instant in the obsolete RFC 850 form is a valid validator and base for heuristics.
+    set('/lm-rfc850', { headers: { 'last-modified': 'Wednesday, 01-Jan-20 00:00:00 GMT' }, body: 'c' });
+    for (const path of ['/lm-iso', '/lm-utc', '/lm-rfc850']) await get(path);
+    advance(10);
+    for (const path of ['/lm-iso', '/lm-utc']) {
+      expect(cacheStatus(await get(path)), path).toBe('edge; fwd=uri-miss');
+      expect(t.origin.count(path), path).toBe(2);
+    }
+    expect(cacheStatus(await get('/lm-rfc850'))).toMatch(/^edge; hit/);
+  });
+});
