@@ -174,3 +174,91 @@ describe('Expires, Date and Last-Modified are HTTP-dates, parsed strictly (RFC 9
     expect(cacheStatus(await get('/lm-rfc850'))).toMatch(/^edge; hit/);
   });
 });
+
+describe('targeted fields are Structured Field Dictionaries (RFC 9213 2.1, 2.2)', () => {
+  it('ignores a CDN-Cache-Control that does not parse as a Dictionary, and falls back to Cache-Control', async () => {
+    await start();
+    const unparseable = [
+      'max-age=10000, &&&&&',
+      'MaX-aGe=10000',
+      'max-age =10000',
+      'max-age= 10000',
+      'max-age=10000,',
+      'max-age=10000;',
+      'max-age=10000 public',
+      'max-age=1234567890123456',
+      'max-age=10000, no-cache="unterminated',
+      '',
+    ];
+    for (const [i, value] of unparseable.entries()) {
+      set(`/bad${i}`, { headers: { 'cdn-cache-control': value, 'cache-control': 'max-age=30' }, body: `bad${i}` });
+      set(`/bad-ns${i}`, { headers: { 'cdn-cache-control': value, 'cache-control': 'no-store' }, body: `bad${i}` });
+    }
+    for (const [i, value] of unparseable.entries()) {
+      expect(cacheStatus(await get(`/bad${i}`)), `CDN-Cache-Control: ${value}`).toBe('edge; fwd=uri-miss; stored; ttl=30');
+      expect(cacheStatus(await get(`/bad-ns${i}`)), `CDN-Cache-Control: ${value}`).toBe('edge; fwd=uri-miss');
+    }
+    advance(31);
+    for (const [i, value] of unparseable.entries()) {
+      expect(cacheStatus(await get(`/bad${i}`)), `CDN-Cache-Control: ${value}`).not.toMatch(/hit/);
+    }
+  });
+
+  it('ignores a member of the wrong type but obeys the field, so Cache-Control and Expires stay ignored', async () => {
+    await start();
+    const wrongType = ['max-age="10000"', 'max-age=abc', 'max-age=10000.0', 'max-age=-10', 'max-age=?1', 'max-age=(10000)', 'max-age=:AAA=:'];
+    for (const [i, value] of wrongType.entries()) {
+      set(`/w${i}`, { headers: { 'cdn-cache-control': value, 'cache-control': 'max-age=600', expires: at(600) }, body: `w${i}` });
+    }
+    // The other members of the field still count.
+    set('/w-mixed', { headers: { 'cdn-cache-control': 'max-age="5", s-maxage=60', 'cache-control': 'max-age=600' }, body: 'm' });
+    set('/w-params', { headers: { 'cdn-cache-control': 'max-age=60;unit=s, x-ext=(a b);p', 'cache-control': 'no-store' }, body: 'p' });
+    for (const [i, value] of wrongType.entries()) {
+      // No freshness the node may use and no validator: not stored at all.
+      expect(cacheStatus(await get(`/w${i}`)), `CDN-Cache-Control: ${value}`).toBe('edge; fwd=uri-miss');
+    }
+    expect(cacheStatus(await get('/w-mixed'))).toBe('edge; fwd=uri-miss; stored; ttl=60');
+    expect(cacheStatus(await get('/w-params'))).toBe('edge; fwd=uri-miss; stored; ttl=60');
+  });
+
+  it('falls through the target list to the first valid field: Edge-Cache-Control, then CDN-Cache-Control, then Cache-Control', async () => {
+    await start();
+    set('/edge-bad', { headers: { 'edge-cache-control': 'max-age=5,,', 'cdn-cache-control': 'max-age=60', 'cache-control': 'max-age=1' }, body: 'a' });
+    set('/both-bad', { headers: { 'edge-cache-control': 'Max-Age=5', 'cdn-cache-control': 'max-age=6 0', 'cache-control': 'max-age=20' }, body: 'b' });
+    set('/edge-empty', { headers: { 'edge-cache-control': '', 'cdn-cache-control': 'max-age=40' }, body: 'c' });
+    expect(cacheStatus(await get('/edge-bad'))).toBe('edge; fwd=uri-miss; stored; ttl=60');
+    expect(cacheStatus(await get('/both-bad'))).toBe('edge; fwd=uri-miss; stored; ttl=20');
+    expect(cacheStatus(await get('/edge-empty'))).toBe('edge; fwd=uri-miss; stored; ttl=40');
+  });
+
+  it('applies a restrictive directive whatever its value type (it fails safe), a String naming fields for private / no-cache', async () => {
+    await start();
+    set('/private-token', { headers: { 'cdn-cache-control': 'max-age=60, private=x-user', 'x-user': 'alice' }, body: 'a' });
+    set('/no-store-string', { headers: { 'cdn-cache-control': 'max-age=60, no-store="yes"' }, body: 'b' });
+    set('/private-named', { headers: { 'cdn-cache-control': 'max-age=60, private="x-user"', 'x-user': 'alice' }, body: 'c' });
+    await get('/private-token');
+    await get('/no-store-string');
+    await get('/private-named');
+    expect(cacheStatus(await get('/private-token'))).not.toMatch(/hit/);
+    expect(cacheStatus(await get('/no-store-string'))).not.toMatch(/hit/);
+    const named = await get('/private-named');
+    expect(cacheStatus(named)).toMatch(/^edge; hit/);
+    expect(named.headers.get('x-user')).toBeNull();
+  });
+
+  it('passes through, and is not governed by, a targeted field that is not on its target list', async () => {
+    await start({ targetedCacheControl: 'acme-cache-control' });
+    set('/other-target', {
+      headers: { 'edge-cache-control': 'no-store', 'acme-cache-control': 'max-age=60', 'cache-control': 'max-age=5' },
+      body: 'o',
+    });
+    const first = await get('/other-target');
+    expect(cacheStatus(first)).toBe('edge; fwd=uri-miss; stored; ttl=60');
+    const hit = await get('/other-target');
+    expect(cacheStatus(hit)).toMatch(/^edge; hit/);
+    for (const answer of [first, hit]) {
+      expect(answer.headers.get('edge-cache-control')).toBe('no-store');
+      expect(answer.headers.get('acme-cache-control')).toBeNull();
+    }
+  });
+});

@@ -15,6 +15,22 @@ import CachePolicy from 'http-cache-semantics';
 /** Statuses that may get heuristic freshness (RFC 9110 15.1 "heuristically cacheable"). */
 const HEURISTICALLY_CACHEABLE = new Set([200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501]);
 
+/** Directives whose argument is delta-seconds (RFC 9111 1.2.2; RFC 5861). */
+const DELTA_SECONDS_DIRECTIVES = new Set(['max-age', 's-maxage', 'stale-while-revalidate', 'stale-if-error']);
+
+/**
+ * Directives that only ever restrict reuse. In a targeted field they apply
+ * whatever the type of their value (failing safe); a String argument to
+ * no-cache / private names fields, as the quoted form does in Cache-Control.
+ */
+const RESTRICTIVE_DIRECTIVES = new Set(['no-store', 'no-cache', 'private', 'must-revalidate', 'proxy-revalidate']);
+
+/** Directives without an argument: only a Boolean true member means them. */
+const BOOLEAN_DIRECTIVES = new Set(['public', 'immutable', 'no-transform', 'must-understand']);
+
+/** delta-seconds beyond what a cache can represent count as 2^31 (RFC 9111 1.2.2). */
+const MAX_DELTA_SECONDS = 2 ** 31;
+
 /** Fields a 304 must not overwrite: they describe the stored body (RFC 9111 3.2). */
 const NOT_UPDATED_BY_304 = new Set(['content-length', 'content-encoding', 'content-range', 'transfer-encoding']);
 
@@ -118,6 +134,253 @@ export function formatHttpDate(ms: number): string {
   return new Date(ms).toUTCString();
 }
 
+/** A Structured Field bare item (RFC 9651 3.3), Integer and Decimal kept apart. */
+export type SfBareItem =
+  | { type: 'integer' | 'decimal' | 'date'; value: number }
+  | { type: 'string' | 'token' | 'binary' | 'displaystring'; value: string }
+  | { type: 'boolean'; value: boolean };
+
+/** A Dictionary member: an Item, or an Inner List (`value` an array), with Parameters. */
+export interface SfMember {
+  value: SfBareItem | SfBareItem[];
+  params: Map<string, SfBareItem>;
+}
+
+class SfParseError extends Error {}
+
+/** The parsing algorithms of RFC 9651 section 4.2, for a Dictionary. */
+class SfParser {
+  private i = 0;
+  constructor(private readonly s: string) {}
+
+  private fail(): never {
+    throw new SfParseError();
+  }
+
+  private peek(): string | undefined {
+    return this.s[this.i];
+  }
+
+  private skip(chars: string): void {
+    while (this.i < this.s.length && chars.includes(this.s[this.i]!)) this.i++;
+  }
+
+  dictionary(): Map<string, SfMember> {
+    const out = new Map<string, SfMember>();
+    this.skip(' ');
+    while (this.i < this.s.length) {
+      const key = this.key();
+      let member: SfMember;
+      if (this.peek() === '=') {
+        this.i++;
+        member = this.peek() === '(' ? this.innerList() : this.item();
+      } else {
+        member = { value: { type: 'boolean', value: true }, params: this.params() };
+      }
+      // Duplicate keys: the last one wins.
+      out.set(key, member);
+      this.skip(' \t');
+      if (this.i >= this.s.length) return out;
+      if (this.s[this.i++] !== ',') this.fail();
+      this.skip(' \t');
+      if (this.i >= this.s.length) this.fail();
+    }
+    return out;
+  }
+
+  private key(): string {
+    const match = /^[a-z*][a-z0-9_\-.*]*/.exec(this.s.slice(this.i));
+    if (!match) this.fail();
+    this.i += match[0].length;
+    return match[0];
+  }
+
+  private innerList(): SfMember {
+    this.i++;
+    const items: SfBareItem[] = [];
+    while (this.i < this.s.length) {
+      this.skip(' ');
+      if (this.peek() === ')') {
+        this.i++;
+        return { value: items, params: this.params() };
+      }
+      items.push(this.item().value as SfBareItem);
+      const next = this.peek();
+      if (next !== ' ' && next !== ')') this.fail();
+    }
+    return this.fail();
+  }
+
+  private item(): SfMember {
+    const value = this.bareItem();
+    return { value, params: this.params() };
+  }
+
+  private params(): Map<string, SfBareItem> {
+    const out = new Map<string, SfBareItem>();
+    while (this.peek() === ';') {
+      this.i++;
+      this.skip(' ');
+      const key = this.key();
+      let value: SfBareItem = { type: 'boolean', value: true };
+      if (this.peek() === '=') {
+        this.i++;
+        value = this.bareItem();
+      }
+      out.set(key, value);
+    }
+    return out;
+  }
+
+  private bareItem(): SfBareItem {
+    const c = this.peek();
+    if (c === undefined) return this.fail();
+    if (c === '-' || (c >= '0' && c <= '9')) return this.number();
+    if (c === '"') return { type: 'string', value: this.string() };
+    if (/[A-Za-z*]/.test(c)) return this.token();
+    if (c === ':') return this.binary();
+    if (c === '?') return this.boolean();
+    if (c === '@') return this.date();
+    if (c === '%') return this.displayString();
+    return this.fail();
+  }
+
+  private number(): SfBareItem {
+    const match = /^(-?)(\d+)(?:\.(\d*))?/.exec(this.s.slice(this.i));
+    if (!match) return this.fail();
+    const [text, , whole, fraction] = match;
+    if (fraction === undefined) {
+      if (whole!.length > 15) this.fail();
+      this.i += text.length;
+      return { type: 'integer', value: Number(text) };
+    }
+    if (whole!.length > 12 || fraction.length === 0 || fraction.length > 3) this.fail();
+    this.i += text.length;
+    return { type: 'decimal', value: Number(text) };
+  }
+
+  private string(): string {
+    this.i++;
+    let out = '';
+    while (this.i < this.s.length) {
+      const c = this.s[this.i++]!;
+      if (c === '\\') {
+        const next = this.s[this.i++];
+        if (next !== '"' && next !== '\\') this.fail();
+        out += next;
+      } else if (c === '"') {
+        return out;
+      } else if (c < ' ' || c > '~') {
+        this.fail();
+      } else {
+        out += c;
+      }
+    }
+    return this.fail();
+  }
+
+  private token(): SfBareItem {
+    const match = /^[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]*/.exec(this.s.slice(this.i))!;
+    this.i += match[0].length;
+    return { type: 'token', value: match[0] };
+  }
+
+  private binary(): SfBareItem {
+    const match = /^:([A-Za-z0-9+/=]*):/.exec(this.s.slice(this.i));
+    if (!match) return this.fail();
+    this.i += match[0].length;
+    return { type: 'binary', value: match[1]! };
+  }
+
+  private boolean(): SfBareItem {
+    const c = this.s[this.i + 1];
+    if (c !== '0' && c !== '1') return this.fail();
+    this.i += 2;
+    return { type: 'boolean', value: c === '1' };
+  }
+
+  private date(): SfBareItem {
+    this.i++;
+    const value = this.number();
+    if (value.type !== 'integer') this.fail();
+    return { type: 'date', value: value.value as number };
+  }
+
+  private displayString(): SfBareItem {
+    if (this.s[this.i + 1] !== '"') return this.fail();
+    this.i += 2;
+    const bytes: number[] = [];
+    while (this.i < this.s.length) {
+      const c = this.s[this.i++]!;
+      if (c === '%') {
+        const hex = this.s.slice(this.i, this.i + 2);
+        if (!/^[0-9a-f]{2}$/.test(hex)) this.fail();
+        bytes.push(parseInt(hex, 16));
+        this.i += 2;
+      } else if (c === '"') {
+        try {
+          return { type: 'displaystring', value: new TextDecoder('utf-8', { fatal: true }).decode(new Uint8Array(bytes)) };
+        } catch {
+          return this.fail();
+        }
+      } else if (c < ' ' || c > '~') {
+        this.fail();
+      } else {
+        bytes.push(c.charCodeAt(0));
+      }
+    }
+    return this.fail();
+  }
+}
+
+/**
+ * Parse a field value as a Structured Field Dictionary (RFC 9651 4.2, the
+ * successor of RFC 8941). `undefined` when it does not parse: the whole
+ * field is then to be ignored.
+ */
+export function parseSfDictionary(value: string): Map<string, SfMember> | undefined {
+  // Field values are ASCII; anything else fails parsing (RFC 9651 4.2).
+  if (/[^\x00-\x7f]/.test(value)) return undefined;
+  const parser = new SfParser(value);
+  try {
+    return parser.dictionary();
+  } catch (error) {
+    if (error instanceof SfParseError) return undefined;
+    throw error;
+  }
+}
+
+/**
+ * The cache directives of a targeted field (RFC 9213 2.1), or `undefined`
+ * when the field is to be ignored as a whole: it does not parse as a
+ * Dictionary, or it is empty. Members whose value has the wrong type are
+ * ignored (`max-age="60"`, `max-age=60.0`, `max-age=-1`), except the
+ * restrictive directives, which apply whatever their value; parameters
+ * are ignored. Arguments come back as Cache-Control would spell them.
+ */
+export function parseTargetedField(value: string): CacheControl | undefined {
+  const dictionary = parseSfDictionary(value);
+  if (!dictionary || dictionary.size === 0) return undefined;
+  const out: CacheControl = new Map();
+  for (const [name, { value: item }] of dictionary) {
+    const bare = Array.isArray(item) ? undefined : item;
+    if (RESTRICTIVE_DIRECTIVES.has(name)) {
+      const fieldList = (name === 'no-cache' || name === 'private') && bare?.type === 'string';
+      out.set(name, fieldList ? (bare.value as string) : true);
+    } else if (DELTA_SECONDS_DIRECTIVES.has(name)) {
+      if (bare?.type === 'integer' && bare.value >= 0) out.set(name, String(Math.min(bare.value, MAX_DELTA_SECONDS)));
+    } else if (BOOLEAN_DIRECTIVES.has(name)) {
+      if (bare?.type === 'boolean' && bare.value) out.set(name, true);
+    } else if (bare?.type === 'boolean') {
+      // Unknown (extension) directives are kept, as in Cache-Control, and ignored.
+      if (bare.value) out.set(name, true);
+    } else if (bare && bare.type !== 'binary') {
+      out.set(name, String(bare.value));
+    }
+  }
+  return out;
+}
+
 export interface PolicyOptions {
   /** Fraction of (Date - Last-Modified) used as heuristic freshness. @default 0.1 */
   heuristicFraction: number;
@@ -152,14 +415,41 @@ export interface StoredResponseInfo {
 }
 
 /**
+ * The directives this cache obeys and the field they come from: the first
+ * targeted field on the target list with a valid, non-empty value, which
+ * then replaces Cache-Control and Expires (and Pragma) for this cache;
+ * otherwise Cache-Control (RFC 9213 2.2). A targeted field that does not
+ * parse is ignored as if absent.
+ *
+ * What goes downstream (RFC 9213 2.2, 3): targeted fields not on the
+ * target list are passed through untouched. The node's own field
+ * (`targetedCacheControl`, by default `Edge-Cache-Control`) concerns this
+ * node only and is removed. CDN-Cache-Control "will typically" be
+ * forwarded so that CDN caches further downstream (an edge behind this
+ * node acting as shield) can obey it, but a CDN MAY remove it; the node
+ * removes it today (`INTERNAL_RESPONSE_FIELDS` in respond.ts), which is
+ * right for the last CDN hop before clients only.
+ */
+export function governingDirectives(
+  headers: Record<string, string>,
+  targetedFields: string[],
+): { field: string; cc: CacheControl } {
+  for (const field of targetedFields) {
+    const value = headers[field];
+    if (value === undefined) continue;
+    const cc = parseTargetedField(value);
+    if (cc) return { field, cc };
+  }
+  return { field: 'cache-control', cc: parseCacheControl(headers['cache-control']) };
+}
+
+/**
  * What `http-cache-semantics` should see of a response, and the directives
- * this cache obeys: the first targeted field present replaces Cache-Control,
- * Expires and Pragma for our decisions (RFC 9213 2.2). The library reads
- * dates with `Date.parse`, so Date, Expires and Last-Modified reach it only
- * as IMF-fixdates: an invalid Expires as a date in the past (RFC 9111 5.3:
- * already expired), an invalid Date or Last-Modified not at all (the
- * response time stands in for the one, the other is no validator and no
- * base for heuristics).
+ * this cache obeys. The library reads dates with `Date.parse`, so Date,
+ * Expires and Last-Modified reach it only as IMF-fixdates: an invalid
+ * Expires as a date in the past (RFC 9111 5.3: already expired), an
+ * invalid Date or Last-Modified not at all (the response time stands in
+ * for the one, the other is no validator and no base for heuristics).
  * The stored headers keep the origin's values.
  */
 function policyHeaders(
@@ -168,17 +458,11 @@ function policyHeaders(
   now: number,
 ): { view: Record<string, string>; cc: CacheControl } {
   const view: Record<string, string> = { ...headers };
-  let ccValue = headers['cache-control'];
-  for (const field of targetedFields) {
-    const targeted = headers[field];
-    if (targeted !== undefined) {
-      ccValue = targeted;
-      delete view.expires;
-      delete view.pragma;
-      break;
-    }
+  const { field, cc } = governingDirectives(headers, targetedFields);
+  if (field !== 'cache-control') {
+    delete view.expires;
+    delete view.pragma;
   }
-  const cc = parseCacheControl(ccValue);
   const libCc: CacheControl = new Map(cc);
   libCc.delete('must-revalidate');
   libCc.delete('proxy-revalidate');
@@ -186,7 +470,10 @@ function policyHeaders(
   // after which the rest of the response may be reused (RFC 9111 5.2.2.4, 5.2.2.7).
   if (typeof cc.get('no-cache') === 'string') libCc.delete('no-cache');
   if (typeof cc.get('private') === 'string') libCc.delete('private');
-  if (ccValue !== undefined || libCc.size > 0) view['cache-control'] = formatCacheControl(libCc);
+  for (const [name, arg] of libCc) {
+    if (DELTA_SECONDS_DIRECTIVES.has(name) && typeof arg === 'string' && /^\d+$/.test(arg)) libCc.set(name, String(deltaSeconds(arg)));
+  }
+  if (headers[field] !== undefined || libCc.size > 0) view['cache-control'] = formatCacheControl(libCc);
   normaliseDates(view, now);
   // An invalid Age is ignored (RFC 9111 5.1); the library would parse "12abc" as 12.
   if (view.age !== undefined) {
@@ -213,7 +500,7 @@ function normaliseDates(view: Record<string, string>, now: number): void {
  * cache not to store (RFC 9111 5.2.2.4, 5.2.2.7). Dropped before storing.
  */
 export function fieldsNotToStore(headers: Record<string, string>, targetedFields: string[]): string[] {
-  const { cc } = policyHeaders(headers, targetedFields, Date.now());
+  const { cc } = governingDirectives(headers, targetedFields);
   const names: string[] = [];
   for (const directive of ['no-cache', 'private']) {
     const arg = cc.get(directive);
