@@ -262,3 +262,105 @@ describe('targeted fields are Structured Field Dictionaries (RFC 9213 2.1, 2.2)'
     }
   });
 });
+
+describe('explicit freshness makes any final status storable (RFC 9111 3)', () => {
+  const statuses = [400, 403, 500, 502, 503, 504, 299, 499, 599];
+
+  it('stores and reuses error and unknown statuses that carry max-age, while fresh', async () => {
+    await start();
+    for (const status of statuses) {
+      set(`/s/${status}`, { status, headers: { 'cache-control': 'max-age=60', 'content-type': 'text/plain' }, body: `status ${status}` });
+    }
+    for (const status of statuses) {
+      const first = await get(`/s/${status}`);
+      expect(first.status).toBe(status);
+      expect(cacheStatus(first), `status ${status}`).toBe('edge; fwd=uri-miss; stored; ttl=60');
+    }
+    advance(10);
+    for (const status of statuses) {
+      const hit = await get(`/s/${status}`);
+      expect(hit.status).toBe(status);
+      expect(hit.text).toBe(`status ${status}`);
+      expect(cacheStatus(hit), `status ${status}`).toBe('edge; hit; ttl=50');
+      expect(hit.headers.get('age')).toBe('10');
+      expect(t.origin.count(`/s/${status}`), `status ${status}`).toBe(1);
+    }
+    advance(51);
+    for (const status of statuses) {
+      expect(cacheStatus(await get(`/s/${status}`)), `status ${status}`).not.toMatch(/hit/);
+      expect(t.origin.count(`/s/${status}`), `status ${status}`).toBe(2);
+    }
+  });
+
+  it('stores them with Expires or s-maxage too, but never with private or no-store', async () => {
+    await start();
+    set('/e500', { status: 500, headers: { expires: at(60) }, body: 'e' });
+    set('/sm503', { status: 503, headers: { 'cache-control': 's-maxage=60' }, body: 's' });
+    set('/p500', { status: 500, headers: { 'cache-control': 'max-age=60, private' }, body: 'p' });
+    set('/ns503', { status: 503, headers: { 'cache-control': 'max-age=60, no-store' }, body: 'n' });
+    set('/stale400', { status: 400, headers: { expires: at(-10) }, body: 'x' });
+    for (const path of ['/e500', '/sm503', '/p500', '/ns503', '/stale400']) await get(path);
+    advance(1);
+    expect(cacheStatus(await get('/e500'))).toBe('edge; hit; ttl=59');
+    expect(cacheStatus(await get('/sm503'))).toBe('edge; hit; ttl=59');
+    for (const path of ['/p500', '/ns503', '/stale400']) {
+      expect(cacheStatus(await get(path)), path).not.toMatch(/hit/);
+      expect(t.origin.count(path), path).toBe(2);
+    }
+  });
+
+  it('gives them no heuristic freshness, unless marked public', async () => {
+    await start();
+    for (const status of [403, 500, 502, 503, 599]) {
+      set(`/h/${status}`, { status, headers: { 'last-modified': at(-86_400) }, body: `h${status}` });
+    }
+    set('/h/599-public', { status: 599, headers: { 'last-modified': at(-86_400), 'cache-control': 'public' }, body: 'public' });
+    set('/h/302-public', { status: 302, headers: { location: '/x', 'last-modified': at(-86_400), 'cache-control': 'public' } });
+    for (const path of ['/h/403', '/h/500', '/h/502', '/h/503', '/h/599', '/h/599-public', '/h/302-public']) await get(path);
+    advance(10);
+    for (const status of [403, 500, 502, 503, 599]) {
+      expect(cacheStatus(await get(`/h/${status}`)), `status ${status}`).not.toMatch(/hit/);
+      expect(t.origin.count(`/h/${status}`)).toBe(2);
+    }
+    // 10% of a day since Last-Modified.
+    expect(cacheStatus(await get('/h/599-public'))).toBe('edge; hit; ttl=8630');
+    expect(cacheStatus(await get('/h/302-public'))).toBe('edge; hit; ttl=8630');
+  });
+
+  it('must-understand: stores a status it implements despite no-store, never one it does not know', async () => {
+    await start();
+    set('/mu200', { headers: { 'cache-control': 'max-age=3600, no-store, must-understand' }, body: 'known' });
+    set('/mu404', { status: 404, headers: { 'cache-control': 'max-age=3600, no-store, must-understand' }, body: 'known' });
+    set('/mu599', { status: 599, headers: { 'cache-control': 'max-age=3600, no-store, must-understand' }, body: 'unknown' });
+    set('/mu599-no-no-store', { status: 599, headers: { 'cache-control': 'max-age=3600, must-understand' }, body: 'unknown' });
+    for (const path of ['/mu200', '/mu404', '/mu599', '/mu599-no-no-store']) await get(path);
+    expect(cacheStatus(await get('/mu200'))).toMatch(/^edge; hit/);
+    expect(cacheStatus(await get('/mu404'))).toMatch(/^edge; hit/);
+    expect(cacheStatus(await get('/mu599'))).not.toMatch(/hit/);
+    expect(cacheStatus(await get('/mu599-no-no-store'))).not.toMatch(/hit/);
+  });
+
+  it('stores a response to a request with Authorization only with public, s-maxage or must-revalidate (RFC 9111 3.5)', async () => {
+    await start();
+    const cases: [string, string, boolean][] = [
+      ['/auth-mr', 'max-age=60, must-revalidate', true],
+      ['/auth-sm', 's-maxage=60', true],
+      ['/auth-public', 'public, max-age=60', true],
+      ['/auth-plain', 'max-age=60', false],
+    ];
+    for (const [path, cc] of cases) set(path, { headers: { 'cache-control': cc }, body: 'for alice' });
+    for (const [path] of cases) await get(path, { authorization: 'Bearer alice' });
+    for (const [path, cc, shared] of cases) {
+      const anonymous = await get(path);
+      expect(cacheStatus(anonymous), cc).toMatch(shared ? /^edge; hit/ : /^edge; fwd=uri-miss/);
+    }
+  });
+
+  it('never stores a 206 from the origin (the node stores whole responses only)', async () => {
+    await start();
+    set('/partial', { status: 206, headers: { 'cache-control': 'max-age=60', 'content-range': 'bytes 0-1/10' }, body: '01' });
+    expect(cacheStatus(await get('/partial'))).toBe('edge; fwd=uri-miss');
+    expect(cacheStatus(await get('/partial'))).toBe('edge; fwd=uri-miss');
+    expect(t.origin.count('/partial')).toBe(2);
+  });
+});

@@ -15,6 +15,17 @@ import CachePolicy from 'http-cache-semantics';
 /** Statuses that may get heuristic freshness (RFC 9110 15.1 "heuristically cacheable"). */
 const HEURISTICALLY_CACHEABLE = new Set([200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501]);
 
+/**
+ * Final statuses whose caching requirements this node implements, for
+ * `must-understand` (RFC 9111 5.2.2.3): those RFC 9110 defines, less 206
+ * (partial content is never stored here) and 304 (an answer to a
+ * conditional request, never stored as such).
+ */
+const UNDERSTOOD_STATUSES = new Set([
+  200, 201, 202, 203, 204, 205, 300, 301, 302, 303, 305, 307, 308, 400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411,
+  412, 413, 414, 415, 416, 417, 421, 422, 426, 500, 501, 502, 503, 504, 505,
+]);
+
 /** Directives whose argument is delta-seconds (RFC 9111 1.2.2; RFC 5861). */
 const DELTA_SECONDS_DIRECTIVES = new Set(['max-age', 's-maxage', 'stale-while-revalidate', 'stale-if-error']);
 
@@ -398,6 +409,9 @@ interface LibraryInternals {
   _rescc: Record<string, string | boolean>;
   _resHeaders: Record<string, string>;
   _status: number;
+  _reqcc: Record<string, string | boolean>;
+  _method: string;
+  _noAuthorization: boolean;
   _responseTime: number;
 }
 
@@ -535,11 +549,10 @@ export class EdgePolicy {
     return this.lib as unknown as LibraryInternals;
   }
 
-  /** May a shared cache store this response at all? */
+  /** May a shared cache store this response at all (RFC 9111 3)? */
   storable(): boolean {
-    if (!this.lib.storable()) return false;
-    if (this.cc.has('no-store')) return false;
-    return true;
+    // The factory's policy class judges it on the directives this node obeys.
+    return this.lib.storable();
   }
 
   /** Freshness lifetime in seconds (RFC 9111 4.2.1), heuristics bounded. */
@@ -646,6 +659,8 @@ export function createPolicyFactory(options: PolicyOptions) {
   const { now, heuristicMaxAge, defaultTtl } = options;
 
   class ClockedPolicy extends CachePolicy {
+    /** The directives this node obeys (see `policyHeaders`); set by the factory before first use. */
+    directives: CacheControl = new Map();
     /** maxAge() and date() depend only on the stored headers: computed once (they sit on the hit path). */
     private lifetime?: number;
     private dateMs?: number;
@@ -659,6 +674,36 @@ export function createPolicyFactory(options: PolicyOptions) {
 
     now(): number {
       return now();
+    }
+
+    /**
+     * RFC 9111 3, on the directives this node obeys. Unlike the library,
+     * which stores only the statuses it lists, any final status may be
+     * stored when its freshness is explicit (or it is `public`), except
+     * 206 (this node stores whole responses only) and 304. A response with
+     * `must-understand` is stored only with a status this node implements,
+     * and then despite `no-store` (RFC 9111 5.2.2.3).
+     */
+    override storable(): boolean {
+      const self = this as unknown as LibraryInternals;
+      const cc = this.directives;
+      const status = self._status;
+      if (self._reqcc['no-store']) return false;
+      if (self._method !== 'GET' && self._method !== 'HEAD') return false;
+      if (status < 200 || status > 599 || status === 206 || status === 304) return false;
+      const mustUnderstand = cc.has('must-understand');
+      if (mustUnderstand && !UNDERSTOOD_STATUSES.has(status)) return false;
+      if (cc.has('no-store') && !mustUnderstand) return false;
+      // A qualified private="..." only keeps the named fields out of the stored copy.
+      if (cc.get('private') === true) return false;
+      if (!self._noAuthorization && !cc.has('must-revalidate') && !cc.has('public') && !cc.has('s-maxage')) return false;
+      return (
+        self._resHeaders.expires !== undefined ||
+        cc.has('max-age') ||
+        cc.has('s-maxage') ||
+        cc.has('public') ||
+        HEURISTICALLY_CACHEABLE.has(status)
+      );
     }
 
     override maxAge(): number {
@@ -683,7 +728,8 @@ export function createPolicyFactory(options: PolicyOptions) {
         self._rescc['s-maxage'] !== undefined || self._rescc['max-age'] !== undefined || self._resHeaders.expires !== undefined;
       let lifetime = super.maxAge();
       if (!explicit && !self._rescc.immutable) {
-        if (!HEURISTICALLY_CACHEABLE.has(self._status)) lifetime = 0;
+        // Heuristics only for heuristically cacheable statuses, or responses marked public (RFC 9111 4.2.2).
+        if (!HEURISTICALLY_CACHEABLE.has(self._status) && !self._rescc.public) lifetime = 0;
         else lifetime = Math.min(lifetime, heuristicMaxAge);
         // Opt-in default TTL, only for responses that say nothing at all.
         if (lifetime === 0 && defaultTtl > 0 && !self._rescc['no-cache'] && this.storable()) lifetime = defaultTtl;
@@ -703,6 +749,7 @@ export function createPolicyFactory(options: PolicyOptions) {
         { status: response.status, headers: view },
         libOptions,
       );
+      lib.directives = cc;
       return new EdgePolicy(lib, cc, options);
     },
 
@@ -715,6 +762,7 @@ export function createPolicyFactory(options: PolicyOptions) {
       normaliseDates(view, self._responseTime);
       self._resHeaders = view;
       const { cc } = policyHeaders(storedHeaders, options.targetedFields, self._responseTime);
+      lib.directives = cc;
       return new EdgePolicy(lib, cc, options);
     },
 
