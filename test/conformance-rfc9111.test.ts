@@ -364,3 +364,234 @@ describe('explicit freshness makes any final status storable (RFC 9111 3)', () =
     expect(t.origin.count('/partial')).toBe(2);
   });
 });
+
+describe('which stored response a 304 updates, and how (RFC 9111 4.3.4, 3.2)', () => {
+  /** A stored response, stale after 10 s, then the scripted revalidation answers. */
+  function revalidating(path: string, stored: Record<string, string | string[]>, answers: OriginResponseSpec[], body = 'stored body') {
+    set(path, [{ headers: { 'cache-control': 'max-age=10', ...stored }, body }, ...answers]);
+  }
+  const fresh200 = (etag: string): OriginResponseSpec => ({ headers: { 'cache-control': 'max-age=10', etag }, body: 'new body' });
+
+  it('does not apply a 304 whose strong ETag differs, and asks again without validators', async () => {
+    await start();
+    revalidating('/other-etag', { etag: '"v1"' }, [{ status: 304, headers: { etag: '"v2"', 'cache-control': 'max-age=100' } }, fresh200('"v2"')]);
+    await get('/other-etag');
+    advance(20);
+    const answer = await get('/other-etag');
+    expect(answer.status).toBe(200);
+    expect(answer.text).toBe('new body');
+    expect(answer.headers.get('etag')).toBe('"v2"');
+    const [, conditional, unconditional] = originRequests('/other-etag');
+    expect(conditional!.headers['if-none-match']).toBe('"v1"');
+    expect(unconditional!.headers['if-none-match']).toBeUndefined();
+    expect(unconditional!.headers['if-modified-since']).toBeUndefined();
+    advance(1);
+    const hit = await get('/other-etag');
+    expect(hit.text).toBe('new body');
+    expect(cacheStatus(hit)).toBe('edge; hit; ttl=9');
+  });
+
+  it('does not let a strong ETag in a 304 select a stored response with only the weak ETag', async () => {
+    await start();
+    revalidating('/weak-stored', { etag: 'W/"v1"' }, [{ status: 304, headers: { etag: '"v1"', 'cache-control': 'max-age=100' } }, fresh200('"v1"')]);
+    await get('/weak-stored');
+    advance(20);
+    const answer = await get('/weak-stored');
+    expect(answer.text).toBe('new body');
+    expect(t.origin.count('/weak-stored')).toBe(3);
+  });
+
+  it('applies a 304 with a weak ETag that matches weakly', async () => {
+    await start();
+    revalidating('/weak-304', { etag: '"v1"' }, [{ status: 304, headers: { etag: 'W/"v1"', 'cache-control': 'max-age=100' } }]);
+    await get('/weak-304');
+    advance(20);
+    const answer = await get('/weak-304');
+    expect(answer.text).toBe('stored body');
+    expect(cacheStatus(answer)).toBe('edge; fwd=stale; fwd-status=304; ttl=100');
+    expect(t.origin.count('/weak-304')).toBe(2);
+  });
+
+  it('does not apply a 304 without any validator to a stored response that has one', async () => {
+    await start();
+    revalidating('/bare-304', { etag: '"v1"' }, [{ status: 304, headers: { 'cache-control': 'max-age=100', 'x-new': 'no' } }, fresh200('"v1"')]);
+    await get('/bare-304');
+    advance(20);
+    const answer = await get('/bare-304');
+    expect(answer.text).toBe('new body');
+    expect(answer.headers.get('x-new')).toBeNull();
+    const [, conditional, unconditional] = originRequests('/bare-304');
+    expect(conditional!.headers['if-none-match']).toBe('"v1"');
+    expect(unconditional!.headers['if-none-match']).toBeUndefined();
+  });
+
+  it('applies a 304 without validators to a stored response without validators', async () => {
+    await start();
+    revalidating('/none', {}, [{ status: 304, headers: { 'cache-control': 'max-age=100', 'x-new': 'yes' } }]);
+    await get('/none');
+    advance(20);
+    const answer = await get('/none');
+    expect(answer.text).toBe('stored body');
+    expect(answer.headers.get('x-new')).toBe('yes');
+    expect(cacheStatus(answer)).toBe('edge; fwd=stale; fwd-status=304; ttl=100');
+    expect(t.origin.count('/none')).toBe(2);
+  });
+
+  it('compares Last-Modified validators as dates, not strings, and does not apply a 304 with another date', async () => {
+    await start();
+    const lm = 'Wed, 01 Jan 2020 00:00:00 GMT';
+    revalidating('/lm-same', { 'last-modified': lm }, [
+      { status: 304, headers: { 'last-modified': 'Wednesday, 01-Jan-20 00:00:00 GMT', 'cache-control': 'max-age=100' } },
+    ]);
+    revalidating('/lm-other', { 'last-modified': lm }, [
+      { status: 304, headers: { 'last-modified': 'Thu, 02 Jan 2020 00:00:00 GMT', 'cache-control': 'max-age=100' } },
+      { headers: { 'cache-control': 'max-age=10', 'last-modified': 'Thu, 02 Jan 2020 00:00:00 GMT' }, body: 'new body' },
+    ]);
+    await get('/lm-same');
+    await get('/lm-other');
+    advance(20);
+    const same = await get('/lm-same');
+    expect(same.text).toBe('stored body');
+    expect(cacheStatus(same)).toBe('edge; fwd=stale; fwd-status=304; ttl=100');
+    expect(originRequests('/lm-same')[1]!.headers['if-modified-since']).toBe(lm);
+    const other = await get('/lm-other');
+    expect(other.text).toBe('new body');
+    expect(t.origin.count('/lm-other')).toBe(3);
+    expect(originRequests('/lm-other')[2]!.headers['if-modified-since']).toBeUndefined();
+  });
+
+  it('updates the stored fields from a 304, except Content-Length and Content-Encoding, which describe the stored bytes', async () => {
+    await start();
+    const gz = gzipSync(Buffer.from('hello, compressed world'));
+    set('/encoded', [
+      {
+        headers: {
+          'cache-control': 'max-age=10',
+          etag: '"gz"',
+          'content-encoding': 'gzip',
+          'content-type': 'text/plain',
+          vary: 'Accept-Encoding',
+          'x-kept': 'old',
+          'x-replaced': 'old',
+        },
+        body: gz,
+      },
+      {
+        status: 304,
+        headers: {
+          etag: '"gz"',
+          'cache-control': 'max-age=100',
+          'content-encoding': 'br',
+          'content-length': '3',
+          'content-type': 'text/plain; charset=utf-8',
+          'x-replaced': 'new',
+          'x-added': 'new',
+        },
+      },
+    ]);
+    await get('/encoded', { 'accept-encoding': 'gzip' });
+    advance(20);
+    for (const expected of [/^edge; fwd=stale; fwd-status=304; ttl=100$/, /^edge; hit; ttl=99$/]) {
+      const answer = await get('/encoded', { 'accept-encoding': 'gzip' });
+      expect(cacheStatus(answer)).toMatch(expected);
+      expect(answer.body.equals(gz)).toBe(true);
+      expect(answer.headers.get('content-encoding')).toBe('gzip');
+      expect(answer.headers.get('content-length')).toBe(String(gz.length));
+      // RFC 9111 3.2 lets a 304 update Content-Type; this node stores bytes, not a parsed form.
+      expect(answer.headers.get('content-type')).toBe('text/plain; charset=utf-8');
+      expect(answer.headers.get('cache-control')).toBe('max-age=100');
+      expect(answer.headers.get('x-kept')).toBe('old');
+      expect(answer.headers.get('x-replaced')).toBe('new');
+      expect(answer.headers.get('x-added')).toBe('new');
+      advance(1);
+    }
+    expect(t.origin.count('/encoded')).toBe(2);
+  });
+});
+
+describe('stale grace and client Cache-Control (README "How it caches")', () => {
+  it('--stale-grace serves stale for max-age responses but never for s-maxage ones; an explicit stale-if-error still applies', async () => {
+    await start({ staleGrace: 600 });
+    const failing = (cc: string): OriginResponseSpec[] => [
+      { headers: { 'cache-control': cc, etag: '"g"' }, body: 'stale body' },
+      { status: 503, body: 'origin busy' },
+    ];
+    set('/grace-max-age', failing('max-age=10'));
+    set('/grace-s-maxage', failing('s-maxage=10'));
+    set('/grace-both', failing('max-age=600, s-maxage=10'));
+    set('/grace-s-maxage-sie', failing('s-maxage=10, stale-if-error=600'));
+    const paths = ['/grace-max-age', '/grace-s-maxage', '/grace-both', '/grace-s-maxage-sie'];
+    for (const path of paths) await get(path);
+    advance(20);
+    const [maxAge, sMaxage, both, sie] = await Promise.all(paths.map((path) => get(path)));
+    expect(maxAge!.text).toBe('stale body');
+    expect(cacheStatus(maxAge!)).toBe('edge; fwd=stale; fwd-status=503; detail=stale-if-error');
+    for (const answer of [sMaxage!, both!]) {
+      expect(answer.status).toBe(503);
+      expect(answer.text).toBe('origin busy');
+    }
+    expect(sie!.text).toBe('stale body');
+  });
+
+  it('never serves a stale no-cache response, neither by stale-while-revalidate, stale-if-error nor the grace', async () => {
+    await start({ staleGrace: 600 });
+    set('/nc-error', [
+      { headers: { 'cache-control': 'no-cache, stale-if-error=600', etag: '"n"' }, body: 'stored' },
+      { status: 503, body: 'origin busy' },
+    ]);
+    set('/nc-swr', [
+      { headers: { 'cache-control': 'no-cache, max-age=0, stale-while-revalidate=600', etag: '"n"' }, body: 'v1' },
+      { headers: { 'cache-control': 'no-cache, max-age=0, stale-while-revalidate=600', etag: '"n2"' }, body: 'v2' },
+    ]);
+    await get('/nc-error');
+    await get('/nc-swr');
+    advance(5);
+    const error = await get('/nc-error');
+    expect(error.status).toBe(503);
+    expect(error.text).toBe('origin busy');
+    const swr = await get('/nc-swr');
+    expect(swr.text).toBe('v2');
+    expect(cacheStatus(swr)).not.toMatch(/stale-while-revalidate/);
+  });
+
+  it('--honor-request-cache-control false: no-cache, Pragma, max-age=0, min-fresh and max-stale from clients change nothing', async () => {
+    await start({ honorRequestCacheControl: false, staleGrace: 600 });
+    set('/fresh', [
+      { headers: { 'cache-control': 'max-age=60', etag: '"f"' }, body: 'cached' },
+      { status: 304, headers: { 'cache-control': 'max-age=60', etag: '"f"' } },
+    ]);
+    await get('/fresh');
+    advance(10);
+    const ignored: Record<string, string>[] = [
+      { 'cache-control': 'no-cache' },
+      { pragma: 'no-cache' },
+      { 'cache-control': 'max-age=0' },
+      { 'cache-control': 'min-fresh=600' },
+    ];
+    for (const headers of ignored) {
+      const answer = await get('/fresh', headers);
+      expect(cacheStatus(answer), JSON.stringify(headers)).toBe('edge; hit; ttl=50');
+    }
+    expect(t.origin.count('/fresh')).toBe(1);
+
+    advance(60);
+    const maxStale = await get('/fresh', { 'cache-control': 'max-stale=3600' });
+    expect(cacheStatus(maxStale)).toMatch(/^edge; fwd=stale; fwd-status=304/);
+    expect(t.origin.count('/fresh')).toBe(2);
+  });
+
+  it('--honor-request-cache-control false: the grace still serves max-age responses and still not s-maxage ones', async () => {
+    await start({ honorRequestCacheControl: false, staleGrace: 600 });
+    set('/g-max-age', { headers: { 'cache-control': 'max-age=10', etag: '"g"' }, body: 'graceful' });
+    set('/g-s-maxage', { headers: { 'cache-control': 's-maxage=10', etag: '"g"' }, body: 'strict' });
+    await get('/g-max-age');
+    await get('/g-s-maxage');
+    await t.origin.close();
+    advance(20);
+    const graceful = await get('/g-max-age', { 'cache-control': 'no-cache' });
+    expect(graceful.text).toBe('graceful');
+    expect(cacheStatus(graceful)).toBe('edge; fwd=stale; detail=stale-if-error');
+    const strict = await get('/g-s-maxage', { 'cache-control': 'max-stale' });
+    expect(strict.status).toBe(502);
+  });
+});

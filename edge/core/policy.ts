@@ -569,9 +569,13 @@ export class EdgePolicy {
     return this.freshnessLifetime() > this.age();
   }
 
-  /** must-revalidate, or proxy-revalidate / s-maxage for a shared cache: never serve stale. */
+  /**
+   * must-revalidate, proxy-revalidate, or an unqualified no-cache: never
+   * serve stale, not even with stale-while-revalidate, stale-if-error or
+   * max-stale (RFC 9111 4.2.4, 5.2.2.2, 5.2.2.4, 5.2.2.8).
+   */
   forbidsStale(): boolean {
-    return this.cc.has('must-revalidate') || this.cc.has('proxy-revalidate');
+    return this.cc.has('must-revalidate') || this.cc.has('proxy-revalidate') || this.cc.get('no-cache') === true;
   }
 
   /** s-maxage implies proxy-revalidate (RFC 9111 5.2.2.10) for uses the origin did not opt into. */
@@ -649,6 +653,43 @@ export class EdgePolicy {
   toObject(): Record<string, unknown> {
     return this.lib.toObject() as unknown as Record<string, unknown>;
   }
+}
+
+const isWeak = (etag: string) => etag.startsWith('W/');
+const opaqueTag = (etag: string) => (isWeak(etag) ? etag.slice(2) : etag);
+
+/**
+ * Does a 304 select this stored response for update (RFC 9111 4.3.4)?
+ * The node keeps one response per variant, the one it revalidated, so the
+ * rules come down to:
+ * - a strong ETag in the 304 selects it only if it holds the same strong
+ *   ETag (a weak `W/"x"` stored is not the strong `"x"`);
+ * - otherwise weak validators (a weak ETag, Last-Modified) select it when
+ *   those both sides carry agree (weak comparison; dates as instants, so
+ *   the same time in another HTTP-date form matches), and at least one does;
+ * - a 304 with no validator at all selects it only if it has none either.
+ *   A 304 that names no validator when the stored response has one is not
+ *   applied: nothing says it is about the stored bytes.
+ * An invalid Last-Modified is no validator.
+ */
+export function notModifiedSelects(stored: Record<string, string>, notModified: Record<string, string>, now: number = Date.now()): boolean {
+  const etag = notModified.etag?.trim();
+  const storedEtag = stored.etag?.trim();
+  if (etag !== undefined && !isWeak(etag)) return storedEtag !== undefined && storedEtag === etag;
+  const lastModified = parseHttpDate(notModified['last-modified'], now);
+  const storedLastModified = parseHttpDate(stored['last-modified'], now);
+  let compared = false;
+  if (etag !== undefined && storedEtag !== undefined) {
+    if (opaqueTag(etag) !== opaqueTag(storedEtag)) return false;
+    compared = true;
+  }
+  if (lastModified !== undefined && storedLastModified !== undefined) {
+    if (lastModified !== storedLastModified) return false;
+    compared = true;
+  }
+  if (compared) return true;
+  if (etag !== undefined || lastModified !== undefined) return false;
+  return storedEtag === undefined && storedLastModified === undefined;
 }
 
 /**
@@ -769,8 +810,9 @@ export function createPolicyFactory(options: PolicyOptions) {
     /**
      * Apply a 304 to a stored response (RFC 9111 4.3.4): every field in the
      * 304 replaces or joins the stored ones, except those describing the
-     * body. Returns null when the 304's validators do not match the stored
-     * response (then the stored entry must not be updated).
+     * stored bytes (RFC 9111 3.2). Returns null when the 304 does not
+     * select the stored response (`notModifiedSelects`): then the stored
+     * entry must not be updated, and the caller asks again unconditionally.
      */
     freshen(
       stored: EdgePolicy,
@@ -779,11 +821,7 @@ export function createPolicyFactory(options: PolicyOptions) {
       request: PolicyRequest,
       notModified: StoredResponseInfo,
     ): { policy: EdgePolicy; headers: Record<string, string> } | null {
-      const { matches } = stored.lib.revalidatedPolicy(
-        { ...request, method: 'GET' },
-        { status: 304, headers: policyHeaders(notModified.headers, options.targetedFields, now()).view },
-      );
-      if (!matches) return null;
+      if (!notModifiedSelects(storedHeaders, notModified.headers, now())) return null;
       const headers: Record<string, string> = { ...storedHeaders };
       // The 304 is a new response: its Age and Date describe it, not the stored ones.
       delete headers.age;
