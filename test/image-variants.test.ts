@@ -893,7 +893,7 @@ describe('bad input', () => {
   });
 
   it('a transform over transformTimeout: 503 with Retry-After, not cached', async () => {
-    await start({ transformTimeout: 250 });
+    await start({ transformTimeout: '250ms' });
     set('/big.jpg', imageSpec(fx.big, 'image/jpeg'));
     const res = await t.get('/big.jpg?format=avif&quality=90');
     expect(res.headers.get('retry-after')).toBe('1');

@@ -177,7 +177,7 @@ describe('pull mode: origin failures', () => {
   });
 
   it('answers 504 when the origin does not answer in time', async () => {
-    t = await startTestEdge({ originTimeout: 200 });
+    t = await startTestEdge({ originTimeout: '200ms' });
     t.origin.set('/slow', { delayMs: 2000, body: 'late' });
     const res = await t.get('/slow');
     expect(res.status).toBe(504);

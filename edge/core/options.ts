@@ -5,45 +5,41 @@
  * naming the option, the value given and what is allowed.
  *
  * Sizes accept bytes or `256MB` / `4GB` / `512KiB` (binary multiples, as
- * nginx and Varnish read them); durations accept ms or `500ms` / `5s` / `2m` / `1h`.
+ * nginx and Varnish read them). Every duration accepts `500ms` / `5s` / `2m`
+ * / `1h` / `7d`, and a bare number is seconds (as nginx reads
+ * `proxy_read_timeout 30`), whether the option is held in ms (timeouts) or
+ * in seconds (TTLs).
  */
 import { z } from 'zod';
-import { originsConfigSchema } from './routes.js';
+import { widthsFromRange } from './image/params.js';
+import { durationMs, durationSeconds, originsConfigSchema, parseDuration } from './routes.js';
 
-const SIZE_UNITS: Record<string, number> = {
-  '': 1,
-  b: 1,
-  k: 1024,
-  kb: 1024,
-  kib: 1024,
-  m: 1024 ** 2,
-  mb: 1024 ** 2,
-  mib: 1024 ** 2,
-  g: 1024 ** 3,
-  gb: 1024 ** 3,
-  gib: 1024 ** 3,
-  t: 1024 ** 4,
-  tb: 1024 ** 4,
-  tib: 1024 ** 4,
-};
+export { parseDuration };
+
+const SIZE_UNITS: ReadonlyMap<string, number> = new Map([
+  ['', 1],
+  ['b', 1],
+  ['k', 1024],
+  ['kb', 1024],
+  ['kib', 1024],
+  ['m', 1024 ** 2],
+  ['mb', 1024 ** 2],
+  ['mib', 1024 ** 2],
+  ['g', 1024 ** 3],
+  ['gb', 1024 ** 3],
+  ['gib', 1024 ** 3],
+  ['t', 1024 ** 4],
+  ['tb', 1024 ** 4],
+  ['tib', 1024 ** 4],
+]);
 
 /** Parse `256MB`-style sizes into bytes; undefined when malformed. */
 export function parseSize(value: string | number): number | undefined {
   if (typeof value === 'number') return Number.isFinite(value) && value >= 0 ? Math.floor(value) : undefined;
   const match = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(value);
   if (!match) return undefined;
-  const unit = SIZE_UNITS[match[2]!.toLowerCase()];
+  const unit = SIZE_UNITS.get(match[2]!.toLowerCase());
   return unit === undefined ? undefined : Math.floor(Number(match[1]) * unit);
-}
-
-const DURATION_UNITS: Record<string, number> = { '': 1, ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
-
-/** Parse `5s`-style durations into milliseconds; undefined when malformed. */
-export function parseDuration(value: string | number): number | undefined {
-  if (typeof value === 'number') return Number.isFinite(value) && value >= 0 ? value : undefined;
-  const match = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$/.exec(value);
-  if (!match) return undefined;
-  return Number(match[1]) * DURATION_UNITS[match[2] ?? '']!;
 }
 
 const size = (min: number, hint: string) =>
@@ -56,23 +52,11 @@ const size = (min: number, hint: string) =>
     return bytes;
   });
 
-const duration = (hint: string) =>
-  z.union([z.number(), z.string()]).transform((value, ctx) => {
-    const ms = parseDuration(value);
-    if (ms === undefined) {
-      ctx.addIssue({ code: 'custom', message: `expected a duration such as ${hint} (ms, or with s/m/h)` });
-      return z.NEVER;
-    }
-    return ms;
-  });
-
 /** A whole number in a range, with one message a person can act on. */
 const int = (min: number, max: number) => {
   const error = `expected a whole number from ${min} to ${max}`;
   return z.coerce.number({ error }).int({ error }).min(min, { error }).max(max, { error });
 };
-
-const seconds = int(0, 2 ** 31);
 
 // z.coerce.boolean() would read the string "false" as true.
 const flag = z.union([z.boolean(), z.enum(['true', 'false', '1', '0', 'yes', 'no'])]).transform((v) => v === true || v === 'true' || v === '1' || v === 'yes');
@@ -121,7 +105,9 @@ export const edgeOptionsSchema = z
     evictPushed: flag
       .default(false)
       .describe('Let disk-tier eviction remove pushed objects too (least recently used first) when the disk budget is exceeded. (default false)'),
-    pushTtl: seconds.default(31_536_000).describe('Freshness of pushed objects whose upload sends no Cache-Control max-age, seconds. (default 31536000, one year)'),
+    pushTtl: durationSeconds('365d')
+      .default(31_536_000)
+      .describe('Freshness of pushed objects whose upload sends no Cache-Control max-age; a duration (7d, 1h; a bare number is seconds). (default 365d)'),
     images: flag.default(true).describe('Transform images requested with width/height/fit/quality/format/dpr/position parameters. (default true)'),
     imagePaths: list
       .default([])
@@ -133,21 +119,35 @@ export const edgeOptionsSchema = z
     imageSigningKey: z.string().min(16, 'must be at least 16 characters (use a random secret)').optional().describe('When set, only URLs signed with HMAC-SHA256 (sig parameter) are transformed. (default unset)'),
     imageWidths: z
       .string()
-      .regex(/^[\d.,: ]+$/, "expected widths like '320,640,1280' or a range like '16..3840:16'")
+      .superRefine((value, ctx) => {
+        try {
+          widthsFromRange(value);
+        } catch (error) {
+          ctx.addIssue({ code: 'custom', message: `${(error as Error).message}; expected widths like '320,640,1280' or a range like '16..3840:16'` });
+        }
+      })
       .optional()
       .describe('Allow-list of widths, e.g. 320,640,1280 or 16..3840:16 (start..end:step). (default unset: any width)'),
     avifEffort: int(0, 9).default(2).describe('AVIF encoder effort 0..9; higher is smaller and much slower. (default 2)'),
-    transformTimeout: duration('10s').default(10_000).describe('A transform taking longer is answered 503. (default 10s)'),
+    transformTimeout: durationMs('10s').default(10_000).describe('A transform taking longer is answered 503; a duration (500ms, 10s; a bare number is seconds). (default 10s)'),
     transformQueue: int(0, 10_000).default(64).describe('Transforms waiting for a slot; beyond this, 503 with Retry-After. (default 64)'),
     transformConcurrency: int(0, 256).default(0).describe('Transforms run at once; 0 means one per CPU core. (default 0)'),
-    connectTimeout: duration('5s').default(5000).describe('Connecting to the origin may take this long before a 502. (default 5s)'),
-    originTimeout: duration('30s').default(30_000).describe('Waiting for the origin\'s response headers may take this long before a 504. (default 30s)'),
-    bodyTimeout: duration('30s').default(30_000).describe('A gap this long while reading a body aborts it (the entry is not stored). (default 30s)'),
+    connectTimeout: durationMs('5s').default(5000).describe('Connecting to the origin may take this long before a 502; a duration (500ms, 5s; a bare number is seconds). (default 5s)'),
+    originTimeout: durationMs('30s')
+      .default(30_000)
+      .describe('Waiting for the origin\'s response headers may take this long before a 504; a duration (a bare number is seconds). (default 30s)'),
+    bodyTimeout: durationMs('30s')
+      .default(30_000)
+      .describe('A gap this long while reading a body aborts it (the entry is not stored); a duration (a bare number is seconds). (default 30s)'),
     originConnections: int(1, 10_000).default(128).describe('Keep-alive connections per origin. (default 128)'),
-    staleGrace: seconds.default(0).describe('Serve stale for this many seconds when the origin is down, for responses without stale-if-error. (default 0)'),
+    staleGrace: durationSeconds('1h')
+      .default(0)
+      .describe('Serve stale this long when the origin is down, for responses without stale-if-error; a duration (1h, 30m; a bare number is seconds). (default 0)'),
     heuristicFraction: z.coerce.number().min(0).max(1).default(0.1).describe('Fraction of (Date - Last-Modified) used as heuristic freshness. (default 0.1)'),
-    heuristicMaxAge: seconds.default(86_400).describe('Upper bound for heuristic freshness, seconds. (default 86400)'),
-    defaultTtl: seconds.default(0).describe('Freshness for responses with no freshness information and no validator, seconds. 0 = RFC behaviour (not cached). (default 0)'),
+    heuristicMaxAge: durationSeconds('1d').default(86_400).describe('Upper bound for heuristic freshness; a duration (1d, 6h; a bare number is seconds). (default 1d)'),
+    defaultTtl: durationSeconds('5m')
+      .default(0)
+      .describe('Freshness for responses with no freshness information and no validator; a duration (5m; a bare number is seconds). 0 = RFC behaviour (not cached). (default 0)'),
     cacheSetCookie: flag.default(false).describe('Store responses that carry Set-Cookie (the cookie itself is never stored or replayed). (default false)'),
     honorRequestCacheControl: flag.default(true).describe('Honour client Cache-Control (no-cache, max-age, min-fresh, max-stale). (default true)'),
     ignoreQueryParams: list.default(['utm_*', 'fbclid', 'gclid']).describe('Query parameters dropped from cache keys; `*` suffix matches a prefix. (default [utm_*,fbclid,gclid])'),
@@ -161,7 +161,9 @@ export const edgeOptionsSchema = z
       .transform((v) => v.toLowerCase())
       .default('edge-cache-control').describe('Node-specific targeted cache-control field (RFC 9213), above CDN-Cache-Control. (default edge-cache-control)'),
     name: z.string().regex(/^[a-zA-Z0-9._-]+$/, 'must be a token (letters, digits, . _ -)').default('edge').describe('This node\'s name in Cache-Status and Via. (default edge)'),
-    collapseTimeout: duration('10s').default(10_000).describe('Concurrent requests waiting behind one origin fetch give up and go to the origin after this long. (default 10s)'),
+    collapseTimeout: durationMs('10s')
+      .default(10_000)
+      .describe('Concurrent requests waiting behind one origin fetch give up and go to the origin after this long; a duration (a bare number is seconds). (default 10s)'),
     logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info').describe('Log level for the per-request log. (default info)'),
   })
   .strict();

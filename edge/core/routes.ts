@@ -7,21 +7,82 @@
  */
 import { z } from 'zod';
 
-const durationMs = z.union([z.number().min(0), z.string().regex(/^\d+(\.\d+)?(ms|s|m|h)?$/, 'expected a duration such as 500ms, 5s, 1m')]).transform((value) => {
-  if (typeof value === 'number') return value;
-  const match = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(value)!;
-  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[match[2] ?? 'ms']!;
-  return Number(match[1]) * unit;
-});
+// ---------------------------------------------------------------------------
+// Durations. Defined here rather than in options.ts because options.ts
+// imports this module (a cycle would leave one schema undefined); options.ts
+// re-exports `parseDuration`.
+
+const DURATION_UNITS: ReadonlyMap<string, number> = new Map([
+  ['ms', 1],
+  ['s', 1000],
+  ['m', 60_000],
+  ['h', 3_600_000],
+  ['d', 86_400_000],
+]);
+
+/** Longest timer: Node's setTimeout fires after 1 ms for anything above 2^31 - 1 ms (about 24.8 days). */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * Parse a duration into milliseconds: `500ms`, `5s`, `2m`, `1h`, `7d`, or a
+ * bare number, which is SECONDS (`30` and `"30"` are 30 s, as nginx reads
+ * `proxy_read_timeout 30`). Undefined when malformed or negative.
+ * @example parseDuration('1h') // 3_600_000
+ * @example parseDuration(5) // 5_000
+ */
+export function parseDuration(value: string | number): number | undefined {
+  if (typeof value === 'number') return Number.isFinite(value) && value >= 0 ? value * 1000 : undefined;
+  const match = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(value);
+  if (!match) return undefined;
+  const unit = match[2] === '' ? 1000 : DURATION_UNITS.get(match[2]!.toLowerCase());
+  return unit === undefined ? undefined : Number(match[1]) * unit;
+}
+
+/**
+ * A duration option whose value is used in milliseconds (timeouts, intervals).
+ * The message names the units; the caller's message names the option.
+ */
+export const durationMs = (example: string) =>
+  z.union([z.number(), z.string()]).transform((value, ctx) => {
+    const ms = parseDuration(value);
+    if (ms === undefined || ms > MAX_TIMER_MS) {
+      ctx.addIssue({
+        code: 'custom',
+        message:
+          ms === undefined
+            ? `expected a duration such as ${example} (ms, s, m, h or d; a bare number is seconds)`
+            : `expected a duration of at most 24d (timers cannot wait longer), such as ${example}`,
+      });
+      return z.NEVER;
+    }
+    return Math.round(ms);
+  });
+
+/** A duration option whose value is used in whole seconds (TTLs, grace periods). */
+export const durationSeconds = (example: string) =>
+  z.union([z.number(), z.string()]).transform((value, ctx) => {
+    const ms = parseDuration(value);
+    if (ms === undefined || ms % 1000 !== 0 || ms / 1000 > 2 ** 31) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `expected a duration in whole seconds such as ${example} (s, m, h or d; a bare number is seconds)`,
+      });
+      return z.NEVER;
+    }
+    return ms / 1000;
+  });
+
+// ---------------------------------------------------------------------------
+// Origin groups and routes
 
 export const healthCheckSchema = z
   .object({
     /** Path requested on each member. @default '/' */
     path: z.string().startsWith('/').default('/'),
-    /** @default '10s' */
-    interval: durationMs.default(10_000),
-    /** @default '2s' */
-    timeout: durationMs.default(2000),
+    /** Duration (`10s`; a bare number is seconds), held in ms. @default '10s' */
+    interval: durationMs('10s').default(10_000),
+    /** Duration (`2s`; a bare number is seconds), held in ms. @default '2s' */
+    timeout: durationMs('2s').default(2000),
     /** Consecutive successes to mark a member healthy again. @default 2 */
     healthyThreshold: z.number().int().min(1).default(2),
     /** Consecutive failures to mark a member unhealthy. @default 3 */
@@ -49,8 +110,8 @@ export const originGroupSchema = z
     healthCheck: healthCheckSchema.optional(),
     /** Passive ejection: this many consecutive connection failures or 5xx take a member out. @default 5 */
     ejectAfterFailures: z.number().int().min(1).default(5),
-    /** How long an ejected member stays out before it is tried again. @default '30s' */
-    ejectFor: durationMs.default(30_000),
+    /** How long an ejected member stays out before it is tried again (a bare number is seconds), held in ms. @default '30s' */
+    ejectFor: durationMs('30s').default(30_000),
     /** Group used only while this one has no healthy member (active-passive failover). */
     backup: z.string().optional(),
     /** Cookie used for session affinity of passing (uncached) traffic. */
@@ -62,8 +123,8 @@ export const originGroupSchema = z
 
 export const routeCacheRulesSchema = z
   .object({
-    /** Edge TTL in seconds when the origin sends no freshness information. */
-    ttl: z.number().int().min(0).optional(),
+    /** Edge TTL when the origin sends no freshness information: a duration (`1h`; a bare number is seconds), held in seconds. */
+    ttl: durationSeconds('60').optional(),
     /** Use `ttl` even when the origin sends freshness (override). @default false */
     overrideTtl: z.boolean().default(false),
     /** Never cache what this route matches. @default false */
@@ -85,10 +146,10 @@ export const routeCacheRulesSchema = z
      * shared cache unless the response is explicitly `public` or has `s-maxage`).
      */
     forwardCookies: z.boolean().default(true),
-    /** stale-if-error window in seconds applied to what this route caches. */
-    staleIfError: z.number().int().min(0).optional(),
-    /** Grace (serve stale when the origin is down) for this route, seconds. */
-    grace: z.number().int().min(0).optional(),
+    /** stale-if-error window applied to what this route caches: a duration (a bare number is seconds), held in seconds. */
+    staleIfError: durationSeconds('1h').optional(),
+    /** Grace (serve stale when the origin is down) for this route: a duration (a bare number is seconds), held in seconds. */
+    grace: durationSeconds('1h').optional(),
   })
   .strict();
 
