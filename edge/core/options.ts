@@ -85,12 +85,16 @@ const shieldList = list.refine((urls) => urls.every((url) => isOriginUrl(url) &&
 
 export const edgeOptionsSchema = z
   .object({
-    origin: originList.optional().describe('Upstream origin URL, or a comma-separated pool (http://, https://, s3://bucket/prefix?region=...&endpoint=...). Unset on Node: the embedded demo origin is started.'),
+    origin: originList.optional().describe('Upstream origin URL, or a comma-separated pool (http://, https://, s3://bucket/prefix?region=...&endpoint=...). Unset on Node, and no origins in the config file: the embedded demo origin is started.'),
     origins: originsConfigSchema.optional().describe('Origin groups and route rules (config file only; see README "Origin pools").'),
     shield: shieldList.optional().describe('Origin shield URL(s), comma-separated: misses go to the shield chosen for the key by rendezvous hashing. (default unset)'),
     port: int(0, 65535).default(8080).describe('Port to listen on; 0 picks a free one. (default 8080)'),
     host: z.string().min(1).default('0.0.0.0').describe('Address to listen on. (default 0.0.0.0)'),
-    dataDir: z.string().min(1).default('./.edge-data').describe('Directory of the LMDB disk tier. (default ./.edge-data)'),
+    dataDir: z
+      .string()
+      .min(1)
+      .default('./.edge-data')
+      .describe('Directory of the LMDB disk tier, created if missing (always a directory, dots in its name or not); the node stops at start-up if it cannot write there. (default ./.edge-data)'),
     memorySize: size(0, '256MB').default(256 * 1024 ** 2).describe('Memory tier budget; 0 disables the memory tier. (default 256MB)'),
     memoryMaxObjectSize: size(1, '8MB').default(8 * 1024 ** 2).describe('Largest object kept in the memory tier. (default 8MB)'),
     diskSize: size(1024 * 1024, '4GB').default(4 * 1024 ** 3).describe('Disk tier budget. (default 4GB)'),

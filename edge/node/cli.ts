@@ -7,7 +7,7 @@ import { main } from './run-node.js';
 
 const EDGE = {
   name: 'edge',
-  summary: 'Starts a caching edge node in front of <url>. Without --origin, an embedded demo origin is started.',
+  summary: 'Starts a caching edge node in front of <url>. Without --origin (or origins in a --config file), an embedded demo origin is started.',
   defaults: {},
   demoOrigin: true,
 };

@@ -12,6 +12,8 @@
  * lmdb-js's asynchronous, batched transactions.
  */
 import { randomBytes } from 'node:crypto';
+import { accessSync, constants, existsSync, mkdirSync, statSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import { open } from 'lmdb';
 import { EdgeError } from '../core/errors.js';
 import { assertKey, assertMetaMatches, matchesFilter, resolveRange } from '../core/store/memory.js';
@@ -28,8 +30,11 @@ import type {
 /** Options for {@link LmdbCacheStore}. */
 export interface LmdbCacheStoreOptions {
   /**
-   * Directory holding the LMDB environment; created if missing. Reopening
-   * the same directory restores every committed entry.
+   * Directory holding the LMDB environment (`data.mdb`, `lock.mdb`);
+   * created if missing, always as a directory, whatever its name (a last
+   * segment with a dot, `/var/cache/edge.example.com`, is a directory too).
+   * Reopening the same directory restores every committed entry.
+   * @throws DataDirError when it cannot be created, is not a directory, or is not writable.
    * @example '/var/cache/edge'
    */
   path: string;
@@ -73,6 +78,74 @@ interface StoredMeta extends CacheEntryMeta {
 }
 
 type ChunkKey = [string, number];
+
+/**
+ * The data directory cannot be used. `code` is stable (match on it, not on
+ * the class); `reason` is one line for a person, without the path's option name.
+ */
+export class DataDirError extends Error {
+  readonly code = 'EDGE_DATA_DIR';
+  readonly path: string;
+  readonly reason: string;
+  constructor(path: string, reason: string, options: { cause?: unknown } = {}) {
+    super(`cannot use ${path} as the data directory: ${reason}`, options);
+    this.name = 'DataDirError';
+    this.path = path;
+    this.reason = reason;
+  }
+}
+
+function errorCode(error: unknown): string {
+  return String((error as { code?: unknown }).code ?? (error as Error).message);
+}
+
+/**
+ * Make `path` a directory this process can write: create it and any missing
+ * parents, or throw a `DataDirError` at once. Runs before LMDB sees the path.
+ *
+ * Not `mkdirSync(path, { recursive: true })` (which lmdb-js calls): on Node
+ * 20 it never returns when mkdir answers ENOENT under a parent that exists
+ * (`/proc/x`, some network and FUSE mounts), so the node hung silently.
+ */
+export function prepareDataDir(path: string): void {
+  const absolute = resolve(path);
+  const missing: string[] = [];
+  for (let at = absolute; ; ) {
+    let isDirectory: boolean;
+    try {
+      isDirectory = statSync(at).isDirectory();
+    } catch (error) {
+      const code = errorCode(error);
+      if (code === 'ENOENT' && dirname(at) !== at) {
+        missing.push(at);
+        at = dirname(at);
+        continue;
+      }
+      if (code === 'ENOTDIR') throw new DataDirError(path, 'a parent of it is a file, not a directory', { cause: error });
+      throw new DataDirError(path, `cannot read ${at} (${code})`, { cause: error });
+    }
+    if (!isDirectory) {
+      if (at !== absolute) throw new DataDirError(path, `${at} is a file, not a directory`);
+      // Before this check, a path whose last segment had a dot became an LMDB file (plus `<path>-lock`).
+      const hint = existsSync(`${absolute}-lock`) ? ' (an LMDB file from an earlier version? move it and its -lock file away: the cache refills)' : '';
+      throw new DataDirError(path, `it is a file, not a directory${hint}`);
+    }
+    break;
+  }
+  for (const dir of missing.reverse()) {
+    try {
+      mkdirSync(dir);
+    } catch (error) {
+      if (errorCode(error) === 'EEXIST' && statSync(dir, { throwIfNoEntry: false })?.isDirectory()) continue;
+      throw new DataDirError(path, `cannot create ${dir} (${errorCode(error)})`, { cause: error });
+    }
+  }
+  try {
+    accessSync(absolute, constants.R_OK | constants.W_OK | constants.X_OK);
+  } catch (error) {
+    throw new DataDirError(path, `this process cannot write to it (${errorCode(error)})`, { cause: error });
+  }
+}
 
 // Not NUL: lmdb's ordered-binary key encoding reads bytes 0-3 inside string
 // keys as terminators / array separators, so keys of 64+ bytes read back from
@@ -125,15 +198,22 @@ export class LmdbCacheStore implements CacheStore {
     this.#evictPushed = options.evictPushed ?? false;
     this.#onError = options.onError ?? (() => {});
 
+    prepareDataDir(path);
     // noSync: a cache does not need each commit fsynced (2.6 ms vs 0.2 ms per
     // awaited write here, measured). A process crash loses nothing (the OS
     // holds the pages); only an OS crash or power loss can lose recent
     // entries, and the cache refills from the origin.
-    this.#root = open({ path, maxDbs: 8, noSync: true });
-    this.#meta = this.#root.openDB<StoredMeta, string>('meta', {});
-    this.#chunks = this.#root.openDB<Uint8Array, ChunkKey>('chunks', { encoding: 'binary' });
-    this.#tags = this.#root.openDB<string, string>('tags', { dupSort: true, encoding: 'ordered-binary' });
-    this.#sources = this.#root.openDB<string, string>('sources', { dupSort: true, encoding: 'ordered-binary' });
+    // noSubdir: false, always: lmdb-js otherwise guesses from the name and
+    // treats `edge.example.com` (it has an "extension") as a file path.
+    try {
+      this.#root = open({ path, maxDbs: 8, noSync: true, noSubdir: false });
+      this.#meta = this.#root.openDB<StoredMeta, string>('meta', {});
+      this.#chunks = this.#root.openDB<Uint8Array, ChunkKey>('chunks', { encoding: 'binary' });
+      this.#tags = this.#root.openDB<string, string>('tags', { dupSort: true, encoding: 'ordered-binary' });
+      this.#sources = this.#root.openDB<string, string>('sources', { dupSort: true, encoding: 'ordered-binary' });
+    } catch (error) {
+      throw new DataDirError(path, `LMDB cannot open it (${(error as Error).message})`, { cause: error });
+    }
 
     const live = new Set<string>();
     for (const { value } of this.#meta.getRange()) {

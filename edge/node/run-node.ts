@@ -4,14 +4,16 @@
  * Options come from flags, then
  * EDGE_* environment variables, then a JSON config file (`--config`), then
  * defaults; everything is validated once, and a bad value stops the
- * process with one line per problem. Without `--origin` the embedded demo
- * origin is started in-process so `npm start` works on a fresh clone.
+ * process with one line per problem. Without `--origin` (and without
+ * `origins` in the config file) the embedded demo origin is started
+ * in-process so `npm start` works on a fresh clone.
  */
 import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
 import { edgeOptionsSchema, EdgeOptionsError, optionEnv, optionFlag, resolveEdgeOptions, type EdgeOptions } from '../core/options.js';
 import { startDemoOrigin } from './demo-origin.js';
+import { prepareDataDir } from './lmdb-store.js';
 import { startEdgeServer } from './server.js';
 
 const OPTION_NAMES = Object.keys(edgeOptionsSchema.shape) as (keyof EdgeOptions)[];
@@ -24,6 +26,20 @@ export interface NodeProgram {
   summary: string;
   /** Start the embedded demo origin when no origin is given (edge only). */
   demoOrigin: boolean;
+}
+
+/** `--data-dir (EDGE_DATA_DIR): got "...": <reason>` for a `DataDirError` (matched on its code), else undefined. */
+function dataDirProblem(error: unknown): string | undefined {
+  const { code, path, reason } = error as { code?: unknown; path?: unknown; reason?: unknown };
+  if (code !== 'EDGE_DATA_DIR') return undefined;
+  return `${optionFlag('dataDir')} (${optionEnv('dataDir')}): got ${JSON.stringify(path)}: ${String(reason)}`;
+}
+
+/** What the node forwards to, for the start-up line (group names only: member URLs may carry credentials). */
+function upstreamLabel(options: EdgeOptions): string {
+  if (!options.origins) return options.origin ?? '';
+  const groups = options.origins.groups.map(({ name, members }) => `${name} (${members.length} member${members.length === 1 ? '' : 's'})`);
+  return `origin groups ${groups.join(', ')} from the config file`;
 }
 
 export function helpText(program: NodeProgram): string {
@@ -98,13 +114,24 @@ export async function runNode(program: NodeProgram, argv: string[]): Promise<voi
     process.exit(2);
   }
 
+  // Checked before anything starts: an unusable directory is one line and exit 2, never a hang.
+  try {
+    prepareDataDir(options.dataDir);
+  } catch (error) {
+    const problem = dataDirProblem(error);
+    if (problem === undefined) throw error;
+    console.error(`${tag}: ${problem}`);
+    process.exit(2);
+  }
+
   if (options.adminToken !== undefined && options.adminToken.length < 16) {
     console.error(`${tag}: warning: the admin token is ${options.adminToken.length} characters; use 32+ random characters (e.g. openssl rand -hex 32) outside a test setup`);
   }
   let demo: Awaited<ReturnType<typeof startDemoOrigin>> | undefined;
-  if (!options.origin) {
+  // Origin groups from the config file are an upstream too.
+  if (!options.origin && !options.origins) {
     if (!program.demoOrigin) {
-      console.error(`${tag}: --origin (EDGE_ORIGIN) is required`);
+      console.error(`${tag}: --origin (EDGE_ORIGIN) is required, or origins in a --config file`);
       process.exit(2);
     }
     demo = await startDemoOrigin();
@@ -112,7 +139,7 @@ export async function runNode(program: NodeProgram, argv: string[]): Promise<voi
   }
   const server = await startEdgeServer(options);
   const where = `http://${options.host === '0.0.0.0' ? 'localhost' : options.host}:${server.port}`;
-  console.error(`${tag}: listening on ${where} in front of ${options.origin}${demo ? ' (embedded demo origin)' : ''}`);
+  console.error(`${tag}: listening on ${where} in front of ${upstreamLabel(options)}${demo ? ' (embedded demo origin)' : ''}`);
   if (demo) console.error(`${tag}: try  curl -i ${where}/data/products.json  (twice: MISS, then HIT)`);
 
   let stopping = false;
@@ -128,10 +155,11 @@ export async function runNode(program: NodeProgram, argv: string[]): Promise<voi
   process.on('SIGTERM', () => void stop('SIGTERM'));
 }
 
-/** Entry-point wrapper: run, and turn a start-up failure into one line and exit 1. */
+/** Entry-point wrapper: run, and turn a start-up failure into one line and exit 1 (2 for an unusable --data-dir). */
 export function main(program: NodeProgram): void {
   runNode(program, process.argv.slice(2)).catch((error) => {
-    console.error(`${program.name}: failed to start: ${(error as Error).message}`);
-    process.exit(1);
+    const problem = dataDirProblem(error);
+    console.error(`${program.name}: ${problem ?? `failed to start: ${(error as Error).message}`}`);
+    process.exit(problem === undefined ? 1 : 2);
   });
 }
