@@ -41,6 +41,12 @@ export interface RequestRecord extends RequestLog {
   referer?: string;
   /** This node's full `Cache-Status` value, upstream members included. */
   cacheStatus?: string;
+  /**
+   * Which writer answered: `hit` (a fresh hit written straight from the
+   * cache), `content` (the pull path, written by the runtime adapter) or
+   * `router` (Hono: node endpoints, and targets that need URL parsing).
+   */
+  answeredBy: 'hit' | 'content' | 'router';
 }
 
 export interface EdgeAppDeps {
@@ -73,6 +79,13 @@ export interface EdgeAppDeps {
   createHasher?: () => ContentHasher;
   /** Extra readiness facts for `GET /_edge/health`. */
   health?: () => Record<string, unknown>;
+  /**
+   * Write a content answer with the runtime's own writer (Node: straight to
+   * `ServerResponse`, as the fresh-hit path does), so every content answer
+   * leaves the same way; returns what the router must return instead
+   * (`RESPONSE_ALREADY_SENT`). `done` records the request.
+   */
+  writeAnswer?: (env: unknown, answer: Answer, done: (bytes: number) => void) => Response | undefined;
 }
 
 /** What an adapter gets back from {@link EdgeApp.answerFreshHit}. */
@@ -149,6 +162,10 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
     requestId: string;
     /** True when the id is ours, so the answer carries it. */
     ownId: boolean;
+    /** The runtime wrote the answer and records it when done. */
+    written?: boolean;
+    /** When the request arrived (set by the entry point that times it). */
+    started?: number;
   }
   const PENDING = Symbol('edgePending');
   type Tagged = Request & { [PENDING]?: Pending };
@@ -169,6 +186,7 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
     started: number,
     clientIp: string | undefined,
     bytes: number | undefined,
+    answeredBy: RequestRecord['answeredBy'],
   ): RequestRecord => {
     const pathStart = url.indexOf('/', url.indexOf('//') + 2);
     return {
@@ -183,6 +201,7 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
       userAgent: state.headers['user-agent'],
       referer: state.headers.referer,
       cacheStatus: answerHeaders.get('cache-status'),
+      answeredBy,
     };
   };
 
@@ -222,6 +241,17 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
     };
     const answer = await answerSafely({ method: request.method, url: request.url, headers: state.headers, body: () => request.body }, ctx);
     if (state.ownId) answer.headers['x-request-id'] = state.requestId;
+    // Not for HEAD: Hono answers HEAD by wrapping the GET route's Response in a new one.
+    if (deps.writeAnswer && state.started !== undefined && request.method !== 'HEAD') {
+      const started = state.started;
+      const sent = deps.writeAnswer(c.env, answer, (bytes) =>
+        onRequest?.(record(state, request.method, request.url, answer.status, { get: (name) => answer.headers[name] }, started, ctx.clientIp, bytes, 'router')),
+      );
+      if (sent) {
+        state.written = true;
+        return sent;
+      }
+    }
     return toResponse(answer);
   });
 
@@ -255,15 +285,17 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
   const fetch = async (request: Request, env?: unknown, executionCtx?: unknown): Promise<Response> => {
     const started = now();
     const state = begin(deps.requestHeaders?.(env) ?? headersToRecord(request.headers));
+    state.started = started;
     (request as Tagged)[PENDING] = state;
     const response = await app.fetch(request, env, executionCtx as never);
+    if (state.written) return response;
     if (state.ownId && !response.headers.has('x-request-id')) response.headers.set('x-request-id', state.requestId);
     if (!onRequest) return response;
     const clientIp = deps.clientIp?.(env);
     const headerView = { get: (name: string) => response.headers.get(name) ?? undefined };
     const declared = response.headers.get('content-length');
     const bytes = response.body === null || request.method === 'HEAD' ? 0 : declared === null ? undefined : Number(declared);
-    onRequest(record(state, request.method, request.url, response.status, headerView, started, clientIp, bytes));
+    onRequest(record(state, request.method, request.url, response.status, headerView, started, clientIp, bytes, 'router'));
     return response;
   };
 
@@ -278,7 +310,7 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
       if (state.ownId) answer.headers['x-request-id'] = state.requestId;
       return {
         answer,
-        done: (bytes) => onRequest?.(record(state, request.method, request.url, answer.status, { get: (name) => answer.headers[name] }, started, clientIp, bytes)),
+        done: (bytes) => onRequest?.(record(state, request.method, request.url, answer.status, { get: (name) => answer.headers[name] }, started, clientIp, bytes, 'content')),
       };
     },
     answerFreshHit(method, url, headers, clientIp) {
@@ -289,7 +321,7 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
       if (state.ownId) answer.headers['x-request-id'] = state.requestId;
       return {
         answer,
-        done: (bytes) => onRequest?.(record(state, method, url, answer.status, { get: (name) => answer.headers[name] }, started, clientIp, bytes)),
+        done: (bytes) => onRequest?.(record(state, method, url, answer.status, { get: (name) => answer.headers[name] }, started, clientIp, bytes, 'hit')),
       };
     },
     pull,

@@ -9,7 +9,9 @@ import type { AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { getRequestListener, type HttpBindings } from '@hono/node-server';
-import pino, { type Logger } from 'pino';
+import { Response as PlainResponse } from 'undici';
+import type { Logger } from 'pino';
+import { createAccessLog } from './access-log.js';
 import { createEdgeApp, type EdgeApp, type RequestRecord } from '../core/app.js';
 import type { EdgeOptions } from '../core/options.js';
 import type { OriginClient } from '../core/origin/types.js';
@@ -80,6 +82,14 @@ export function createUpstream(options: EdgeOptions): OriginClient {
 }
 
 /**
+ * What the router returns for an answer already written. @hono/node-server
+ * skips responses marked `x-hono-already-sent` (its own RESPONSE_ALREADY_SENT),
+ * but only when built by a Response class other than the lightweight one it
+ * installs globally (which it writes without looking at that mark).
+ */
+const ALREADY_SENT = new PlainResponse(null, { headers: { 'x-hono-already-sent': 'true' } }) as unknown as Response;
+
+/**
  * The request targets and hosts whose absolute URL is the plain
  * concatenation the URL parser would also produce (the same test
  * @hono/node-server applies before skipping `new URL()`), so the fast path
@@ -131,12 +141,8 @@ function answerContent(edge: EdgeApp, req: IncomingMessage, res: ServerResponse)
 export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServerOverrides = {}): Promise<EdgeServer> {
   if (!options.origin && !options.origins && !overrides.origin) throw new TypeError('startEdgeServer: options.origin is required (or an origin override).');
   const now = overrides.now ?? Date.now;
-  // Access-log lines are written in batches of 4 KB (one write per line costs
-  // a syscall per request); flushed on close.
-  const logger =
-    overrides.logger === undefined
-      ? pino({ level: options.logLevel, base: { node: options.name } }, pino.destination({ dest: 1, minLength: 4096, sync: false }))
-      : overrides.logger;
+  const accessLog = overrides.logger === undefined ? createAccessLog({ level: options.logLevel, name: options.name }) : undefined;
+  const logger = accessLog?.logger ?? overrides.logger;
   const store = createTieredStore(options, now);
   const origin = overrides.origin ?? createUpstream(options);
   const metrics = createEdgeMetrics(store);
@@ -174,6 +180,12 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
       if (logger) logger.info(record, 'request');
     },
     metrics: () => metrics.render(),
+    writeAnswer: (env, answer, done) => {
+      const outgoing = (env as HttpBindings | undefined)?.outgoing;
+      if (!outgoing) return undefined;
+      writeAnswer(outgoing, answer, done);
+      return ALREADY_SENT;
+    },
   });
 
   await edge.ready;
@@ -211,7 +223,8 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
         });
         await edge.settle();
         await imageTransformer?.close();
-        if (logger) logger.flush();
+        if (accessLog) accessLog.close();
+        else if (logger) logger.flush();
         await origin.close?.();
         await store.close();
       })();
