@@ -12,6 +12,8 @@ export const SHIELD_DEFAULTS = {
   memorySize: '512MB',
   images: false,
   collapseTimeout: '30s',
+  // Edges behind the shield obey CDN-Cache-Control and need the tags for their own purges.
+  forwardCdnHeaders: true,
   // Edges on this machine may pass the client's X-Forwarded-*; list your edges' addresses.
   trustedProxies: '127.0.0.1,::1',
 };

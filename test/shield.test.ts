@@ -69,6 +69,27 @@ describe('origin shield', () => {
     expect(origin.count('/big.json')).toBe(1);
   });
 
+  it('hands CDN fields to the edges (CDN-Cache-Control governs them, tags reach their purges) and never to clients', async () => {
+    const origin = await startOrigin();
+    origin.set('/tagged.css', {
+      headers: { 'cache-control': 'max-age=5', 'cdn-cache-control': 'max-age=600', 'cache-tag': 'release-1', 'surrogate-key': 'css' },
+      body: 'tagged',
+    });
+    const shield = await startShield(origin);
+    const token = 'shield-fields-token';
+    const edge = await startNode({ origin: origin.url, shield: shield.url, adminToken: token });
+    const first = await get(edge.url, '/tagged.css');
+    expect(first.header('cache-status')).toMatch(/edge; fwd=uri-miss; stored; ttl=600/);
+    for (const name of ['cdn-cache-control', 'cache-tag', 'surrogate-key']) expect(first.header(name), name).toBeNull();
+    expect(first.header('cache-control')).toBe('max-age=5');
+    const purge = await request(`${edge.url}/_edge/purge`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ tags: ['release-1'] }),
+    });
+    expect(await purge.body.json()).toEqual({ purged: 1 });
+  });
+
   it('shows the chain: Cache-Status per tier, Via through both, the client address kept', async () => {
     const origin = await startOrigin();
     origin.set('/chain.txt', { headers: { 'cache-control': 'public, max-age=300' }, body: 'chain' });

@@ -20,13 +20,14 @@ import { drainInBackground, fillWhileStreaming, sliceFill } from './fill.js';
 import { forwardRequestHeaders, headersToRecord, originRequestHeaders, splitList, withoutHopByHop } from './headers.js';
 import type { EdgeOptions } from './options.js';
 import type { OriginClient } from './origin/types.js';
-import { fieldsNotToStore, parseCacheControl, type EdgePolicy, type PolicyFactory, type PolicyRequest } from './policy.js';
+import { fieldsNotToStore, governingDirectives, parseCacheControl, type EdgePolicy, type PolicyFactory, type PolicyRequest } from './policy.js';
 import {
   answerFromEntry,
   answerFromOrigin,
   answerGatewayTimeout,
   clientValidatorsMatch,
   decideRange,
+  droppedResponseFields,
   notModifiedHeaders,
   statusAllowsBody,
   storedAnswerHeaders,
@@ -125,6 +126,8 @@ export class PullCache {
   private readonly refreshing = new Set<string>();
   private readonly preparedMemo = new WeakMap<CacheEntryMeta, PreparedEntry>();
   readonly describer: RequestDescriber;
+  /** Response fields no answer carries (see `droppedResponseFields`). */
+  private readonly dropped: ReadonlySet<string>;
   /**
    * Paths that have a pushed object, so that requests for other paths skip
    * the pushed lookup. The admin API keeps it in step with the store;
@@ -135,6 +138,7 @@ export class PullCache {
   constructor(deps: PullDeps) {
     this.deps = deps;
     this.describer = new RequestDescriber(deps.options);
+    this.dropped = droppedResponseFields(deps.options.targetedCacheControl, deps.options.forwardCdnHeaders);
   }
 
   /** See {@link RequestDescriber.describe}. */
@@ -161,7 +165,7 @@ export class PullCache {
       described,
       key,
       // The request as the origin receives it: credentials and directives as forwarded.
-      policyRequest: { url: described.upstreamPath, method: 'GET', headers: described.upstream },
+      policyRequest: { url: described.upstreamPath, method: 'GET', headers: this.deps.options.honorRequestCacheControl ? described.upstream : withoutRequestDirectives(described.upstream) },
       isHead,
       rules: described.rules,
       ctx,
@@ -455,9 +459,9 @@ export class PullCache {
    * the origin gave no freshness, or always with `overrideTtl`.
    */
   private applyRouteTtl(stored: Record<string, string>, ttl: number, override: boolean, staleIfError: number | undefined): void {
-    const cc = parseCacheControl(stored['cache-control']);
-    const targeted = this.targetedFields().some((field) => stored[field] !== undefined);
-    const explicit = targeted || cc.has('max-age') || cc.has('s-maxage') || stored.expires !== undefined;
+    // A targeted field counts only when it parses (RFC 9213: an invalid one is ignored).
+    const { field, cc } = governingDirectives(stored, this.targetedFields());
+    const explicit = field !== 'cache-control' || cc.has('max-age') || cc.has('s-maxage') || stored.expires !== undefined;
     if (explicit && !override) return;
     stored[this.deps.options.targetedCacheControl] = `max-age=${ttl}${staleIfError ? `, stale-if-error=${staleIfError}` : ''}`;
   }
@@ -469,7 +473,7 @@ export class PullCache {
   /** `public`, `s-maxage` or a CDN-targeted field: the origin said a shared cache may keep it. */
   private explicitlyShared(headers: Record<string, string>): boolean {
     const cc = parseCacheControl(headers['cache-control']);
-    return cc.has('public') || cc.has('s-maxage') || this.targetedFields().some((field) => headers[field] !== undefined);
+    return cc.has('public') || cc.has('s-maxage') || governingDirectives(headers, this.targetedFields()).field !== 'cache-control';
   }
 
   private async storeAndRespond(pull: PullRequest, plan: OriginFetchPlan, response: Response, mayStore: boolean): Promise<Answer> {
@@ -503,7 +507,7 @@ export class PullCache {
     if (storable) fields.ttl = policy.freshnessLifetime() - policy.age();
     const answer = (body: ReadableStream<Uint8Array> | null, answerStatus = status) =>
       answerFromOrigin(answerStatus, clean, body, formatCacheStatus(options.name, fields, upstreamStatus), {
-        targetedField: options.targetedCacheControl,
+        dropped: this.dropped,
         name: options.name,
       });
     pull.ctx.log.outcome = plan.reason === 'bypass' || plan.reason === 'request' ? 'bypass' : plan.stale ? 'stale' : 'miss';
@@ -616,7 +620,7 @@ export class PullCache {
       prepared = {
         policy: policy ?? this.deps.policies.fromStored(meta.policy, meta.headers),
         vary: varyNames(meta.headers.vary),
-        headers: storedAnswerHeaders(meta, options.targetedCacheControl, options.name),
+        headers: storedAnswerHeaders(meta, this.dropped, options.name),
         explicitlyShared: meta.pushed === true || this.explicitlyShared(meta.headers),
       };
       this.preparedMemo.set(meta, prepared);
@@ -672,7 +676,7 @@ export class PullCache {
     const upstreamStatus = clean.get('cache-status');
     clean.delete('cache-status');
     return answerFromOrigin(response.status, clean, response.body, formatCacheStatus(this.deps.options.name, { fwd: 'method' }, upstreamStatus), {
-      targetedField: this.deps.options.targetedCacheControl,
+      dropped: this.dropped,
       name: this.deps.options.name,
     });
   }
@@ -686,6 +690,13 @@ export class PullCache {
     for (const derivedKey of new Set(derived)) removed += await store.delete(derivedKey);
     return removed;
   }
+}
+
+/** With `--honor-request-cache-control false`, a client's no-store cannot keep a response out of the cache either. */
+function withoutRequestDirectives(headers: Record<string, string>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const name in headers) if (name !== 'cache-control' && name !== 'pragma') out[name] = headers[name]!;
+  return out;
 }
 
 /** A body the fast path can write at once. */

@@ -12,6 +12,7 @@
  */
 import { formatCacheStatus, type CacheStatusFields } from './cache-status.js';
 import { EdgeError, isEdgeError } from './errors.js';
+import { parseHttpDate } from './policy.js';
 import type { CacheEntry, CacheEntryMeta } from './store/types.js';
 
 /** A finished answer, before any runtime writes it. */
@@ -25,8 +26,20 @@ export interface Answer {
   body: Uint8Array | ReadableStream<Uint8Array> | null;
 }
 
-/** Fields used only between the origin and this node; never sent to clients. */
-export const INTERNAL_RESPONSE_FIELDS = ['cache-tag', 'surrogate-key', 'surrogate-control', 'cdn-cache-control', 'x-edge-source-etag'];
+/**
+ * Fields meant for CDN nodes, not clients: removed from answers unless this
+ * node serves other CDN nodes (`--forward-cdn-headers`, a shield's default),
+ * which need them (CDN-Cache-Control per RFC 9213, tags for their purges).
+ */
+export const CDN_RESPONSE_FIELDS = ['cache-tag', 'surrogate-key', 'surrogate-control', 'cdn-cache-control'];
+
+/** Fields used only inside this node; never sent anywhere. */
+const NODE_RESPONSE_FIELDS = ['x-edge-source-etag'];
+
+/** The response fields a node removes from every answer: its own targeted field, and CDN fields unless forwarded. */
+export function droppedResponseFields(targetedField: string, forwardCdnFields: boolean): ReadonlySet<string> {
+  return new Set([targetedField, ...NODE_RESPONSE_FIELDS, ...(forwardCdnFields ? [] : CDN_RESPONSE_FIELDS)]);
+}
 
 const NO_BODY_STATUSES = new Set([101, 103, 204, 205, 304]);
 
@@ -45,11 +58,11 @@ export interface AnswerRequest {
  * Headers a stored entry carries on every answer (without Age and
  * Cache-Status), computed once per stored metadata object.
  */
-export function storedAnswerHeaders(meta: CacheEntryMeta, targetedField: string, name: string): Record<string, string> {
+export function storedAnswerHeaders(meta: CacheEntryMeta, dropped: ReadonlySet<string>, name: string): Record<string, string> {
   // Built by copying rather than `delete`, which would turn the object into a slow dictionary.
   const headers: Record<string, string> = {};
   for (const field in meta.headers) {
-    if (field === targetedField || INTERNAL_RESPONSE_FIELDS.includes(field)) continue;
+    if (dropped.has(field)) continue;
     headers[field] = meta.headers[field]!;
   }
   headers.via = headers.via ? `${headers.via}, 1.1 ${name}` : `1.1 ${name}`;
@@ -99,11 +112,11 @@ export function answerFromOrigin(
   clean: Headers,
   body: ReadableStream<Uint8Array> | null,
   cacheStatus: string,
-  opts: { targetedField: string; name: string },
+  opts: { dropped: ReadonlySet<string>; name: string },
 ): Answer {
   const headers: Record<string, string> = {};
   clean.forEach((value, field) => {
-    if (field === 'set-cookie' || field === opts.targetedField || INTERNAL_RESPONSE_FIELDS.includes(field)) return;
+    if (field === 'set-cookie' || opts.dropped.has(field)) return;
     headers[field] = value;
   });
   headers.via = headers.via ? `${headers.via}, 1.1 ${opts.name}` : `1.1 ${opts.name}`;
@@ -159,9 +172,10 @@ export function clientValidatorsMatch(request: Record<string, string>, stored: R
   }
   const ims = request['if-modified-since'];
   if (ims !== undefined && stored['last-modified'] !== undefined) {
-    const since = Date.parse(ims);
-    const modified = Date.parse(stored['last-modified']);
-    if (Number.isFinite(since) && Number.isFinite(modified)) return modified <= since;
+    // Only valid HTTP-dates count (RFC 9110 13.1.3): an invalid one is ignored.
+    const since = parseHttpDate(ims);
+    const modified = parseHttpDate(stored['last-modified']);
+    if (since !== undefined && modified !== undefined) return modified <= since;
   }
   return false;
 }
@@ -191,8 +205,9 @@ export function decideRange(request: Record<string, string>, stored: Record<stri
       if (trimmed.startsWith('W/') || stored.etag === undefined || stored.etag.startsWith('W/') || stored.etag.trim() !== trimmed) {
         return { kind: 'full' };
       }
-    } else if (stored['last-modified'] === undefined || Date.parse(trimmed) !== Date.parse(stored['last-modified'])) {
-      return { kind: 'full' };
+    } else {
+      const at = parseHttpDate(trimmed);
+      if (at === undefined || at !== parseHttpDate(stored['last-modified'])) return { kind: 'full' };
     }
   }
   const match = /^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$/i.exec(range);
