@@ -1,27 +1,44 @@
 /**
- * One benchmark server per child process, so the load generator (the
- * parent) and the server under test run on different cores.
- *   bare <bytes>                    plain node:http serving <bytes> bytes
- *   edge <originUrl> <memorySize>   an edge node in front of <originUrl>
+ * One benchmark server per child process, so the load generator and the
+ * server under test run in different processes.
+ *   bare [bytes]                    plain node:http: /blob/<n> answers n bytes,
+ *                                   any other path [bytes] (default 1024)
+ *   edge <originUrl> <memorySize> [quiet]
+ *                                   an edge node in front of <originUrl>
+ *                                   (memorySize 0: no memory tier, every hit
+ *                                   from LMDB; quiet: access log off)
  *   origin-image <width>x<height>   an origin serving /photo.jpg, a photo-like
  *                                   JPEG generated at start-up, and /blob/<n>,
- *                                   n bytes (for a same-size cache hit)
+ *                                   n bytes (any query string ignored)
  *   ipx <originUrl>                 ipx (no result cache) fetching from <originUrl>
- * Prints `{"url": ...}` on stdout once listening.
+ * Prints `{"url": ...}` on stdout once listening. Exits when its stdin
+ * closes (the bench that started it is gone). Edge data goes under
+ * $BENCH_SCRATCH (the bench removes it) or a new temporary directory.
  */
 import { createServer } from 'node:http';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import pino from 'pino';
-import { resolveEdgeOptions } from '../edge/core/options.js';
-import { startEdgeServer } from '../edge/node/server.js';
 
-const [kind, arg1, arg2] = process.argv.slice(2);
+const [kind, arg1, arg2, arg3] = process.argv.slice(2);
+
+if (!process.stdin.isTTY) {
+  process.stdin.on('end', () => process.exit(0)).on('error', () => process.exit(0)).resume();
+}
+
+const BLOB = /^\/blob\/(\d{1,9})(?:\?|$)/;
 
 if (kind === 'bare') {
-  const body = Buffer.alloc(Number(arg1), 'a');
+  const fallback = Buffer.alloc(Number(arg1 ?? 1024), 'a');
+  const bodies = new Map<string, Buffer>();
   const server = createServer((req, res) => {
+    const url = req.url ?? '/';
+    let body = bodies.get(url);
+    if (!body) {
+      const blob = BLOB.exec(url);
+      body = blob ? Buffer.alloc(Number(blob[1]), 'a') : fallback;
+      if (bodies.size < 64) bodies.set(url, body);
+    }
     // The same bytes and the same cache headers the origin gives the edge.
     res.writeHead(200, {
       'content-type': 'application/octet-stream',
@@ -37,11 +54,17 @@ if (kind === 'bare') {
     console.log(JSON.stringify({ url: `http://127.0.0.1:${address.port}` }));
   });
 } else if (kind === 'edge') {
-  const dataDir = mkdtempSync(join(tmpdir(), 'edge-bench-'));
+  // Imported here, so the other kinds start whatever state edge/ is in.
+  const [{ default: pino }, { resolveEdgeOptions }, { startEdgeServer }] = await Promise.all([
+    import('pino'),
+    import('../edge/core/options.js'),
+    import('../edge/node/server.js'),
+  ]);
+  const dataDir = mkdtempSync(join(process.env.BENCH_SCRATCH ?? tmpdir(), 'edge-data-'));
   const options = resolveEdgeOptions({ origin: arg1, port: 0, host: '127.0.0.1', dataDir, memorySize: arg2, diskSize: '2GB' });
   // The access log stays on (one line per request, as in production), written
   // to /dev/null in 4 KB batches like the node's own destination; `quiet` turns it off.
-  const quiet = process.argv[5] === 'quiet';
+  const quiet = arg3 === 'quiet';
   const logger = pino({ level: quiet ? 'warn' : 'info' }, pino.destination({ dest: '/dev/null', sync: false, minLength: 4096 }));
   const server = await startEdgeServer(options, { logger });
   console.log(JSON.stringify({ url: server.url }));
@@ -51,7 +74,7 @@ if (kind === 'bare') {
   const blobs = new Map<number, Buffer>();
   const server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0]!;
-    const blob = /^\/blob\/(\d{1,9})$/.exec(path);
+    const blob = BLOB.exec(path);
     let body: Buffer;
     let type: string;
     if (path === '/photo.jpg') {
@@ -90,7 +113,7 @@ if (kind === 'bare') {
     console.log(JSON.stringify({ url: `http://127.0.0.1:${address.port}` }));
   });
 } else {
-  console.error('usage: child.ts bare <bytes> | edge <originUrl> <memorySize> | origin-image <w>x<h> | ipx <originUrl>');
+  console.error('usage: child.ts bare [bytes] | edge <originUrl> <memorySize> [quiet] | origin-image <w>x<h> | ipx <originUrl>');
   process.exit(2);
 }
 

@@ -15,7 +15,6 @@ import { availableParallelism } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
-import autocannon from 'autocannon';
 import sharp from 'sharp';
 
 interface LoadResult {
@@ -26,8 +25,12 @@ interface LoadResult {
 }
 
 export interface ImageSectionDeps {
-  load(label: string, url: string, opts?: { uniquePaths?: boolean; duration?: number }): Promise<LoadResult>;
+  /** The load generator's name, for the table heading. */
+  generator: string;
+  /** Load `url` (bench/load.ts): one progress line on stderr unless `quiet`; `timeout` in seconds. */
+  load(label: string, url: string, opts?: { duration?: number; connections?: number; timeout?: number; quiet?: boolean }): Promise<LoadResult>;
   startChild(args: string[]): Promise<{ url: string; child: ChildProcess }>;
+  stop(child: ChildProcess): Promise<void>;
 }
 
 type Format = 'avif' | 'webp' | 'jpeg';
@@ -89,33 +92,15 @@ async function checkFormat(bytes: Buffer, format: Format, width: number, who: st
   }
 }
 
-/** autocannon against ipx with a few connections (see IPX_CONNECTIONS), progress on stderr. */
-async function ipxLoad(label: string, url: string): Promise<LoadResult> {
-  progress(`  ${label.padEnd(34)} `);
-  const ticker = setInterval(() => progress('.'), 1000);
-  const result = await autocannon({ url, connections: IPX_CONNECTIONS, duration: DURATION, timeout: 60 });
-  clearInterval(ticker);
-  // Completed requests over the run (the per-second average rounds a trickle down to 0).
-  const rps = result.requests.total / DURATION;
-  const out = { rps, p99: result.latency.p99, errors: result.errors + result.timeouts, non2xx: result.non2xx };
-  progress(` ${rps.toFixed(1)} req/s, p99 ${out.p99} ms${out.errors || out.non2xx ? `, ${out.errors} errors, ${out.non2xx} non-2xx` : ''}\n`);
-  return out;
-}
-
-function stop(child: ChildProcess): Promise<void> {
-  return new Promise((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) return resolve();
-    child.once('exit', () => resolve());
-    child.kill('SIGTERM');
-  });
-}
 
 interface Cold {
   ms: number[];
   bytes: number;
 }
 
-export async function imageSection({ load, startChild }: ImageSectionDeps): Promise<void> {
+export async function imageSection({ generator, load, startChild, stop }: ImageSectionDeps): Promise<void> {
+  /** ipx with a few connections (see IPX_CONNECTIONS) and a long timeout; req/s = completed requests over the run. */
+  const ipxLoad = (label: string, url: string) => load(label, url, { connections: IPX_CONNECTIONS, duration: DURATION, timeout: 60 });
   const sectionStarted = performance.now();
   progress(`\nimages: ${SOURCE} photo-like JPEG to width ${WIDTH}; cold = median of ${SAMPLES} new variants (widths ${WIDTH}..${WIDTH + SAMPLES - 1})\n`);
   const origin = await startChild(['origin-image', SOURCE]);
@@ -175,7 +160,7 @@ export async function imageSection({ load, startChild }: ImageSectionDeps): Prom
     progress('  warm-up of the hit paths ');
     await timedGet(urls.edge(WIDTH, 'webp'));
     for (const url of [urls.edge(WIDTH, 'avif'), `${edge.url}/blob/${variantBytes}`, urls.edge(WIDTH, 'webp')]) {
-      await autocannon({ url, connections: 8, duration: 2 });
+      await load('', url, { connections: 8, duration: 2, quiet: true });
       progress('.');
     }
     progress(' done\n');
@@ -201,10 +186,10 @@ export async function imageSection({ load, startChild }: ImageSectionDeps): Prom
         `| ${format.toUpperCase()} | ${fmt(s)} | ${fmt(e)} | ${fmt(i)} | ${(e / s).toFixed(2)}x | ${(i / e).toFixed(2)}x | ${cold.edge[format].bytes} | ${cold.ipx[format].bytes} |`,
       );
     }
-    console.log('\nRepeated requests for one URL (autocannon):\n');
+    console.log(`\nRepeated requests for one URL (${generator}):\n`);
     console.log('| scenario | req/s | p99 ms | errors + non-2xx |');
     console.log('|---|---:|---:|---:|');
-    const row = (name: string, r: LoadResult) => console.log(`| ${name} | ${r.rps >= 100 ? Math.round(r.rps) : r.rps.toFixed(1)} | ${r.p99} | ${r.errors + r.non2xx} |`);
+    const row = (name: string, r: LoadResult) => console.log(`| ${name} | ${r.rps >= 100 ? Math.round(r.rps) : r.rps.toFixed(1)} | ${r.p99 >= 10 ? r.p99.toFixed(0) : r.p99.toFixed(1)} | ${r.errors + r.non2xx} |`);
     row('edge, cached AVIF variant', edgeHit);
     row(`edge, plain cache hit, same size (${variantBytes} B)`, plainHit);
     row('edge, cached WebP variant', edgeHitWebp);

@@ -1,151 +1,78 @@
 /**
- * `npm run bench`: loopback load tests, bounded in time, printed as one
- * table of ratios against a bare node:http server serving the same bytes.
- * Each server runs in its own child process; autocannon runs here.
- *   BENCH_DURATION   seconds per scenario and round (default 3)
+ * `npm run bench`: loopback load tests, bounded in time (about 4 minutes
+ * with the defaults), progress on stderr (one line per scenario and round),
+ * tables on stdout. Every server runs in its own process group (bench/procs.ts);
+ * the load comes from wrk when it is on the PATH (`apt-get install wrk`),
+ * else from autocannon in worker threads (bench/load.ts).
+ *   BENCH_DURATION    seconds per scenario and round (default 3)
  *   BENCH_CONNECTIONS concurrent connections (default 32)
  *   BENCH_ROUNDS      interleaved rounds per scenario, median kept (default 3)
- *   BENCH_ONLY       comma list of sections to run: pull,images,shield (default all available)
+ *   BENCH_THREADS     wrk threads / autocannon worker threads (default 1)
+ *   BENCH_LOADGEN     wrk | autocannon (default: wrk if installed)
+ *   BENCH_ONLY        comma list of sections to run: pull,images,shield (default all)
+ * The pull section adds nginx (proxy_cache) and Varnish rows when `nginx` /
+ * `varnishd` are installed (`apt-get install nginx varnish`); they are
+ * started here, on free loopback ports, and stopped at the end.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { createInterface } from 'node:readline';
-import autocannon from 'autocannon';
+import { availableParallelism, cpus } from 'node:os';
+import { chooseLoadGenerator, type LoadResult } from './load.js';
+import { scratch, startChild, stop, stopAll } from './procs.js';
+import { pullSection } from './pull.js';
 
-const DURATION = Number(process.env.BENCH_DURATION ?? 3);
-const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 32);
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
-const children: ChildProcess[] = [];
+const DURATION = positive('BENCH_DURATION', 3);
+const CONNECTIONS = positive('BENCH_CONNECTIONS', 32);
+const ROUNDS = positive('BENCH_ROUNDS', 3);
+const THREADS = positive('BENCH_THREADS', 1);
+const SECTIONS = ['pull', 'images', 'shield'];
 
-/** Start `bench/child.ts` with args; resolve with the URL it prints. */
-export async function startChild(args: string[]): Promise<{ url: string; child: ChildProcess }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', new URL('./child.ts', import.meta.url).pathname, ...args], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  children.push(child);
-  const lines = createInterface({ input: child.stdout! });
-  const url = await new Promise<string>((resolve, reject) => {
-    child.once('exit', (code) => reject(new Error(`bench child ${args[0]} exited with ${code}`)));
-    lines.once('line', (line) => resolve(JSON.parse(line).url));
-  });
-  return { url, child };
-}
-
-function stop(child: ChildProcess): Promise<void> {
-  return new Promise((resolve) => {
-    if (child.exitCode !== null) return resolve();
-    child.once('exit', () => resolve());
-    child.kill('SIGTERM');
-  });
-}
-
-export interface LoadResult {
-  rps: number;
-  p99: number;
-  errors: number;
-  non2xx: number;
-}
-
-/** Run autocannon against `url`, printing a progress line per second. */
-export async function load(label: string, url: string, opts: { uniquePaths?: boolean; duration?: number } = {}): Promise<LoadResult> {
-  let n = 0;
-  const duration = opts.duration ?? DURATION;
-  process.stderr.write(`  ${label.padEnd(34)} `);
-  const instance = autocannon({
-    url,
-    connections: CONNECTIONS,
-    duration,
-    requests: opts.uniquePaths
-      ? [{ setupRequest: (req) => ({ ...req, path: `/obj?n=${n++}` }) }]
-      : undefined,
-  });
-  const ticker = setInterval(() => process.stderr.write('.'), 1000);
-  const result = await instance;
-  clearInterval(ticker);
-  const out = { rps: result.requests.average, p99: result.latency.p99, errors: result.errors + result.timeouts, non2xx: result.non2xx };
-  process.stderr.write(` ${Math.round(out.rps)} req/s, p99 ${out.p99} ms${out.errors || out.non2xx ? `, ${out.errors} errors, ${out.non2xx} non-2xx` : ''}\n`);
-  return out;
-}
-
-async function warm(url: string, times = 3): Promise<void> {
-  for (let i = 0; i < times; i++) await (await fetch(url)).arrayBuffer();
-}
-
-interface Row {
-  scenario: string;
-  size: string;
-  result: LoadResult;
-  baseline: LoadResult;
-}
-
-/** Median by requests/s. */
-function median(results: LoadResult[]): LoadResult {
-  const sorted = [...results].sort((a, b) => a.rps - b.rps);
-  return sorted[Math.floor(sorted.length / 2)]!;
-}
-
-/**
- * Each scenario runs ROUNDS times, interleaved with the bare server, and
- * the median is kept: on a shared 2-core machine throughput drifts between
- * runs, and interleaving keeps the ratio honest.
- */
-async function pullSection(): Promise<Row[]> {
-  const rows: Row[] = [];
-  for (const [size, bytes] of [
-    ['1 KB', 1024],
-    ['100 KB', 100 * 1024],
-  ] as const) {
-    console.error(`\npull mode, ${size} object, ${CONNECTIONS} connections, ${ROUNDS} rounds of ${DURATION} s per scenario`);
-    const bare = await startChild(['bare', String(bytes)]);
-    // The same kind of server is the origin for the edges.
-    const memoryEdge = await startChild(['edge', bare.url, '256MB']);
-    const diskEdge = await startChild(['edge', bare.url, '0']);
-    const quietEdge = await startChild(['edge', bare.url, '256MB', 'quiet']);
-    await warm(`${quietEdge.url}/obj`);
-    await warm(`${memoryEdge.url}/obj`);
-    await warm(`${diskEdge.url}/obj`);
-    const runs: Record<string, LoadResult[]> = { bare: [], memory: [], quiet: [], disk: [], miss: [] };
-    for (let round = 1; round <= ROUNDS; round++) {
-      console.error(` round ${round}/${ROUNDS}`);
-      runs.bare!.push(await load('bare node:http', `${bare.url}/obj`));
-      runs.memory!.push(await load('edge, memory-tier hit', `${memoryEdge.url}/obj`));
-      runs.quiet!.push(await load('edge, memory hit, no access log', `${quietEdge.url}/obj`));
-      runs.disk!.push(await load('edge, disk-tier hit', `${diskEdge.url}/obj`));
-      runs.miss!.push(await load('edge, miss (local origin)', memoryEdge.url, { uniquePaths: true }));
-    }
-    const baseline = median(runs.bare!);
-    rows.push({ scenario: 'edge, memory-tier hit', size, result: median(runs.memory!), baseline });
-    rows.push({ scenario: 'edge, memory-tier hit, access log off', size, result: median(runs.quiet!), baseline });
-    rows.push({ scenario: 'edge, disk-tier hit (no memory tier)', size, result: median(runs.disk!), baseline });
-    rows.push({ scenario: 'edge, miss (local origin)', size, result: median(runs.miss!), baseline });
-    await Promise.all([stop(memoryEdge.child), stop(diskEdge.child), stop(quietEdge.child)]);
-    await stop(bare.child);
-  }
-  return rows;
-}
-
-function printTable(rows: Row[]): void {
-  console.log('\n| scenario | size | req/s | p99 ms | bare req/s | bare p99 ms | ratio (req/s vs bare) |');
-  console.log('|---|---|---:|---:|---:|---:|---:|');
-  for (const row of rows) {
-    const ratio = row.result.rps / row.baseline.rps;
-    console.log(
-      `| ${row.scenario} | ${row.size} | ${Math.round(row.result.rps)} | ${row.result.p99} | ${Math.round(row.baseline.rps)} | ${row.baseline.p99} | ${ratio.toFixed(2)}x |`,
-    );
-  }
+function positive(name: string, fallback: number): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const value = Number(raw);
+  if (!(value > 0) || !Number.isInteger(value)) throw new Error(`${name}: got "${raw}": expected a whole number above 0`);
+  return value;
 }
 
 async function main(): Promise<void> {
-  const only = new Set((process.env.BENCH_ONLY ?? 'pull,images,shield').split(',').map((s) => s.trim()));
-  console.error(`bench: node ${process.version}, loopback only, ${DURATION} s per scenario, ${CONNECTIONS} connections`);
-  if (only.has('pull')) printTable(await pullSection());
+  const started = performance.now();
+  const only = new Set((process.env.BENCH_ONLY ?? SECTIONS.join(',')).split(',').map((s) => s.trim()).filter(Boolean));
+  for (const name of only) if (!SECTIONS.includes(name)) throw new Error(`BENCH_ONLY: unknown section "${name}": expected a comma list of ${SECTIONS.join(', ')}`);
+  const generator = chooseLoadGenerator(scratch, THREADS);
+  console.error(
+    `bench: node ${process.version}, ${availableParallelism()} cores (${cpus()[0]?.model.trim() ?? 'unknown CPU'}), loopback only; ` +
+      `load from ${generator.describe}; ${CONNECTIONS} connections, ${DURATION} s per scenario`,
+  );
+  if (generator.name !== 'wrk') console.error(`bench: wrk not used: ${generator.describe}`);
+
+  if (only.has('pull')) await pullSection({ generator, duration: DURATION, rounds: ROUNDS, connections: CONNECTIONS, threads: THREADS });
   if (only.has('images')) {
-    const { imageSection } = await import('./images.js').catch(() => ({ imageSection: undefined }));
-    if (imageSection) await imageSection({ load, startChild });
+    const { imageSection } = await import('./images.js');
+    await imageSection({
+      generator: generator.name,
+      startChild,
+      stop,
+      async load(label, url, opts = {}) {
+        const duration = opts.duration ?? DURATION;
+        if (!opts.quiet) process.stderr.write(`  ${label.padEnd(42)} `);
+        const result: LoadResult = await generator.run(url, {
+          duration,
+          connections: opts.connections ?? CONNECTIONS,
+          threads: THREADS,
+          timeout: opts.timeout,
+        });
+        if (!opts.quiet) {
+          const bad = result.errors || result.non2xx ? `, ${result.errors} errors, ${result.non2xx} bad status` : '';
+          process.stderr.write(`${result.rps >= 100 ? Math.round(result.rps) : result.rps.toFixed(1)} req/s, p99 ${result.p99.toFixed(2)} ms${bad}\n`);
+        }
+        return result;
+      },
+    });
   }
   if (only.has('shield')) {
     const { shieldSection } = await import('./shield.js');
     await shieldSection();
   }
+  console.log(`\nbench time ${((performance.now() - started) / 1000).toFixed(0)} s (${generator.name}).`);
 }
 
 main()
@@ -153,6 +80,4 @@ main()
     console.error(error);
     process.exitCode = 1;
   })
-  .finally(async () => {
-    await Promise.all(children.map(stop));
-  });
+  .finally(stopAll);
