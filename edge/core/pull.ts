@@ -11,77 +11,19 @@
  * them. `answerFreshHit()` is the same decision made synchronously, for
  * runtimes that can answer a fresh hit without Web objects.
  */
-import { formatCacheStatus, type CacheOutcome, type CacheStatusFields, type ForwardReason } from './cache-status.js';
+import { formatCacheStatus, type CacheStatusFields, type ForwardReason } from './cache-status.js';
 import { keyPath, MAX_KEY_LENGTH, pushedKey, variantFor, varyNames } from './cache-key.js';
-import { FlightTable, waitForFlight, type FlightOutcome } from './collapse.js';
+import { FlightTable, waitForFlight } from './collapse.js';
 import { RequestDescriber, type Described } from './describe.js';
-import { EdgeError } from './errors.js';
-import { drainInBackground, fillWhileStreaming, sliceFill } from './fill.js';
-import { forwardRequestHeaders, headersToRecord, originRequestHeaders, splitList, withoutHopByHop } from './headers.js';
-import type { EdgeOptions } from './options.js';
-import type { OriginClient } from './origin/types.js';
-import { fieldsNotToStore, governingDirectives, parseCacheControl, type EdgePolicy, type PolicyFactory, type PolicyRequest } from './policy.js';
-import {
-  answerFromEntry,
-  answerFromOrigin,
-  answerGatewayTimeout,
-  clientValidatorsMatch,
-  decideRange,
-  droppedResponseFields,
-  notModifiedHeaders,
-  statusAllowsBody,
-  storedAnswerHeaders,
-  type Answer,
-} from './responder.js';
-import type { RouteCacheRules } from './routes.js';
-import type { CacheEntry, CacheEntryMeta, CacheStore } from './store/types.js';
+import { forwardRequestHeaders, withoutHopByHop } from './headers.js';
+import { OriginFetch } from './origin-fetch.js';
+import type { EdgePolicy } from './policy.js';
+import { parseCacheControl } from './policy.js';
+import type { IncomingRequest, OriginFetchPlan, PullDeps, PullRequest, RequestContext, RequestLog } from './request.js';
+import { answerFromEntry, answerFromOrigin, answerGatewayTimeout, droppedResponseFields, storedAnswerHeaders, type Answer } from './responder.js';
+import type { CacheEntry, CacheEntryMeta } from './store/types.js';
 
-/** Per-request facts recorded for the access log and metrics. */
-export interface RequestLog {
-  key?: string;
-  outcome?: CacheOutcome;
-  tier?: string;
-  /** Time to the origin's response headers, ms. */
-  originMs?: number;
-  collapsed?: boolean;
-  detail?: string;
-}
-
-/** What the runtime adapter provides for each request. */
-export interface RequestContext {
-  /** Address of the connected peer. */
-  clientIp?: string;
-  /** Keep background work (refreshes, cache fills) alive after the response is sent. */
-  waitUntil(promise: Promise<unknown>): void;
-  /** Relay a 103 Early Hints response to the client, where the runtime can. */
-  sendEarlyHints?(headers: Record<string, string | string[]>): void;
-  log: RequestLog;
-}
-
-/** A request as the pull path reads it: no Web `Request` needed. */
-export interface IncomingRequest {
-  method: string;
-  /** Absolute URL. */
-  url: string;
-  /** Lower-case names, repeated fields joined with `, `. */
-  headers: Record<string, string>;
-  /** The request body (methods other than GET/HEAD). */
-  body?: () => ReadableStream<Uint8Array> | null;
-}
-
-export interface PullDeps {
-  options: EdgeOptions;
-  store: CacheStore;
-  origin: OriginClient;
-  policies: PolicyFactory;
-  now: () => number;
-}
-
-/** Conditional and range fields: a cache fill needs the whole, unconditional response. */
-const FILL_STRIPPED_REQUEST_FIELDS = ['if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since', 'if-range', 'range'];
-
-/** Stored entries with a validator stay useful this long past freshness: they can be revalidated. */
-const KEEP_WITH_VALIDATOR_SECONDS = 7 * 24 * 3600;
+export type { IncomingRequest, PullDeps, PullRequest, RequestContext, RequestLog } from './request.js';
 
 /**
  * What a stored entry needs on every hit, computed once per stored
@@ -96,29 +38,10 @@ interface PreparedEntry {
   explicitlyShared: boolean;
 }
 
-/** A GET/HEAD on its way through the pull path. */
-export interface PullRequest {
-  described: Described;
-  /** The key looked up and stored under (the described key, or an image variant's). */
-  key: string;
-  policyRequest: PolicyRequest;
-  isHead: boolean;
-  rules?: RouteCacheRules;
-  ctx: RequestContext;
-}
-
 /** The freshness decision for a stored entry, as a typed outcome. */
 type Decision =
   | { kind: 'serve'; outcome: 'hit' | 'stale'; fields: CacheStatusFields; refresh: boolean }
   | { kind: 'forward'; reason: ForwardReason };
-
-interface OriginFetchPlan {
-  reason: ForwardReason;
-  /** The stale entry being revalidated, if any. */
-  stale?: { entry: CacheEntry; policy: EdgePolicy };
-  /** Lands the collapsing flight this request leads. */
-  land?: (outcome: FlightOutcome) => void;
-}
 
 export class PullCache {
   private readonly deps: PullDeps;
@@ -126,6 +49,8 @@ export class PullCache {
   private readonly refreshing = new Set<string>();
   private readonly preparedMemo = new WeakMap<CacheEntryMeta, PreparedEntry>();
   readonly describer: RequestDescriber;
+  /** Fetches, revalidates and stores (see `origin-fetch.ts`). */
+  private readonly origin: OriginFetch;
   /** Response fields no answer carries (see `droppedResponseFields`). */
   private readonly dropped: ReadonlySet<string>;
   /**
@@ -139,6 +64,16 @@ export class PullCache {
     this.deps = deps;
     this.describer = new RequestDescriber(deps.options);
     this.dropped = droppedResponseFields(deps.options.targetedCacheControl, deps.options.forwardCdnHeaders);
+    this.origin = new OriginFetch(
+      deps,
+      {
+        fromCache: (pull, entry, policy, fields) => this.fromCache(pull, entry, policy, fields),
+        remember: (meta, policy) => void this.prepare(meta, policy),
+        graceFor: (pull) => this.graceFor(pull),
+        staleFallback: (pull, stale, fields) => this.staleFallback(pull, stale, fields),
+      },
+      this.dropped,
+    );
   }
 
   /** See {@link RequestDescriber.describe}. */
@@ -155,7 +90,7 @@ export class PullCache {
     ctx.log.key = described.key;
     if (request.method !== 'GET' && request.method !== 'HEAD') return this.passUnsafe(request, ctx, described);
     const pull = this.requestFor(request.method === 'HEAD', ctx, described);
-    if (pull.key.length > MAX_KEY_LENGTH || described.rules?.bypass) return this.fetchFromOrigin(pull, { reason: 'bypass' }, false);
+    if (pull.key.length > MAX_KEY_LENGTH || described.rules?.bypass) return this.origin.fetch(pull, { reason: 'bypass' }, false);
     return this.serve(pull);
   }
 
@@ -241,7 +176,7 @@ export class PullCache {
     if (described.credentials === 'authorization') {
       // A request with credentials is not answered from the shared cache; its
       // response may still be stored if the origin marks it public (RFC 9111 3.5).
-      return this.fetchFromOrigin(pull, { reason: 'request' });
+      return this.origin.fetch(pull, { reason: 'request' });
     }
     if (this.pushedPaths.has(described.pathname)) {
       const pushed = await this.servePushed(pull);
@@ -259,13 +194,13 @@ export class PullCache {
       if (this.onlyIfCached(pull)) return this.gatewayTimeout(pull, 'stale');
       // Cookie-bearing requests for entries not explicitly shared go forward alone, never stored over the shared copy.
       if (described.credentials === 'cookie' && decision.reason === 'request' && !this.prepare(entry.meta).explicitlyShared) {
-        return this.fetchFromOrigin(pull, { reason: 'request' }, false);
+        return this.origin.fetch(pull, { reason: 'request' }, false);
       }
       return this.collapsed(pull, `${pull.key}\u0000${entry.meta.variant}`, { reason: decision.reason, stale: { entry, policy: this.policyOf(entry.meta) } });
     }
     if (this.onlyIfCached(pull)) return this.gatewayTimeout(pull, 'miss');
     // Private requests never lead or follow a shared flight: their answer is theirs.
-    if (described.credentials === 'cookie') return this.fetchFromOrigin(pull, { reason: entries.length > 0 ? 'vary-miss' : 'uri-miss' });
+    if (described.credentials === 'cookie') return this.origin.fetch(pull, { reason: entries.length > 0 ? 'vary-miss' : 'uri-miss' });
     return this.collapsed(pull, pull.key, { reason: entries.length > 0 ? 'vary-miss' : 'uri-miss' });
   }
 
@@ -313,7 +248,7 @@ export class PullCache {
   private async collapsed(pull: PullRequest, flightKey: string, plan: OriginFetchPlan): Promise<Answer> {
     const joinedAt = this.deps.now();
     const flight = this.flights.join(flightKey);
-    if (!flight) return this.fetchFromOrigin(pull, { ...plan, land: this.flights.lead(flightKey) });
+    if (!flight) return this.origin.fetch(pull, { ...plan, land: this.flights.lead(flightKey) });
 
     const outcome = await waitForFlight(flight, this.deps.options.collapseTimeout);
     pull.ctx.log.collapsed = true;
@@ -334,7 +269,7 @@ export class PullCache {
         }
       }
     }
-    return this.fetchFromOrigin(pull, { reason: plan.reason, stale: plan.stale });
+    return this.origin.fetch(pull, { reason: plan.reason, stale: plan.stale });
   }
 
   /** Stale-while-revalidate: one background refresh per entry at a time. */
@@ -350,7 +285,7 @@ export class PullCache {
       pull.ctx.waitUntil(promise);
     };
     const background: PullRequest = { ...pull, isHead: true, ctx: { ...pull.ctx, log: {}, sendEarlyHints: undefined, waitUntil } };
-    const work = this.fetchFromOrigin(background, { reason: 'stale', stale: { entry, policy } })
+    const work = this.origin.fetch(background, { reason: 'stale', stale: { entry, policy } })
       .then((answer) => (answer.body instanceof ReadableStream ? answer.body.cancel() : undefined))
       .then(() => Promise.allSettled(fills))
       .catch(() => {
@@ -358,226 +293,6 @@ export class PullCache {
       })
       .finally(() => this.refreshing.delete(refreshKey));
     pull.ctx.waitUntil(work);
-  }
-
-  /**
-   * Go to the origin for a GET (HEAD is sent as GET so the cache fills),
-   * conditionally when revalidating, and store what may be stored. The
-   * origin request is built from the described request only: keyed path
-   * and query, allow-listed headers.
-   */
-  async fetchFromOrigin(pull: PullRequest, plan: OriginFetchPlan, mayStore = true): Promise<Answer> {
-    const { origin, policies, store, now } = this.deps;
-    const { described } = pull;
-    const headers = originRequestHeaders(described.upstream, described.headers, described.forwarding);
-    for (const name of FILL_STRIPPED_REQUEST_FIELDS) headers.delete(name);
-    const stale = plan.stale;
-    if (stale) {
-      const stored = stale.entry.meta.headers;
-      if (stored.etag !== undefined) headers.set('if-none-match', stored.etag);
-      if (stored['last-modified'] !== undefined) headers.set('if-modified-since', stored['last-modified']);
-    }
-
-    const started = now();
-    let response: Response;
-    try {
-      response = await origin.fetch({
-        method: 'GET',
-        pathAndQuery: described.upstreamPath,
-        headers,
-        cacheKey: pull.key,
-        onInformational: (status, info) => {
-          if (status === 103) pull.ctx.sendEarlyHints?.(info);
-        },
-      });
-    } catch (error) {
-      pull.ctx.log.originMs = now() - started;
-      plan.land?.({ kind: 'failed', error });
-      const fallback = this.staleFallback(pull, stale, {});
-      if (fallback) return fallback;
-      pull.ctx.log.outcome = 'error';
-      throw error;
-    }
-    pull.ctx.log.originMs = now() - started;
-
-    if (stale && response.status === 304) {
-      await response.body?.cancel();
-      const freshened = policies.freshen(stale.policy, stale.entry.meta.headers, stale.entry.meta.status, pull.policyRequest, {
-        status: 304,
-        headers: this.storableHeaders(response.headers).stored,
-      });
-      if (freshened) {
-        const meta: CacheEntryMeta = {
-          ...stale.entry.meta,
-          headers: freshened.headers,
-          policy: freshened.policy.toObject(),
-          storedAt: now(),
-          expiresAt: freshened.policy.usefulUntil(this.graceFor(pull), KEEP_WITH_VALIDATOR_SECONDS),
-          invalidated: false,
-        };
-        await store.updateMeta(meta);
-        this.prepare(meta, freshened.policy);
-        plan.land?.({ kind: 'stored' });
-        pull.ctx.log.outcome = 'revalidated';
-        return this.fromCache(pull, { meta, body: stale.entry.body, tier: stale.entry.tier }, freshened.policy, {
-          fwd: plan.reason,
-          fwdStatus: 304,
-          ttl: freshened.policy.freshnessLifetime() - freshened.policy.age(),
-        });
-      }
-      // The 304 does not describe what we hold (RFC 9111 4.3.3): ask again, unconditionally.
-      return this.fetchFromOrigin(pull, { reason: plan.reason, land: plan.land }, mayStore);
-    }
-
-    if (stale && response.status >= 500) {
-      const fallback = this.staleFallback(pull, stale, { fwdStatus: response.status });
-      if (fallback) {
-        await response.body?.cancel();
-        plan.land?.({ kind: 'failed', error: new EdgeError('EDGE_ORIGIN_BAD_RESPONSE', `The origin answered ${response.status}.`) });
-        return fallback;
-      }
-    }
-
-    return this.storeAndRespond(pull, plan, response, mayStore);
-  }
-
-  /** Split the origin's headers into what the client gets and what is stored. */
-  private storableHeaders(originHeaders: Headers) {
-    const clean = withoutHopByHop(originHeaders);
-    const upstreamStatus = clean.get('cache-status');
-    clean.delete('cache-status');
-    const setCookies = clean.getSetCookie();
-    const stored = headersToRecord(clean);
-    for (const field of fieldsNotToStore(stored, this.targetedFields())) delete stored[field];
-    return { clean, stored, setCookies, upstreamStatus };
-  }
-
-  /**
-   * A route's edge TTL, written as this node's targeted cache-control field
-   * (RFC 9213) on the stored copy: it then governs this cache only, is never
-   * sent downstream, and needs no second freshness code path. Applied when
-   * the origin gave no freshness, or always with `overrideTtl`.
-   */
-  private applyRouteTtl(stored: Record<string, string>, ttl: number, override: boolean, staleIfError: number | undefined): void {
-    // A targeted field counts only when it parses (RFC 9213: an invalid one is ignored).
-    const { field, cc } = governingDirectives(stored, this.targetedFields());
-    const explicit = field !== 'cache-control' || cc.has('max-age') || cc.has('s-maxage') || stored.expires !== undefined;
-    if (explicit && !override) return;
-    stored[this.deps.options.targetedCacheControl] = `max-age=${ttl}${staleIfError ? `, stale-if-error=${staleIfError}` : ''}`;
-  }
-
-  private targetedFields(): string[] {
-    return [this.deps.options.targetedCacheControl, 'cdn-cache-control'];
-  }
-
-  /** `public`, `s-maxage` or a CDN-targeted field: the origin said a shared cache may keep it. */
-  private explicitlyShared(headers: Record<string, string>): boolean {
-    const cc = parseCacheControl(headers['cache-control']);
-    return cc.has('public') || cc.has('s-maxage') || governingDirectives(headers, this.targetedFields()).field !== 'cache-control';
-  }
-
-  private async storeAndRespond(pull: PullRequest, plan: OriginFetchPlan, response: Response, mayStore: boolean): Promise<Answer> {
-    const { options, policies, store, now } = this.deps;
-    const { described } = pull;
-    const { clean, stored, setCookies, upstreamStatus } = this.storableHeaders(response.headers);
-    const status = response.status;
-    const explicitlyShared = this.explicitlyShared(stored);
-    if (stored.date === undefined) stored.date = new Date(now()).toUTCString();
-    if (pull.rules?.ttl !== undefined) this.applyRouteTtl(stored, pull.rules.ttl, pull.rules.overrideTtl, pull.rules.staleIfError);
-    const policy = policies.fromResponse(pull.policyRequest, { status, headers: stored });
-    const vary = varyNames(stored.vary);
-    const contentLength = response.headers.has('content-length') ? Number(response.headers.get('content-length')) : undefined;
-    const storable =
-      mayStore &&
-      policy.storable() &&
-      vary !== '*' &&
-      (setCookies.length === 0 || options.cacheSetCookie) &&
-      // A response to a request with forwarded cookies is shared only when the origin says so explicitly.
-      (described.credentials !== 'cookie' || explicitlyShared) &&
-      // No freshness and no validator: storing it could never save a fetch.
-      (policy.freshnessLifetime() > 0 || policy.hasValidator()) &&
-      !(contentLength !== undefined && contentLength > options.maxObjectSize) &&
-      response.body !== null === statusAllowsBody(status);
-
-    if (plan.stale && !storable) pull.ctx.waitUntil(store.delete(pull.key, plan.stale.entry.meta.variant));
-
-    const fields: CacheStatusFields = plan.stale
-      ? { fwd: plan.reason, fwdStatus: status, stored: storable }
-      : { fwd: plan.reason, stored: storable };
-    if (storable) fields.ttl = policy.freshnessLifetime() - policy.age();
-    const answer = (body: ReadableStream<Uint8Array> | null, answerStatus = status) =>
-      answerFromOrigin(answerStatus, clean, body, formatCacheStatus(options.name, fields, upstreamStatus), {
-        dropped: this.dropped,
-        name: options.name,
-      });
-    pull.ctx.log.outcome = plan.reason === 'bypass' || plan.reason === 'request' ? 'bypass' : plan.stale ? 'stale' : 'miss';
-
-    if (!storable) {
-      plan.land?.({ kind: 'uncacheable' });
-      if (pull.isHead) {
-        await response.body?.cancel();
-        return answer(null);
-      }
-      return answer(response.body);
-    }
-
-    const variant = variantFor(vary as string[], described.upstream);
-    const tags = [...splitList(stored['cache-tag']), ...(stored['surrogate-key'] ?? '').split(/\s+/).filter(Boolean)];
-    const writer = store.createWriter(pull.key, variant, contentLength);
-    const body = response.body ?? new ReadableStream<Uint8Array>({ start: (c) => c.close() });
-    const filled = fillWhileStreaming(body, {
-      writer,
-      maxBytes: options.maxObjectSize,
-      expectedSize: contentLength,
-      waitUntil: pull.ctx.waitUntil,
-      commit: (size) =>
-        writer.commit({
-          key: pull.key,
-          variant,
-          status,
-          headers: stored,
-          policy: policy.toObject(),
-          size,
-          tags,
-          storedAt: now(),
-          expiresAt: policy.usefulUntil(this.graceFor(pull), KEEP_WITH_VALIDATOR_SECONDS),
-        }),
-      onSettled: (ok, error) => {
-        if (ok) plan.land?.({ kind: 'stored' });
-        else if (error !== undefined) plan.land?.({ kind: 'failed', error });
-        else plan.land?.({ kind: 'uncacheable' });
-      },
-    });
-
-    if (pull.isHead || !statusAllowsBody(status)) {
-      drainInBackground(filled, pull.ctx.waitUntil);
-      return answer(null);
-    }
-    const requestHeaders = described.headers;
-    if (status === 200 && clientValidatorsMatch(requestHeaders, stored)) {
-      drainInBackground(filled, pull.ctx.waitUntil);
-      const full = answer(null);
-      return { ...full, status: 304, headers: notModifiedHeaders(full.headers) };
-    }
-    // A Range request that misses: the origin sent the whole object (it fills
-    // the cache); the client gets its range from that stream.
-    if (status === 200 && requestHeaders.range !== undefined && contentLength !== undefined) {
-      const range = decideRange(requestHeaders, stored, contentLength);
-      if (range.kind === 'unsatisfiable') {
-        drainInBackground(filled, pull.ctx.waitUntil);
-        const out = answer(null, 416);
-        out.headers['content-range'] = `bytes */${contentLength}`;
-        delete out.headers['content-length'];
-        return out;
-      }
-      if (range.kind === 'partial') {
-        const out = answer(sliceFill(filled, range.start, range.end, pull.ctx.waitUntil), 206);
-        out.headers['content-range'] = `bytes ${range.start}-${range.end}/${contentLength}`;
-        out.headers['content-length'] = String(range.end - range.start + 1);
-        return out;
-      }
-    }
-    return answer(filled);
   }
 
   /** Answer from a stored entry: validators, ranges, HEAD. */
@@ -621,7 +336,7 @@ export class PullCache {
         policy: policy ?? this.deps.policies.fromStored(meta.policy, meta.headers),
         vary: varyNames(meta.headers.vary),
         headers: storedAnswerHeaders(meta, this.dropped, options.name),
-        explicitlyShared: meta.pushed === true || this.explicitlyShared(meta.headers),
+        explicitlyShared: meta.pushed === true || this.origin.explicitlyShared(meta.headers),
       };
       this.preparedMemo.set(meta, prepared);
     }

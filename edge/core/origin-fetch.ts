@@ -1,0 +1,268 @@
+/**
+ * Going to the origin for the pull path: the conditional or unconditional
+ * GET built from the described request (keyed path and query, allow-listed
+ * headers), 304 handling (RFC 9111 4.3.4), the stale fallback on failure,
+ * and storing what may be stored while the body streams to the client.
+ * Answers from stored entries are made by the pull cache (`StoredAnswers`),
+ * so there is still one way out.
+ */
+import { formatCacheStatus, type CacheStatusFields } from './cache-status.js';
+import { variantFor, varyNames } from './cache-key.js';
+import { EdgeError } from './errors.js';
+import { drainInBackground, fillWhileStreaming, sliceFill } from './fill.js';
+import { headersToRecord, originRequestHeaders, splitList, withoutHopByHop } from './headers.js';
+import { fieldsNotToStore, governingDirectives, parseCacheControl, type EdgePolicy } from './policy.js';
+import { answerFromOrigin, clientValidatorsMatch, decideRange, notModifiedHeaders, statusAllowsBody, type Answer } from './responder.js';
+import type { OriginFetchPlan, PullDeps, PullRequest } from './request.js';
+import type { CacheEntry, CacheEntryMeta } from './store/types.js';
+
+/** Conditional and range fields: a cache fill needs the whole, unconditional response. */
+const FILL_STRIPPED_REQUEST_FIELDS = ['if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since', 'if-range', 'range'];
+
+/** Stored entries with a validator stay useful this long past freshness: they can be revalidated. */
+const KEEP_WITH_VALIDATOR_SECONDS = 7 * 24 * 3600;
+
+/** What the origin fetch needs from the pull cache: its answers from stored entries. */
+export interface StoredAnswers {
+  /** Answer from a stored entry (validators, ranges, HEAD). */
+  fromCache(pull: PullRequest, entry: CacheEntry, policy: EdgePolicy, fields: CacheStatusFields): Answer;
+  /** Remember a just-updated entry's policy for later hits. */
+  remember(meta: CacheEntryMeta, policy: EdgePolicy): void;
+  /** Seconds a stale entry may stand in for a failing origin. */
+  graceFor(pull: PullRequest): number;
+  /** The stale entry as the answer when the origin failed and it may stand in. */
+  staleFallback(pull: PullRequest, stale: OriginFetchPlan['stale'], fields: CacheStatusFields): Answer | undefined;
+}
+
+export class OriginFetch {
+  private readonly dropped: ReadonlySet<string>;
+
+  constructor(
+    private readonly deps: PullDeps,
+    private readonly answers: StoredAnswers,
+    dropped: ReadonlySet<string>,
+  ) {
+    this.dropped = dropped;
+  }
+
+  /**
+   * Go to the origin for a GET (HEAD is sent as GET so the cache fills),
+   * conditionally when revalidating, and store what may be stored. The
+   * origin request is built from the described request only: keyed path
+   * and query, allow-listed headers.
+   */
+  async fetch(pull: PullRequest, plan: OriginFetchPlan, mayStore = true): Promise<Answer> {
+    const { origin, policies, store, now } = this.deps;
+    const { described } = pull;
+    const headers = originRequestHeaders(described.upstream, described.headers, described.forwarding);
+    for (const name of FILL_STRIPPED_REQUEST_FIELDS) headers.delete(name);
+    const stale = plan.stale;
+    if (stale) {
+      const stored = stale.entry.meta.headers;
+      if (stored.etag !== undefined) headers.set('if-none-match', stored.etag);
+      if (stored['last-modified'] !== undefined) headers.set('if-modified-since', stored['last-modified']);
+    }
+
+    const started = now();
+    let response: Response;
+    try {
+      response = await origin.fetch({
+        method: 'GET',
+        pathAndQuery: described.upstreamPath,
+        headers,
+        cacheKey: pull.key,
+        onInformational: (status, info) => {
+          if (status === 103) pull.ctx.sendEarlyHints?.(info);
+        },
+      });
+    } catch (error) {
+      pull.ctx.log.originMs = now() - started;
+      plan.land?.({ kind: 'failed', error });
+      const fallback = this.answers.staleFallback(pull, stale, {});
+      if (fallback) return fallback;
+      pull.ctx.log.outcome = 'error';
+      throw error;
+    }
+    pull.ctx.log.originMs = now() - started;
+
+    if (stale && response.status === 304) {
+      await response.body?.cancel();
+      const freshened = policies.freshen(stale.policy, stale.entry.meta.headers, stale.entry.meta.status, pull.policyRequest, {
+        status: 304,
+        headers: this.storableHeaders(response.headers).stored,
+      });
+      if (freshened) {
+        const meta: CacheEntryMeta = {
+          ...stale.entry.meta,
+          headers: freshened.headers,
+          policy: freshened.policy.toObject(),
+          storedAt: now(),
+          expiresAt: freshened.policy.usefulUntil(this.answers.graceFor(pull), KEEP_WITH_VALIDATOR_SECONDS),
+          invalidated: false,
+        };
+        await store.updateMeta(meta);
+        this.answers.remember(meta, freshened.policy);
+        plan.land?.({ kind: 'stored' });
+        pull.ctx.log.outcome = 'revalidated';
+        return this.answers.fromCache(pull, { meta, body: stale.entry.body, tier: stale.entry.tier }, freshened.policy, {
+          fwd: plan.reason,
+          fwdStatus: 304,
+          ttl: freshened.policy.freshnessLifetime() - freshened.policy.age(),
+        });
+      }
+      // The 304 does not describe what we hold (RFC 9111 4.3.3): ask again, unconditionally.
+      return this.fetch(pull, { reason: plan.reason, land: plan.land }, mayStore);
+    }
+
+    if (stale && response.status >= 500) {
+      const fallback = this.answers.staleFallback(pull, stale, { fwdStatus: response.status });
+      if (fallback) {
+        await response.body?.cancel();
+        plan.land?.({ kind: 'failed', error: new EdgeError('EDGE_ORIGIN_BAD_RESPONSE', `The origin answered ${response.status}.`) });
+        return fallback;
+      }
+    }
+
+    return this.storeAndRespond(pull, plan, response, mayStore);
+  }
+
+  /** Split the origin's headers into what the client gets and what is stored. */
+  private storableHeaders(originHeaders: Headers) {
+    const clean = withoutHopByHop(originHeaders);
+    const upstreamStatus = clean.get('cache-status');
+    clean.delete('cache-status');
+    const setCookies = clean.getSetCookie();
+    const stored = headersToRecord(clean);
+    for (const field of fieldsNotToStore(stored, this.targetedFields())) delete stored[field];
+    return { clean, stored, setCookies, upstreamStatus };
+  }
+
+  /**
+   * A route's edge TTL, written as this node's targeted cache-control field
+   * (RFC 9213) on the stored copy: it then governs this cache only, is never
+   * sent downstream, and needs no second freshness code path. Applied when
+   * the origin gave no freshness, or always with `overrideTtl`.
+   */
+  private applyRouteTtl(stored: Record<string, string>, ttl: number, override: boolean, staleIfError: number | undefined): void {
+    // A targeted field counts only when it parses (RFC 9213: an invalid one is ignored).
+    const { field, cc } = governingDirectives(stored, this.targetedFields());
+    const explicit = field !== 'cache-control' || cc.has('max-age') || cc.has('s-maxage') || stored.expires !== undefined;
+    if (explicit && !override) return;
+    stored[this.deps.options.targetedCacheControl] = `max-age=${ttl}${staleIfError ? `, stale-if-error=${staleIfError}` : ''}`;
+  }
+
+  private targetedFields(): string[] {
+    return [this.deps.options.targetedCacheControl, 'cdn-cache-control'];
+  }
+
+  /** `public`, `s-maxage` or a CDN-targeted field: the origin said a shared cache may keep it. */
+  explicitlyShared(headers: Record<string, string>): boolean {
+    const cc = parseCacheControl(headers['cache-control']);
+    return cc.has('public') || cc.has('s-maxage') || governingDirectives(headers, this.targetedFields()).field !== 'cache-control';
+  }
+
+  private async storeAndRespond(pull: PullRequest, plan: OriginFetchPlan, response: Response, mayStore: boolean): Promise<Answer> {
+    const { options, policies, store, now } = this.deps;
+    const { described } = pull;
+    const { clean, stored, setCookies, upstreamStatus } = this.storableHeaders(response.headers);
+    const status = response.status;
+    const explicitlyShared = this.explicitlyShared(stored);
+    if (stored.date === undefined) stored.date = new Date(now()).toUTCString();
+    if (pull.rules?.ttl !== undefined) this.applyRouteTtl(stored, pull.rules.ttl, pull.rules.overrideTtl, pull.rules.staleIfError);
+    const policy = policies.fromResponse(pull.policyRequest, { status, headers: stored });
+    const vary = varyNames(stored.vary);
+    const contentLength = response.headers.has('content-length') ? Number(response.headers.get('content-length')) : undefined;
+    const storable =
+      mayStore &&
+      policy.storable() &&
+      vary !== '*' &&
+      (setCookies.length === 0 || options.cacheSetCookie) &&
+      // A response to a request with forwarded cookies is shared only when the origin says so explicitly.
+      (described.credentials !== 'cookie' || explicitlyShared) &&
+      // No freshness and no validator: storing it could never save a fetch.
+      (policy.freshnessLifetime() > 0 || policy.hasValidator()) &&
+      !(contentLength !== undefined && contentLength > options.maxObjectSize) &&
+      response.body !== null === statusAllowsBody(status);
+
+    if (plan.stale && !storable) pull.ctx.waitUntil(store.delete(pull.key, plan.stale.entry.meta.variant));
+
+    const fields: CacheStatusFields = plan.stale
+      ? { fwd: plan.reason, fwdStatus: status, stored: storable }
+      : { fwd: plan.reason, stored: storable };
+    if (storable) fields.ttl = policy.freshnessLifetime() - policy.age();
+    const answer = (body: ReadableStream<Uint8Array> | null, answerStatus = status) =>
+      answerFromOrigin(answerStatus, clean, body, formatCacheStatus(options.name, fields, upstreamStatus), {
+        dropped: this.dropped,
+        name: options.name,
+      });
+    pull.ctx.log.outcome = plan.reason === 'bypass' || plan.reason === 'request' ? 'bypass' : plan.stale ? 'stale' : 'miss';
+
+    if (!storable) {
+      plan.land?.({ kind: 'uncacheable' });
+      if (pull.isHead) {
+        await response.body?.cancel();
+        return answer(null);
+      }
+      return answer(response.body);
+    }
+
+    const variant = variantFor(vary as string[], described.upstream);
+    const tags = [...splitList(stored['cache-tag']), ...(stored['surrogate-key'] ?? '').split(/\s+/).filter(Boolean)];
+    const writer = store.createWriter(pull.key, variant, contentLength);
+    const body = response.body ?? new ReadableStream<Uint8Array>({ start: (c) => c.close() });
+    const filled = fillWhileStreaming(body, {
+      writer,
+      maxBytes: options.maxObjectSize,
+      expectedSize: contentLength,
+      waitUntil: pull.ctx.waitUntil,
+      commit: (size) =>
+        writer.commit({
+          key: pull.key,
+          variant,
+          status,
+          headers: stored,
+          policy: policy.toObject(),
+          size,
+          tags,
+          storedAt: now(),
+          expiresAt: policy.usefulUntil(this.answers.graceFor(pull), KEEP_WITH_VALIDATOR_SECONDS),
+        }),
+      onSettled: (ok, error) => {
+        if (ok) plan.land?.({ kind: 'stored' });
+        else if (error !== undefined) plan.land?.({ kind: 'failed', error });
+        else plan.land?.({ kind: 'uncacheable' });
+      },
+    });
+
+    if (pull.isHead || !statusAllowsBody(status)) {
+      drainInBackground(filled, pull.ctx.waitUntil);
+      return answer(null);
+    }
+    const requestHeaders = described.headers;
+    if (status === 200 && clientValidatorsMatch(requestHeaders, stored)) {
+      drainInBackground(filled, pull.ctx.waitUntil);
+      const full = answer(null);
+      return { ...full, status: 304, headers: notModifiedHeaders(full.headers) };
+    }
+    // A Range request that misses: the origin sent the whole object (it fills
+    // the cache); the client gets its range from that stream.
+    if (status === 200 && requestHeaders.range !== undefined && contentLength !== undefined) {
+      const range = decideRange(requestHeaders, stored, contentLength);
+      if (range.kind === 'unsatisfiable') {
+        drainInBackground(filled, pull.ctx.waitUntil);
+        const out = answer(null, 416);
+        out.headers['content-range'] = `bytes */${contentLength}`;
+        delete out.headers['content-length'];
+        return out;
+      }
+      if (range.kind === 'partial') {
+        const out = answer(sliceFill(filled, range.start, range.end, pull.ctx.waitUntil), 206);
+        out.headers['content-range'] = `bytes ${range.start}-${range.end}/${contentLength}`;
+        out.headers['content-length'] = String(range.end - range.start + 1);
+        return out;
+      }
+    }
+    return answer(filled);
+  }
+
+}

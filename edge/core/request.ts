@@ -1,0 +1,75 @@
+/**
+ * The request-scoped types shared by the pull path, the origin fetch and
+ * image variants: what a runtime hands in, what is logged, and a GET/HEAD
+ * on its way through the cache.
+ */
+import type { CacheOutcome, ForwardReason } from './cache-status.js';
+import type { FlightOutcome } from './collapse.js';
+import type { Described } from './describe.js';
+import type { EdgeOptions } from './options.js';
+import type { OriginClient } from './origin/types.js';
+import type { EdgePolicy, PolicyFactory, PolicyRequest } from './policy.js';
+import type { RouteCacheRules } from './routes.js';
+import type { CacheEntry, CacheStore } from './store/types.js';
+
+/** Per-request facts recorded for the access log and metrics. */
+export interface RequestLog {
+  key?: string;
+  outcome?: CacheOutcome;
+  tier?: string;
+  /** Time to the origin's response headers, ms. */
+  originMs?: number;
+  collapsed?: boolean;
+  detail?: string;
+}
+
+/** What the runtime adapter provides for each request. */
+export interface RequestContext {
+  /** Address of the connected peer. */
+  clientIp?: string;
+  /** Keep background work (refreshes, cache fills) alive after the response is sent. */
+  waitUntil(promise: Promise<unknown>): void;
+  /** Relay a 103 Early Hints response to the client, where the runtime can. */
+  sendEarlyHints?(headers: Record<string, string | string[]>): void;
+  log: RequestLog;
+}
+
+/** A request as the pull path reads it: no Web `Request` needed. */
+export interface IncomingRequest {
+  method: string;
+  /** Absolute URL. */
+  url: string;
+  /** Lower-case names, repeated fields joined with `, `. */
+  headers: Record<string, string>;
+  /** The request body (methods other than GET/HEAD). */
+  body?: () => ReadableStream<Uint8Array> | null;
+}
+
+export interface PullDeps {
+  options: EdgeOptions;
+  store: CacheStore;
+  origin: OriginClient;
+  policies: PolicyFactory;
+  now: () => number;
+}
+
+/** A GET/HEAD on its way through the pull path. */
+export interface PullRequest {
+  described: Described;
+  /** The key looked up and stored under (the described key, or an image variant's). */
+  key: string;
+  policyRequest: PolicyRequest;
+  isHead: boolean;
+  rules?: RouteCacheRules;
+  ctx: RequestContext;
+}
+
+/** How one origin fetch is to go. */
+export interface OriginFetchPlan {
+  reason: ForwardReason;
+  /** The stale entry being revalidated, if any. */
+  stale?: { entry: CacheEntry; policy: EdgePolicy };
+  /** Lands the collapsing flight this request leads. */
+  land?: (outcome: FlightOutcome) => void;
+}
+
