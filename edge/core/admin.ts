@@ -21,6 +21,7 @@ import { splitList } from './headers.js';
 import type { EdgeOptions } from './options.js';
 import { parseCacheControl, type PolicyFactory } from './policy.js';
 import type { PullCache } from './pull.js';
+import type { PurgeMatcher } from './purge-log.js';
 import type { CacheEntryMeta, CacheStore } from './store/types.js';
 
 /** Incremental hash: `update` per chunk, `digest` once at the end (hex). */
@@ -588,9 +589,35 @@ async function deleteDerived(store: CacheStore, sources: Set<string>): Promise<n
   return removed;
 }
 
+/** What a purge selects, as a predicate on keys and tags, for fills in flight (derived entries with their source). */
+function purgeMatcher(request: PurgeRequest, pull: PullCache): PurgeMatcher {
+  if (request.all) return () => true;
+  if (request.tags) {
+    const tags = new Set(request.tags);
+    return (_key, entryTags) => entryTags.some((tag) => tags.has(tag));
+  }
+  if (request.urls) {
+    const targets = request.urls.map((value, i) => parsePurgeTarget(value, 'urls', i, pull, false));
+    return (text) => {
+      const key = parseCacheKey(text);
+      if (!key) return false;
+      return targets.some((target) =>
+        key.kind === 'pushed' ? key.path === target.pathname : key.path === target.path && (!target.site || sameSite(key, target.site)),
+      );
+    };
+  }
+  const targets = (request.prefixes ?? []).map((value, i) => parsePurgeTarget(value, 'prefixes', i, pull, true));
+  return (text) => {
+    const key = parseCacheKey(text);
+    return !!key && targets.some((target) => key.path.startsWith(target.path) && (!target.site || key.kind === 'pushed' || sameSite(key, target.site)));
+  };
+}
+
 async function purge(c: Context, deps: AdminDeps): Promise<Response> {
   const { store, pull } = deps;
   const request = await parsePurge(c);
+  // First, so that a fill landing while the purge runs is not stored either.
+  if (!request.soft) pull.purges.record(purgeMatcher(request, pull));
   const selected = await selectForPurge(request, deps);
   if (!request.all) {
     const sources = new Set([...selected.values()].map((meta) => meta.key));

@@ -12,7 +12,23 @@ export type FlightOutcome =
   /** The response could not be shared (not storable): followers go upstream themselves. */
   | { kind: 'uncacheable' }
   /** Upstream failed: followers get the same error (or serve stale). */
-  | { kind: 'failed'; error: unknown };
+  | { kind: 'failed'; error: unknown }
+  /**
+   * The origin's answer was an error that may be shared but not stored (a
+   * 5xx without private/no-store): followers get the same bytes instead of
+   * each asking a failing origin again.
+   */
+  | { kind: 'shared'; answer: SharedAnswer };
+
+/** A small, complete origin answer handed to every follower of a flight. */
+export interface SharedAnswer {
+  status: number;
+  /** Client-facing headers without Cache-Status. */
+  headers: Record<string, string>;
+  body: Uint8Array;
+  /** Cache-Status members of caches upstream, if any. */
+  upstreamStatus: string | null;
+}
 
 export interface Flight {
   /** Resolves once the leader knows the outcome. Never rejects. */
@@ -47,6 +63,23 @@ export class FlightTable {
       if (this.flights.get(key) === flight) this.flights.delete(key);
       resolve(outcome);
     };
+  }
+
+  /**
+   * After a follower of `stale` gave up waiting: the first one to ask leads
+   * a new flight in its place (returns its `land`); the others get
+   * undefined and join that one, so followers that time out together do
+   * not all go to the origin at once.
+   */
+  takeOver(key: string, stale: Flight): ((outcome: FlightOutcome) => void) | undefined {
+    if (this.flights.get(key) !== stale) return undefined;
+    return this.lead(key);
+  }
+
+  stats(): { flights: number; waiters: number } {
+    let waiters = 0;
+    for (const flight of this.flights.values()) waiters += flight.waiters;
+    return { flights: this.flights.size, waiters };
   }
 
   get size(): number {

@@ -225,7 +225,8 @@ export class ImageVariants {
     }
     const land = flight ? undefined : this.flights.lead(flightKey);
     try {
-      const produced = await this.produce(ctx, params, { sourceRequest, sourceKey, memoKey, accept, isHead, requestHeaders, stale, described });
+      const work = this.deps.pull.purges.begin();
+      const produced = await this.produce(ctx, params, { sourceRequest, sourceKey, memoKey, accept, isHead, requestHeaders, stale, described, purgeEpoch: work.epoch }).finally(work.end);
       land?.({ kind: produced.stored ? 'stored' : 'uncacheable' });
       return produced.answer;
     } catch (error) {
@@ -246,6 +247,8 @@ export class ImageVariants {
       requestHeaders: Record<string, string>;
       stale?: { entry: CacheEntry; policy: EdgePolicy };
       described: Described;
+      /** When the work began, for purges made meanwhile. */
+      purgeEpoch: number;
     },
   ): Promise<{ answer: Answer; stored: boolean }> {
     const { options, store, policies, now } = this.deps;
@@ -350,7 +353,8 @@ export class ImageVariants {
       .filter(Boolean);
     meta.tags = sourceTags;
     let stored = false;
-    if (storable) {
+    // A purge of the source (or its tags) since this work began: the client gets the variant, the cache does not.
+    if (storable && !this.deps.pull.purges.purgedSince(job.purgeEpoch, variantKey, meta.tags)) {
       const writer = store.createWriter(variantKey, '', output.body.byteLength);
       writer.write(output.body);
       stored = await writer.commit(meta);

@@ -157,6 +157,7 @@ export const edgeOptionsSchema = z
     ignoreQueryParams: list.default(['utm_*', 'fbclid', 'gclid']).describe('Query parameters dropped from cache keys; `*` suffix matches a prefix. (default [utm_*,fbclid,gclid])'),
     sortQuery: flag.default(true).describe('Sort query parameters in cache keys. (default true)'),
     forwardHeaders: list.default([]).describe('Request headers forwarded to the origin besides content negotiation, conditionals, credentials and keyed headers (not keyed: the origin must Vary on them). (default [])'),
+    maxVariants: z.coerce.number().int().min(1).max(1000).default(32).describe('Stored Vary variants per URL; past it the oldest is evicted (a client inventing header values cannot grow one URL without bound). (default 32)'),
     forwardCdnHeaders: flag.default(false).describe('Keep CDN-Cache-Control, Surrogate-Control, Cache-Tag and Surrogate-Key on answers, for CDN nodes downstream (on for origin-shield). (default false)'),
     cacheKeyHost: z.string().regex(/^[a-z0-9.-]+(:\d+)?$/i, 'expected a host name such as www.example.com').transform((h) => h.toLowerCase()).optional().describe('Key every request under this host instead of the Host header (one site behind several names or a load balancer). (default unset)'),
     trustedProxies: list.default([]).describe('Peers whose X-Forwarded-* headers are trusted (IP addresses). (default [])'),

@@ -9,15 +9,19 @@
 import { formatCacheStatus, type CacheStatusFields } from './cache-status.js';
 import { variantFor, varyNames } from './cache-key.js';
 import { EdgeError } from './errors.js';
-import { drainInBackground, fillWhileStreaming, sliceFill } from './fill.js';
+import { fillWhileStreaming, sliceFill } from './fill.js';
 import { headersToRecord, originRequestHeaders, splitList, withoutHopByHop } from './headers.js';
 import { fieldsNotToStore, governingDirectives, parseCacheControl, type EdgePolicy } from './policy.js';
 import { answerFromOrigin, clientValidatorsMatch, decideRange, notModifiedHeaders, statusAllowsBody, type Answer } from './responder.js';
+import type { PurgeLog } from './purge-log.js';
 import type { OriginFetchPlan, PullDeps, PullRequest } from './request.js';
 import type { CacheEntry, CacheEntryMeta } from './store/types.js';
 
 /** Conditional and range fields: a cache fill needs the whole, unconditional response. */
 const FILL_STRIPPED_REQUEST_FIELDS = ['if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since', 'if-range', 'range'];
+
+/** Largest error body handed to a flight's followers (error pages are small; the rest go upstream themselves). */
+const MAX_SHARED_ERROR_BYTES = 64 * 1024;
 
 /** Stored entries with a validator stay useful this long past freshness: they can be revalidated. */
 const KEEP_WITH_VALIDATOR_SECONDS = 7 * 24 * 3600;
@@ -41,6 +45,7 @@ export class OriginFetch {
     private readonly deps: PullDeps,
     private readonly answers: StoredAnswers,
     dropped: ReadonlySet<string>,
+    private readonly purges: PurgeLog,
   ) {
     this.dropped = dropped;
   }
@@ -67,7 +72,7 @@ export class OriginFetch {
     let response: Response;
     try {
       response = await origin.fetch({
-        method: 'GET',
+        method: plan.method ?? 'GET',
         pathAndQuery: described.upstreamPath,
         headers,
         cacheKey: pull.key,
@@ -151,6 +156,32 @@ export class OriginFetch {
     stored[this.deps.options.targetedCacheControl] = `max-age=${ttl}${staleIfError ? `, stale-if-error=${staleIfError}` : ''}`;
   }
 
+  /**
+   * The body of a 5xx that may be shared with a flight's followers (not
+   * private or no-store, and small): read whole, so each follower gets the
+   * same bytes. Undefined when it may not be shared; the body is untouched then.
+   */
+  private async shareableError(response: Response, stored: Record<string, string>, contentLength: number | undefined): Promise<Uint8Array | undefined> {
+    const cc = parseCacheControl(stored['cache-control']);
+    if (cc.has('private') || cc.has('no-store')) return undefined;
+    if (response.body === null) return new Uint8Array(0);
+    if (contentLength === undefined || contentLength > MAX_SHARED_ERROR_BYTES) return undefined;
+    try {
+      return new Uint8Array(await response.arrayBuffer());
+    } catch (cause) {
+      throw new EdgeError('EDGE_ORIGIN_BAD_RESPONSE', 'The origin failed while sending its answer.', { cause });
+    }
+  }
+
+  /** Keep at most --max-variants variants of a key: the least recently stored go first. */
+  private async boundVariants(key: string): Promise<void> {
+    const { store, options } = this.deps;
+    const entries = await store.get(key);
+    if (entries.length <= options.maxVariants) return;
+    const oldest = entries.map((entry) => entry.meta).sort((a, b) => a.storedAt - b.storedAt);
+    for (const meta of oldest.slice(0, entries.length - options.maxVariants)) await store.delete(key, meta.variant);
+  }
+
   private targetedFields(): string[] {
     return [this.deps.options.targetedCacheControl, 'cdn-cache-control'];
   }
@@ -186,9 +217,15 @@ export class OriginFetch {
 
     if (plan.stale && !storable) pull.ctx.waitUntil(store.delete(pull.key, plan.stale.entry.meta.variant));
 
+    // `stored` is said only when it is known at header time: the length is
+    // known (a truncated body then breaks the client's connection too) or the
+    // answer waits for the fill (HEAD). A chunked body may still exceed
+    // --max-object-size, so its Cache-Status does not promise it.
+    const bodyless = !statusAllowsBody(status);
+    const promised = storable && (bodyless || contentLength !== undefined);
     const fields: CacheStatusFields = plan.stale
-      ? { fwd: plan.reason, fwdStatus: status, stored: storable }
-      : { fwd: plan.reason, stored: storable };
+      ? { fwd: plan.reason, fwdStatus: status, stored: promised }
+      : { fwd: plan.reason, stored: promised };
     if (storable) fields.ttl = policy.freshnessLifetime() - policy.age();
     const answer = (body: ReadableStream<Uint8Array> | null, answerStatus = status) =>
       answerFromOrigin(answerStatus, clean, body, formatCacheStatus(options.name, fields, upstreamStatus), {
@@ -198,6 +235,19 @@ export class OriginFetch {
     pull.ctx.log.outcome = plan.reason === 'bypass' || plan.reason === 'request' ? 'bypass' : plan.stale ? 'stale' : 'miss';
 
     if (!storable) {
+      let shared: Uint8Array | undefined;
+      try {
+        shared = plan.land && status >= 500 ? await this.shareableError(response, stored, contentLength) : undefined;
+      } catch (error) {
+        plan.land?.({ kind: 'failed', error });
+        throw error;
+      }
+      if (shared) {
+        const out = answer(null);
+        delete out.headers['cache-status'];
+        plan.land!({ kind: 'shared', answer: { status, headers: out.headers, body: shared, upstreamStatus } });
+        return { ...answer(null), body: pull.isHead ? null : shared };
+      }
       plan.land?.({ kind: 'uncacheable' });
       if (pull.isHead) {
         await response.body?.cancel();
@@ -208,15 +258,23 @@ export class OriginFetch {
 
     const variant = variantFor(vary as string[], described.upstream);
     const tags = [...splitList(stored['cache-tag']), ...(stored['surrogate-key'] ?? '').split(/\s+/).filter(Boolean)];
-    const writer = store.createWriter(pull.key, variant, contentLength);
+    // A status without a body has none to store, whatever Content-Length says (RFC 9110 8.6).
+    const expectedSize = bodyless ? 0 : contentLength;
+    const writer = store.createWriter(pull.key, variant, expectedSize);
     const body = response.body ?? new ReadableStream<Uint8Array>({ start: (c) => c.close() });
+    const fill = this.purges.begin();
     const filled = fillWhileStreaming(body, {
       writer,
       maxBytes: options.maxObjectSize,
-      expectedSize: contentLength,
+      expectedSize,
       waitUntil: pull.ctx.waitUntil,
-      commit: (size) =>
-        writer.commit({
+      commit: async (size) => {
+        // Purged while it was on its way: the client has it, the cache does not.
+        if (this.purges.purgedSince(fill.epoch, pull.key, tags)) {
+          await writer.abort();
+          return false;
+        }
+        return writer.commit({
           key: pull.key,
           variant,
           status,
@@ -226,8 +284,11 @@ export class OriginFetch {
           tags,
           storedAt: now(),
           expiresAt: policy.usefulUntil(this.answers.graceFor(pull), KEEP_WITH_VALIDATOR_SECONDS),
-        }),
+        });
+      },
       onSettled: (ok, error) => {
+        fill.end();
+        if (ok && variant !== '') pull.ctx.waitUntil(this.boundVariants(pull.key));
         if (ok) plan.land?.({ kind: 'stored' });
         else if (error !== undefined) plan.land?.({ kind: 'failed', error });
         else plan.land?.({ kind: 'uncacheable' });
@@ -235,12 +296,14 @@ export class OriginFetch {
     });
 
     if (pull.isHead || !statusAllowsBody(status)) {
-      drainInBackground(filled, pull.ctx.waitUntil);
+      // No client reads this body: the fill goes on alone, and stops the
+      // origin at once if the body turns out too large to store.
+      void filled.cancel();
       return answer(null);
     }
     const requestHeaders = described.headers;
     if (status === 200 && clientValidatorsMatch(requestHeaders, stored)) {
-      drainInBackground(filled, pull.ctx.waitUntil);
+      void filled.cancel();
       const full = answer(null);
       return { ...full, status: 304, headers: notModifiedHeaders(full.headers) };
     }
@@ -249,7 +312,7 @@ export class OriginFetch {
     if (status === 200 && requestHeaders.range !== undefined && contentLength !== undefined) {
       const range = decideRange(requestHeaders, stored, contentLength);
       if (range.kind === 'unsatisfiable') {
-        drainInBackground(filled, pull.ctx.waitUntil);
+        void filled.cancel();
         const out = answer(null, 416);
         out.headers['content-range'] = `bytes */${contentLength}`;
         delete out.headers['content-length'];

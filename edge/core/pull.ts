@@ -13,10 +13,11 @@
  */
 import { formatCacheStatus, type CacheStatusFields, type ForwardReason } from './cache-status.js';
 import { keyPath, MAX_KEY_LENGTH, pushedKey, variantFor, varyNames } from './cache-key.js';
-import { FlightTable, waitForFlight } from './collapse.js';
+import { FlightTable, waitForFlight, type FlightOutcome } from './collapse.js';
 import { RequestDescriber, type Described } from './describe.js';
 import { forwardRequestHeaders, withoutHopByHop } from './headers.js';
 import { OriginFetch } from './origin-fetch.js';
+import { PurgeLog } from './purge-log.js';
 import type { EdgePolicy } from './policy.js';
 import { parseCacheControl } from './policy.js';
 import type { IncomingRequest, OriginFetchPlan, PullDeps, PullRequest, RequestContext, RequestLog } from './request.js';
@@ -24,6 +25,10 @@ import { answerFromEntry, answerFromOrigin, answerGatewayTimeout, droppedRespons
 import type { CacheEntry, CacheEntryMeta } from './store/types.js';
 
 export type { IncomingRequest, PullDeps, PullRequest, RequestContext, RequestLog } from './request.js';
+
+/** How long a key found uncacheable skips request collapsing (Varnish's hit-for-miss; it defaults to 120 s). */
+const UNCACHEABLE_MEMORY_MS = 10_000;
+const MAX_UNCACHEABLE_KEYS = 10_000;
 
 /**
  * What a stored entry needs on every hit, computed once per stored
@@ -47,8 +52,12 @@ export class PullCache {
   private readonly deps: PullDeps;
   private readonly flights = new FlightTable();
   private readonly refreshing = new Set<string>();
+  /** Keys found uncacheable, until when (ms); bounded, oldest first out. */
+  private readonly uncacheable = new Map<string, number>();
   private readonly preparedMemo = new WeakMap<CacheEntryMeta, PreparedEntry>();
   readonly describer: RequestDescriber;
+  /** Purges that fills in flight must respect (the admin API records them). */
+  readonly purges = new PurgeLog();
   /** Fetches, revalidates and stores (see `origin-fetch.ts`). */
   private readonly origin: OriginFetch;
   /** Response fields no answer carries (see `droppedResponseFields`). */
@@ -73,7 +82,13 @@ export class PullCache {
         staleFallback: (pull, stale, fields) => this.staleFallback(pull, stale, fields),
       },
       this.dropped,
+      this.purges,
     );
+  }
+
+  /** Origin fetches under way that others wait on, and how many wait (status, tests). */
+  flightStats(): { flights: number; waiters: number } {
+    return this.flights.stats();
   }
 
   /** See {@link RequestDescriber.describe}. */
@@ -199,6 +214,12 @@ export class PullCache {
       return this.collapsed(pull, `${pull.key}\u0000${entry.meta.variant}`, { reason: decision.reason, stale: { entry, policy: this.policyOf(entry.meta) } });
     }
     if (this.onlyIfCached(pull)) return this.gatewayTimeout(pull, 'miss');
+    if (this.knownUncacheable(pull.key)) {
+      // Straight to the origin, no queue; a HEAD is sent as HEAD (its answer will not be stored).
+      const reason = entries.length > 0 ? 'vary-miss' : 'uri-miss';
+      if (pull.isHead) return this.origin.fetch(pull, { reason, method: 'HEAD' }, false);
+      return this.origin.fetch(pull, { reason, land: this.remembering(pull.key, () => {}) });
+    }
     // Private requests never lead or follow a shared flight: their answer is theirs.
     if (described.credentials === 'cookie') return this.origin.fetch(pull, { reason: entries.length > 0 ? 'vary-miss' : 'uri-miss' });
     return this.collapsed(pull, pull.key, { reason: entries.length > 0 ? 'vary-miss' : 'uri-miss' });
@@ -245,14 +266,25 @@ export class PullCache {
   }
 
   /** One origin request per flight key; others wait and then read the cache. */
-  private async collapsed(pull: PullRequest, flightKey: string, plan: OriginFetchPlan): Promise<Answer> {
+  private async collapsed(pull: PullRequest, flightKey: string, plan: OriginFetchPlan, rejoined = false): Promise<Answer> {
     const joinedAt = this.deps.now();
     const flight = this.flights.join(flightKey);
-    if (!flight) return this.origin.fetch(pull, { ...plan, land: this.flights.lead(flightKey) });
+    if (!flight) return this.origin.fetch(pull, { ...plan, land: this.remembering(pull.key, this.flights.lead(flightKey)) });
 
     const outcome = await waitForFlight(flight, this.deps.options.collapseTimeout);
     pull.ctx.log.collapsed = true;
-    if (outcome !== 'timeout') {
+    if (outcome === 'timeout') {
+      // A slow origin: one follower takes the lead, the others wait for it once more.
+      const land = this.flights.takeOver(flightKey, flight);
+      if (land) return this.origin.fetch(pull, { reason: plan.reason, stale: plan.stale, land: this.remembering(pull.key, land) });
+      if (!rejoined) return this.collapsed(pull, flightKey, plan, true);
+    } else {
+      if (outcome.kind === 'shared') {
+        const { answer } = outcome;
+        pull.ctx.log.outcome = 'miss';
+        const cacheStatus = formatCacheStatus(this.deps.options.name, { fwd: plan.reason, fwdStatus: plan.stale ? answer.status : undefined, collapsed: true }, answer.upstreamStatus);
+        return { status: answer.status, headers: { ...answer.headers, 'cache-status': cacheStatus }, body: pull.isHead ? null : answer.body };
+      }
       if (outcome.kind === 'failed') {
         const fallback = this.staleFallback(pull, plan.stale, { collapsed: true });
         if (fallback) return fallback;
@@ -270,6 +302,34 @@ export class PullCache {
       }
     }
     return this.origin.fetch(pull, { reason: plan.reason, stale: plan.stale });
+  }
+
+  /**
+   * Wrap a flight's `land` to remember its key as uncacheable for a while
+   * (Varnish's hit-for-miss): later requests go straight to the origin,
+   * side by side, instead of queueing behind a flight that cannot help them.
+   * A stored answer forgets it again.
+   */
+  private remembering(key: string, land: (outcome: FlightOutcome) => void): (outcome: FlightOutcome) => void {
+    return (outcome) => {
+      if (outcome.kind === 'uncacheable' || outcome.kind === 'shared') {
+        this.uncacheable.delete(key);
+        this.uncacheable.set(key, this.deps.now() + UNCACHEABLE_MEMORY_MS);
+        if (this.uncacheable.size > MAX_UNCACHEABLE_KEYS) this.uncacheable.delete(this.uncacheable.keys().next().value!);
+      } else if (outcome.kind === 'stored') {
+        this.uncacheable.delete(key);
+      }
+      land(outcome);
+    };
+  }
+
+  /** Was `key` found uncacheable a moment ago? */
+  private knownUncacheable(key: string): boolean {
+    const until = this.uncacheable.get(key);
+    if (until === undefined) return false;
+    if (until > this.deps.now()) return true;
+    this.uncacheable.delete(key);
+    return false;
   }
 
   /** Stale-while-revalidate: one background refresh per entry at a time. */

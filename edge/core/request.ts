@@ -66,6 +66,8 @@ export interface PullRequest {
 
 /** How one origin fetch is to go. */
 export interface OriginFetchPlan {
+  /** `HEAD` for a HEAD request whose answer will not be stored (it is passed); otherwise a GET fills the cache. */
+  method?: 'HEAD';
   reason: ForwardReason;
   /** The stale entry being revalidated, if any. */
   stale?: { entry: CacheEntry; policy: EdgePolicy };

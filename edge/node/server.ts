@@ -23,6 +23,8 @@ import { ShieldOriginClient } from '../core/origin/shield.js';
 import { createOriginClient } from './origin-pool.js';
 import { createEdgeMetrics } from './metrics.js';
 import { writeAnswer } from './write-answer.js';
+import { EdgeError } from '../core/errors.js';
+import { answerError } from '../core/responder.js';
 import { SharpImageTransformer } from './sharp-transformer.js';
 import { UndiciOriginClient } from './undici-origin.js';
 
@@ -100,6 +102,23 @@ const ALREADY_SENT = new PlainResponse(null, { headers: { 'x-hono-already-sent':
 const PLAIN_TARGET = /^\/[!#$&-;=?-[\]_a-z~]*$/;
 const DOT_SEGMENT = /\/\.\.?(?:[/?#]|$)/;
 const PLAIN_HOST = /^[a-z0-9._-]+(?::(?:[1-5]\d{3,4}|[6-9]\d{3}))?$/;
+
+/**
+ * RFC 9112 3.2: a request with more than one Host field (or a list in one)
+ * is answered 400. Node keeps the first of several, which would let two
+ * parties read two different hosts from one request.
+ */
+function hasOneHost(req: IncomingMessage): boolean {
+  let count = 0;
+  for (let i = 0; i < req.rawHeaders.length; i += 2) {
+    const name = req.rawHeaders[i]!;
+    if (name.length === 4 && name.toLowerCase() === 'host') {
+      count++;
+      if (req.rawHeaders[i + 1]!.includes(',')) return false;
+    }
+  }
+  return count <= 1;
+}
 
 /**
  * Content requests with a plain target are answered by the core as an
@@ -191,6 +210,10 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
   await edge.ready;
   const general = getRequestListener(edge.fetch as never);
   const server = createServer((req, res) => {
+    if (!hasOneHost(req)) {
+      writeAnswer(res, answerError(new EdgeError('EDGE_BAD_REQUEST', 'A request must carry exactly one Host header (RFC 9112 3.2).')), () => {});
+      return;
+    }
     // A fresh hit is written straight from the cache: no Request, Response or router.
     if (!answerContent(edge, req, res)) void general(req, res);
   });
