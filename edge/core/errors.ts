@@ -27,6 +27,7 @@ export const EDGE_ERROR_STATUS = {
   EDGE_OVERLOADED: 503,
   EDGE_TRANSFORM_TIMEOUT: 503,
   EDGE_ORIGIN_TIMEOUT: 504,
+  EDGE_INSUFFICIENT_STORAGE: 507,
 } as const;
 
 export type EdgeErrorCode = keyof typeof EDGE_ERROR_STATUS;

@@ -10,6 +10,15 @@
  * mix of two versions and an aborted or crashed write leaves only orphan
  * chunks (swept at the next open). Reads are synchronous (mmap), writes are
  * lmdb-js's asynchronous, batched transactions.
+ *
+ * A replaced, deleted or evicted body loses its meta record at once, but
+ * its chunks are removed only when no stream is reading it: each stream
+ * counts as a reader of its `bodyId` from creation until it ends, fails or
+ * is cancelled, so a slow client gets the whole version it started with. A
+ * crash leaves such bodies as orphans for the next open's sweep. (LMDB read
+ * transactions would also keep a version, but each holds one of the
+ * environment's few reader slots and stops page reuse for as long as a
+ * client takes to read.)
  */
 import { randomBytes } from 'node:crypto';
 import { accessSync, constants, existsSync, mkdirSync, statSync } from 'node:fs';
@@ -24,6 +33,7 @@ import type {
   CacheStore,
   CacheStoreStats,
   CacheWriter,
+  CommitOptions,
   StoredBody,
 } from '../core/store/types.js';
 
@@ -63,8 +73,9 @@ export interface LmdbCacheStoreOptions {
    */
   evictPushed?: boolean;
   /**
-   * Receives failures of background work (eviction, orphan sweep); the
-   * next commit over budget retries eviction.
+   * Receives failures of background work (eviction, orphan sweep, removal
+   * of a body after its last reader); the next commit over budget retries
+   * eviction, the next open sweeps bodies left behind.
    * @default ignore
    */
   onError?: (err: unknown) => void;
@@ -78,6 +89,19 @@ interface StoredMeta extends CacheEntryMeta {
 }
 
 type ChunkKey = [string, number];
+
+/** Changes to the byte and entry counts made by one write transaction. */
+interface Tally {
+  bytes: number;
+  entries: number;
+  pushedBytes: number;
+}
+
+/** One stream's hold on a body; released once, when the stream is done with it. */
+interface ReadLease {
+  released: boolean;
+  readonly release: () => void;
+}
 
 /**
  * The data directory cannot be used. `code` is stable (match on it, not on
@@ -172,6 +196,15 @@ export class LmdbCacheStore implements CacheStore {
   readonly #onError: (err: unknown) => void;
   #bytes = 0;
   #entries = 0;
+  #pushedBytes = 0;
+  /** Open streams per bodyId. */
+  readonly #readers = new Map<string, number>();
+  /** Bodies no meta points at any more, kept (bodyId → chunk count) until their last reader is done. */
+  readonly #unlinked = new Map<string, number>();
+  /** Chunk removals in flight, for `settled()`. */
+  readonly #dropping = new Set<Promise<void>>();
+  /** Releases the hold of a stream dropped without being read to the end or cancelled. */
+  readonly #abandoned = new FinalizationRegistry<ReadLease>((lease) => lease.release());
   /**
    * Storage keys in order of last use (Set insertion order, re-inserted on
    * each touch). Entries missing here were not used since open and rank
@@ -218,6 +251,7 @@ export class LmdbCacheStore implements CacheStore {
     const live = new Set<string>();
     for (const { value } of this.#meta.getRange()) {
       this.#bytes += value.size;
+      this.#pushedBytes += pushedSize(value);
       this.#entries++;
       live.add(value.bodyId);
     }
@@ -272,14 +306,14 @@ export class LmdbCacheStore implements CacheStore {
         this.#root.transaction(() => {
           for (let i = 0; i < count; i++) this.#chunks.removeSync([bodyId, i]);
         }),
-      publish: (meta, bodyId, size) => this.#publish(storageKey, meta, bodyId, size),
+      publish: (meta, bodyId, size, options) => this.#publish(storageKey, meta, bodyId, size, options),
     });
   }
 
   async updateMeta(meta: CacheEntryMeta): Promise<boolean> {
     const storageKey = meta.key + SEP + meta.variant;
     if (this.#closed || meta.key.includes(SEP) || !fitsKey(storageKey)) return false;
-    const updated = await this.#root.transaction(() => {
+    const updated = await this.#transact((tally) => {
       const previous = this.#meta.get(storageKey);
       if (!previous) return false;
       // The body is untouched, so its size and location stay authoritative.
@@ -292,6 +326,7 @@ export class LmdbCacheStore implements CacheStore {
       this.#unindex(storageKey, previous);
       this.#meta.putSync(storageKey, record);
       this.#index(storageKey, record);
+      tally.pushedBytes += pushedSize(record) - pushedSize(previous);
       return true;
     });
     if (updated) this.#touch(storageKey);
@@ -300,7 +335,7 @@ export class LmdbCacheStore implements CacheStore {
 
   async delete(key: string, variant?: string): Promise<number> {
     if (this.#closed || key.includes(SEP) || !fitsKey(key)) return 0;
-    const removed = await this.#root.transaction(() => {
+    const removed = await this.#transact((tally) => {
       const storageKeys =
         variant === undefined
           ? [...this.#meta.getKeys({ start: key + SEP, end: key + AFTER_SEP })]
@@ -309,12 +344,12 @@ export class LmdbCacheStore implements CacheStore {
       for (const storageKey of storageKeys) {
         const record = this.#meta.get(storageKey);
         if (!record) continue;
-        this.#removeRecord(storageKey, record);
+        this.#removeRecord(storageKey, record, tally);
         gone.push([storageKey, record]);
       }
       return gone;
     });
-    this.#forget(removed);
+    await this.#forget(removed);
     return removed.length;
   }
 
@@ -361,9 +396,18 @@ export class LmdbCacheStore implements CacheStore {
     return { entries: this.#entries, bytes: this.#bytes, maxBytes: this.#maxBytes };
   }
 
-  /** Resolves once background eviction and the startup orphan sweep are finished. */
+  pushedBytes(): number {
+    return this.#pushedBytes;
+  }
+
+  /**
+   * Resolves once background eviction, the startup orphan sweep and the
+   * removal of released bodies are finished.
+   */
   async settled(): Promise<void> {
-    while (this.#evicting || this.#sweeping) await Promise.all([this.#evicting, this.#sweeping]);
+    while (this.#evicting || this.#sweeping || this.#dropping.size > 0) {
+      await Promise.all([this.#evicting, this.#sweeping, ...this.#dropping]);
+    }
   }
 
   async close(): Promise<void> {
@@ -375,28 +419,148 @@ export class LmdbCacheStore implements CacheStore {
 
   #body(record: StoredMeta): StoredBody {
     const { bodyId, size, chunkSize } = record;
-    return new LmdbBody(size, chunkSize, (index) => {
-      if (this.#closed) return undefined;
-      // getBinary copies out of the map: the chunk outlives the next read
-      // and any later replacement of the entry.
-      return this.#chunks.getBinary([bodyId, index]);
-    });
+    return new LmdbBody(
+      size,
+      chunkSize,
+      (index) => {
+        if (this.#closed) return undefined;
+        // getBinary copies out of the map: the chunk outlives the next read
+        // and any later replacement of the entry.
+        return this.#chunks.getBinary([bodyId, index]);
+      },
+      (stream) => this.#holdBody(bodyId, stream),
+    );
   }
 
-  async #publish(storageKey: string, meta: CacheEntryMeta, bodyId: string, size: number): Promise<boolean> {
+  /**
+   * Counts `stream` as a reader of `bodyId` until the returned release is
+   * called (end, error or cancel), or, as a backstop, until the stream is
+   * garbage-collected without either.
+   */
+  #holdBody(bodyId: string, stream: object): () => void {
+    this.#readers.set(bodyId, (this.#readers.get(bodyId) ?? 0) + 1);
+    const lease: ReadLease = {
+      released: false,
+      release: () => {
+        if (lease.released) return;
+        lease.released = true;
+        this.#abandoned.unregister(lease);
+        const left = this.#readers.get(bodyId)! - 1;
+        if (left > 0) {
+          this.#readers.set(bodyId, left);
+          return;
+        }
+        this.#readers.delete(bodyId);
+        const count = this.#unlinked.get(bodyId);
+        if (count === undefined) return;
+        this.#unlinked.delete(bodyId);
+        void this.#dropChunks(bodyId, count);
+      },
+    };
+    this.#abandoned.register(stream, lease, lease);
+    return lease.release;
+  }
+
+  /**
+   * Called once a committed transaction has unlinked these bodies from
+   * their meta records: no lookup can reach them any more, so the readers
+   * counted now are all they will ever have. Bodies without readers go at
+   * once; the others when their last reader is done.
+   */
+  async #releaseBodies(records: StoredMeta[]): Promise<void> {
+    const drops: Promise<void>[] = [];
+    for (const { bodyId, size, chunkSize } of records) {
+      const count = Math.ceil(size / chunkSize);
+      if (count === 0) continue;
+      if (this.#readers.has(bodyId)) this.#unlinked.set(bodyId, count);
+      else drops.push(this.#dropChunks(bodyId, count));
+    }
+    await Promise.all(drops);
+  }
+
+  /** Never rejects: a failure is reported, and the chunks are swept as orphans at the next open. */
+  #dropChunks(bodyId: string, count: number): Promise<void> {
+    // After close the orphans are swept at the next open instead.
+    if (this.#closed) return Promise.resolve();
+    const drop: Promise<void> = this.#root
+      .transaction(() => {
+        for (let i = 0; i < count; i++) this.#chunks.removeSync([bodyId, i]);
+      })
+      .then(
+        () => undefined,
+        (err: unknown) => this.#onError(err),
+      )
+      .finally(() => {
+        this.#dropping.delete(drop);
+      });
+    this.#dropping.add(drop);
+    return drop;
+  }
+
+  /**
+   * A write transaction whose changes to the counts are applied while it
+   * runs, in the order transactions run, so a check made inside one (the
+   * push budget) sees every earlier one; undone if the commit fails.
+   */
+  async #transact<T>(work: (tally: Tally) => T): Promise<T> {
+    let applied: Tally | undefined;
+    try {
+      return await this.#root.transaction(() => {
+        const tally: Tally = { bytes: 0, entries: 0, pushedBytes: 0 };
+        const result = work(tally);
+        this.#apply(tally, 1);
+        applied = tally;
+        return result;
+      });
+    } catch (err) {
+      if (applied) this.#apply(applied, -1);
+      throw err;
+    }
+  }
+
+  #apply(tally: Tally, sign: 1 | -1): void {
+    this.#bytes += sign * tally.bytes;
+    this.#entries += sign * tally.entries;
+    this.#pushedBytes += sign * tally.pushedBytes;
+  }
+
+  async #publish(
+    storageKey: string,
+    meta: CacheEntryMeta,
+    bodyId: string,
+    size: number,
+    options: CommitOptions,
+  ): Promise<boolean> {
     const record: StoredMeta = { ...meta, size, bodyId, chunkSize: this.#chunkSize };
-    const previous = await this.#root.transaction(() => {
+    const { maxPushedBytes } = options;
+    const outcome = await this.#transact((tally) => {
       const previous = this.#meta.get(storageKey);
-      // Old chunks go in the same transaction as the new pointer: there is
-      // never a moment where a committed meta points at missing chunks.
-      if (previous) this.#unindexAndDropBody(storageKey, previous);
+      const pushedAfter = this.#pushedBytes - pushedSize(previous) + pushedSize(record);
+      // A replacement that does not grow the pushed total is never refused,
+      // even when the total is over budget (a share lowered since).
+      if (record.pushed && maxPushedBytes !== undefined && pushedAfter > maxPushedBytes && pushedAfter > this.#pushedBytes) {
+        return { refused: { pushedBytes: this.#pushedBytes, previous: pushedSize(previous) } };
+      }
+      // The new pointer replaces the old one in one transaction; the old
+      // body's chunks go once this has committed and nobody reads them.
+      if (previous) this.#unindex(storageKey, previous);
       this.#meta.putSync(storageKey, record);
       this.#index(storageKey, record);
-      return previous;
+      tally.bytes += size - (previous?.size ?? 0);
+      tally.entries += previous ? 0 : 1;
+      tally.pushedBytes += pushedSize(record) - pushedSize(previous);
+      return { previous };
     });
-    this.#bytes += size - (previous?.size ?? 0);
-    if (!previous) this.#entries++;
+    if ('refused' in outcome) {
+      const { pushedBytes, previous } = outcome.refused!;
+      throw new EdgeError(
+        'EDGE_INSUFFICIENT_STORAGE',
+        `A pushed ${size}-byte entry does not fit the push budget of ${String(maxPushedBytes)} bytes ` +
+          `(${pushedBytes} bytes pushed, ${previous} of them by the version it would replace).`,
+      );
+    }
     this.#touch(storageKey);
+    if (outcome.previous) await this.#releaseBodies([outcome.previous]);
     if (this.#bytes > this.#maxBytes) this.#scheduleEviction();
     return true;
   }
@@ -406,24 +570,19 @@ export class LmdbCacheStore implements CacheStore {
     this.#recent.add(storageKey);
   }
 
-  #forget(removed: Array<[string, StoredMeta]>): void {
-    for (const [storageKey, record] of removed) {
-      this.#recent.delete(storageKey);
-      this.#bytes -= record.size;
-      this.#entries--;
-    }
+  /** After the transaction that removed these records has committed. */
+  async #forget(removed: Array<[string, StoredMeta]>): Promise<void> {
+    for (const [storageKey] of removed) this.#recent.delete(storageKey);
+    await this.#releaseBodies(removed.map(([, record]) => record));
   }
 
-  /** Must run inside a write transaction. */
-  #removeRecord(storageKey: string, record: StoredMeta): void {
-    this.#unindexAndDropBody(storageKey, record);
-    this.#meta.removeSync(storageKey);
-  }
-
-  #unindexAndDropBody(storageKey: string, record: StoredMeta): void {
+  /** Must run inside a write transaction; the body's chunks are released after it commits. */
+  #removeRecord(storageKey: string, record: StoredMeta, tally: Tally): void {
     this.#unindex(storageKey, record);
-    const count = Math.ceil(record.size / record.chunkSize);
-    for (let i = 0; i < count; i++) this.#chunks.removeSync([record.bodyId, i]);
+    this.#meta.removeSync(storageKey);
+    tally.bytes -= record.size;
+    tally.entries--;
+    tally.pushedBytes -= pushedSize(record);
   }
 
   // Over-long tags or source keys are simply not indexed; list() falls back
@@ -513,16 +672,16 @@ export class LmdbCacheStore implements CacheStore {
       projected -= candidate[1].size;
     }
     if (victims.length === 0) return;
-    const removed = await this.#root.transaction(() =>
+    const removed = await this.#transact((tally) =>
       victims.filter(([storageKey, seen]) => {
         // Skip entries replaced since the scan: the new version was just written.
         const record = this.#meta.get(storageKey);
         if (!record || record.bodyId !== seen.bodyId) return false;
-        this.#removeRecord(storageKey, record);
+        this.#removeRecord(storageKey, record, tally);
         return true;
       }),
     );
-    this.#forget(removed);
+    await this.#forget(removed);
   }
 }
 
@@ -535,7 +694,7 @@ interface LmdbWriterInit {
   isClosed: () => boolean;
   putChunk: (key: ChunkKey, data: Uint8Array) => Promise<boolean>;
   removeChunks: (bodyId: string, count: number) => Promise<void>;
-  publish: (meta: CacheEntryMeta, bodyId: string, size: number) => Promise<boolean>;
+  publish: (meta: CacheEntryMeta, bodyId: string, size: number, options: CommitOptions) => Promise<boolean>;
 }
 
 /**
@@ -581,7 +740,7 @@ class LmdbWriter implements CacheWriter {
     }
   }
 
-  async commit(meta: CacheEntryMeta): Promise<boolean> {
+  async commit(meta: CacheEntryMeta, options: CommitOptions = {}): Promise<boolean> {
     if (this.#done) throw new TypeError('LmdbCacheStore: commit() called twice or after abort()');
     this.#done = true;
     assertMetaMatches(meta, this.#init.key, this.#init.variant);
@@ -592,7 +751,7 @@ class LmdbWriter implements CacheWriter {
     this.#flush();
     try {
       await Promise.all(this.#writes);
-      this.#committed = await this.#init.publish(meta, this.#bodyId, this.#size);
+      this.#committed = await this.#init.publish(meta, this.#bodyId, this.#size, options);
       return this.#committed;
     } catch (err) {
       await this.#discard();
@@ -633,6 +792,8 @@ class LmdbBody implements StoredBody {
     readonly size: number,
     private readonly chunkSize: number,
     private readonly readChunk: (index: number) => Uint8Array | undefined,
+    /** Keeps this version's chunks for `stream` until the returned release is called. */
+    private readonly hold: (stream: object) => () => void,
   ) {}
 
   readAll(): Uint8Array | undefined {
@@ -650,10 +811,12 @@ class LmdbBody implements StoredBody {
     const [from, to] = resolveRange(this.size, start, end);
     const { size, chunkSize, readChunk } = this;
     let position = from;
-    return new ReadableStream<Uint8Array>(
+    let release = () => {};
+    const stream = new ReadableStream<Uint8Array>(
       {
         pull(controller) {
           if (position > to) {
+            release();
             controller.close();
             return;
           }
@@ -664,12 +827,15 @@ class LmdbBody implements StoredBody {
           try {
             chunk = readChunk(index);
           } catch (err) {
+            release();
             controller.error(bodyGone(err));
             return;
           }
-          // A missing chunk means the entry was replaced, evicted or
-          // deleted mid-read: fail this stream rather than splice versions.
+          // Held chunks outlive a replacement, so a missing one means the
+          // entry went between the lookup and this stream's creation, or the
+          // store closed: fail rather than splice versions.
           if (!chunk || chunk.byteLength !== expected) {
+            release();
             controller.error(bodyGone());
             return;
           }
@@ -677,17 +843,32 @@ class LmdbBody implements StoredBody {
           const offset = position - chunkStart;
           controller.enqueue(new Uint8Array(chunk.buffer, chunk.byteOffset + offset, last - position + 1));
           position = last + 1;
-          if (position > to) controller.close();
+          if (position > to) {
+            release();
+            controller.close();
+          }
+        },
+        cancel() {
+          release();
         },
       },
       // Zero so that nothing is read before the consumer asks for it.
       { highWaterMark: 0 },
     );
+    // Held from creation, not first read: the lookup that made this body
+    // and the stream are usually one synchronous step, so a replacement
+    // committing before the first read still finds this reader counted.
+    release = this.hold(stream);
+    return stream;
   }
 }
 
 function bodyGone(cause?: unknown): EdgeError {
   return new EdgeError('EDGE_INTERNAL', 'The cached body was replaced or evicted while it was being read.', { cause });
+}
+
+function pushedSize(record: StoredMeta | undefined): number {
+  return record?.pushed ? record.size : 0;
 }
 
 function publicMeta(record: StoredMeta): CacheEntryMeta {

@@ -82,6 +82,17 @@ export async function readAll(stream: ReadableStream<Uint8Array>): Promise<Buffe
   return Buffer.concat(chunks);
 }
 
+/** The rest of a stream already being read. */
+export async function readRest(reader: ReadableStreamDefaultReader<Uint8Array>): Promise<Buffer> {
+  const chunks: Uint8Array[] = [];
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    chunks.push(value);
+  }
+  return Buffer.concat(chunks);
+}
+
 export async function collect<T>(iterable: AsyncIterable<T>): Promise<T[]> {
   const items: T[] = [];
   for await (const item of iterable) items.push(item);
@@ -260,7 +271,7 @@ export function runCacheStoreContract(name: string, factory: StoreFactory, trait
       expectBytes(await bodyOf(entry), patterned(300_000));
     });
 
-    it('replaces an entry atomically; an old reader sees the old body or an error, never a mix', async () => {
+    it('replaces an entry atomically; a reader that started on the old version gets it whole', async () => {
       const store = await open();
       const v1 = patterned(600_000, 1);
       const v2 = patterned(400_000, 2);
@@ -284,22 +295,101 @@ export function runCacheStoreContract(name: string, factory: StoreFactory, trait
       expect(entries[0].meta.size).toBe(v2.byteLength);
       expectBytes(await bodyOf(entries[0]), v2);
 
-      const rest: Uint8Array[] = [first.value as Uint8Array];
-      let failed = false;
-      try {
-        for (;;) {
-          const { done, value } = await oldReader.read();
-          if (done) break;
-          rest.push(value);
-        }
-      } catch (err) {
-        failed = true;
-        // A clean failure: a coded EdgeError, not a crash deep in the tier.
-        expect(err).toMatchObject({ code: 'EDGE_INTERNAL' });
+      await settle(store);
+      expectBytes(Buffer.concat([first.value as Uint8Array, await readRest(oldReader)]), v1);
+    });
+
+    it('a started stream yields its whole version through a delete, a replace and a range read', async () => {
+      const store = await open();
+      const v1 = patterned(700_000, 1);
+      await put(store, makeMeta('/kept'), v1);
+      await put(store, makeMeta('/deleted'), v1);
+      const [kept] = await store.get('/kept');
+      const [deleted] = await store.get('/deleted');
+      const readers = (
+        [
+          [kept.body.stream(), v1],
+          [kept.body.stream(300_000, 650_000), v1.subarray(300_000, 650_001)],
+          [deleted.body.stream(), v1],
+          [deleted.body.stream(10, 699_999), v1.subarray(10)],
+        ] as const
+      ).map(([stream, expected]) => ({ reader: stream.getReader(), expected }));
+      const firsts = await Promise.all(readers.map(({ reader }) => reader.read()));
+      for (const first of firsts) expect(first.done).toBe(false);
+
+      const v2 = patterned(400_000, 2);
+      expect(await put(store, makeMeta('/kept', '', { headers: { etag: '"v2"' } }), v2)).toBe(true);
+      expect(await store.delete('/deleted')).toBe(1);
+      await settle(store);
+      expect(await store.get('/deleted')).toEqual([]);
+      const [replaced] = await store.get('/kept');
+      expectBytes(await bodyOf(replaced), v2);
+
+      for (const [i, { reader, expected }] of readers.entries()) {
+        expectBytes(Buffer.concat([firsts[i].value as Uint8Array, await readRest(reader)]), expected, `reader ${i}`);
       }
-      const seen = Buffer.concat(rest);
-      if (failed) expectBytes(seen, v1.subarray(0, seen.byteLength));
-      else expectBytes(seen, v1);
+    });
+
+    it.skipIf(traits.evictsWithinBudget === false)('a started stream yields its whole version through its eviction', async () => {
+      const store = await open(1_500_000);
+      const bodies = [1, 2, 3].map((seed) => patterned(600_000, seed));
+      await put(store, makeMeta('/e0'), bodies[0]);
+      await settle(store);
+      const [entry] = await store.get('/e0');
+      const reader = entry.body.stream().getReader();
+      const first = await reader.read();
+      expect(first.done).toBe(false);
+      // Least recently used once the others are written: evicted.
+      await put(store, makeMeta('/e1'), bodies[1]);
+      await settle(store);
+      await put(store, makeMeta('/e2'), bodies[2]);
+      await settle(store);
+      expect(await store.get('/e0')).toEqual([]);
+      expect(await store.get('/e2')).toHaveLength(1);
+      expectBytes(Buffer.concat([first.value as Uint8Array, await readRest(reader)]), bodies[0]);
+    });
+
+    it('counts pushed bytes (tiers that report them) and refuses a push over maxPushedBytes, keeping the previous version', async (ctx) => {
+      const store = await open();
+      // Tiers that do not hold pushed entries against a budget (memory: a copy; Workers: no budget) keep no count.
+      if (!store.pushedBytes) return ctx.skip();
+      const pushedBytes = () => store.pushedBytes!();
+      const push = (key: string, size: number, seed: number, maxPushedBytes?: number) => {
+        const writer = store.createWriter(key, '', size);
+        feed(writer, patterned(size, seed));
+        return writer.commit(makeMeta(key, '', { pushed: true, size, headers: { etag: `"${seed}"` } }), { maxPushedBytes });
+      };
+      const counts = () => ({ bytes: store.stats().bytes, entries: store.stats().entries, pushedBytes: pushedBytes() });
+      const refused = { code: 'EDGE_INSUFFICIENT_STORAGE' };
+
+      expect(await push('/p1', 10_000, 1)).toBe(true);
+      expect(await put(store, makeMeta('/pulled'), patterned(5000))).toBe(true);
+      expect(counts()).toEqual({ bytes: 15_000, entries: 2, pushedBytes: 10_000 });
+      // A replacement counts once: its size minus the previous version's.
+      expect(await push('/p1', 12_000, 2, 15_000)).toBe(true);
+      expect(counts()).toEqual({ bytes: 17_000, entries: 2, pushedBytes: 12_000 });
+      await expect(push('/p2', 8000, 3, 15_000)).rejects.toMatchObject(refused);
+      expect(await store.get('/p2')).toEqual([]);
+      expect(counts()).toEqual({ bytes: 17_000, entries: 2, pushedBytes: 12_000 });
+      expect(await push('/p1', 15_000, 4, 15_000)).toBe(true);
+      await expect(push('/p1', 15_001, 5, 15_000)).rejects.toMatchObject(refused);
+      const [p1] = await store.get('/p1');
+      expect(p1.meta.headers.etag).toBe('"4"');
+      expectBytes(await bodyOf(p1), patterned(15_000, 4));
+      // A pulled entry is never refused by the push budget.
+      expect(await store.createWriter('/pulled2', '').commit(makeMeta('/pulled2'), { maxPushedBytes: 0 })).toBe(true);
+
+      expect(await store.updateMeta({ ...p1.meta, invalidated: true })).toBe(true);
+      expect(counts()).toEqual({ bytes: 20_000, entries: 3, pushedBytes: 15_000 });
+      expect(await push('/p2', 8000, 6)).toBe(true);
+      expect(counts().pushedBytes).toBe(23_000);
+      // Over budget (as after lowering it): a replacement that does not grow the total still goes through.
+      expect(await push('/p2', 7000, 7, 15_000)).toBe(true);
+      expect(await store.delete('/p1')).toBe(1);
+      await settle(store);
+      expect(counts()).toEqual({ bytes: 12_000, entries: 3, pushedBytes: 7000 });
+      expect(await push('/p3', 8000, 8, 15_000)).toBe(true);
+      expect(counts().pushedBytes).toBe(15_000);
     });
 
     it('lets the last of two concurrent writers win whole', async () => {

@@ -10,6 +10,7 @@ import type {
   CacheStore,
   CacheStoreStats,
   CacheWriter,
+  CommitOptions,
 } from './types.js';
 
 /** Options for {@link TieredCacheStore}. */
@@ -77,7 +78,12 @@ export class TieredCacheStore implements CacheStore {
     this.name = options.name ?? 'tiered';
     this.#onError = options.onError ?? (() => {});
     if (this.#tiers.every((tier) => tier.getSync)) this.getSync = (key) => this.#getSync(key);
+    const lowest = this.#tiers[this.#tiers.length - 1]!;
+    if (lowest.pushedBytes) this.pushedBytes = () => lowest.pushedBytes!();
   }
+
+  /** The last tier's count, when it has one: it is the tier that keeps pushed entries. */
+  readonly pushedBytes?: () => number;
 
   /** Present when every tier reads synchronously (memory over LMDB). */
   readonly getSync?: (key: string) => CacheEntry[];
@@ -290,14 +296,29 @@ class TieredWriter implements CacheWriter {
    * True when at least one tier stored the entry. Tiers that declined or
    * failed lose their previous version of it, so no tier serves a body
    * older than the one just committed.
+   *
+   * A pushed entry under a push budget goes to the last tier first: it
+   * holds pushed entries against its budget, and when it refuses one, the
+   * other tiers are aborted before committing anything, so every tier
+   * keeps the previous version.
    */
-  async commit(meta: CacheEntryMeta): Promise<boolean> {
+  async commit(meta: CacheEntryMeta, options?: CommitOptions): Promise<boolean> {
     this.hooks.onCommit();
-    const results = await Promise.allSettled(
-      this.writers.map((writer, i) =>
-        this.#failed[i] === undefined ? writer.commit(meta) : writer.abort().then(() => Promise.reject(this.#failed[i])),
-      ),
-    );
+    const commitTier = (i: number): Promise<boolean> =>
+      this.#failed[i] === undefined
+        ? this.writers[i].commit(meta, options)
+        : this.writers[i].abort().then(() => Promise.reject(this.#failed[i]));
+    const last = this.writers.length - 1;
+    let lowest: Promise<boolean> | undefined;
+    if (meta.pushed && options?.maxPushedBytes !== undefined) {
+      const [outcome] = await Promise.allSettled([commitTier(last)]);
+      if (outcome.status === 'rejected' && (outcome.reason as { code?: unknown })?.code === 'EDGE_INSUFFICIENT_STORAGE') {
+        await Promise.allSettled(this.writers.slice(0, last).map((writer) => writer.abort()));
+        throw outcome.reason;
+      }
+      lowest = outcome.status === 'fulfilled' ? Promise.resolve(outcome.value) : Promise.reject(outcome.reason);
+    }
+    const results = await Promise.allSettled(this.writers.map((_, i) => (i === last && lowest ? lowest : commitTier(i))));
     const stored = results.map((result) => result.status === 'fulfilled' && result.value);
     const errors = results.flatMap((result, i) => (result.status === 'rejected' ? [[result.reason, i] as const] : []));
     if (!stored.some(Boolean)) {

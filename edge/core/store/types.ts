@@ -7,6 +7,13 @@
  * through a writer that only becomes visible on `commit()`, so a body that
  * fails half-way is never stored (atomic writes).
  *
+ * Readers get whole versions: a body stream that has started keeps
+ * yielding the version it was looked up with, to its last byte, even when
+ * the entry is replaced, deleted or evicted meanwhile (the disk tier defers
+ * removing a body until its last reader is done). A tier that cannot keep
+ * a version fails the stream with a coded `EDGE_INTERNAL` instead: a body
+ * is never cut short silently, nor spliced from two versions.
+ *
  * Keys: `key` is the primary cache key (see `cache-key.ts`); `variant` is
  * the secondary key derived from the response's `Vary` header ('' when the
  * response has no `Vary`). A primary key holds at most a handful of variants.
@@ -64,7 +71,10 @@ export interface StoredBody {
   readAll?(): Uint8Array | undefined;
   /**
    * Stream the body, or the inclusive byte range `[start, end]` of it.
-   * Reads are lazy: nothing is read until the stream is pulled.
+   * Reads are lazy: nothing is read until the stream is pulled. The stream
+   * yields the version this body belongs to, whole, whatever happens to
+   * the entry after it was created; read it to the end or cancel it, so
+   * the tier can let go of that version.
    */
   stream(start?: number, end?: number): ReadableStream<Uint8Array>;
 }
@@ -83,9 +93,26 @@ export interface CacheEntry {
  */
 export interface CacheWriter {
   write(chunk: Uint8Array): void;
-  /** Make the entry visible, replacing any previous version atomically. Resolves false if the tier declined it (e.g. too large). */
-  commit(meta: CacheEntryMeta): Promise<boolean>;
+  /**
+   * Make the entry visible, replacing any previous version atomically.
+   * Resolves false if the tier declined it (e.g. too large). Rejects with
+   * code `EDGE_INSUFFICIENT_STORAGE` when `options.maxPushedBytes` refuses
+   * a pushed entry; the previous version then stays, in every tier.
+   */
+  commit(meta: CacheEntryMeta, options?: CommitOptions): Promise<boolean>;
   abort(): Promise<void>;
+}
+
+export interface CommitOptions {
+  /**
+   * Budget for pushed bodies in tiers that count them (those with
+   * {@link CacheStore.pushedBytes}): a pushed entry is refused when,
+   * with it in place of its previous version, pushed bytes would exceed
+   * this and grow. The check and the write are one transaction, so
+   * concurrent pushes cannot overshoot it together. Other tiers ignore it.
+   * @example Math.floor(diskSize * pushDiskShare)
+   */
+  maxPushedBytes?: number;
 }
 
 export interface CacheListFilter {
@@ -125,5 +152,12 @@ export interface CacheStore {
   /** Iterate entry metadata matching a filter (all entries when empty). */
   list(filter?: CacheListFilter): AsyncIterable<CacheEntryMeta>;
   stats(): CacheStoreStats;
+  /**
+   * Bytes of pushed bodies (`meta.pushed`), also counted in `stats().bytes`,
+   * kept right across replacement, deletion, eviction and restart. Only
+   * tiers that hold pushed entries against their budget have it (the disk
+   * tier, and a tiered store over one); the push budget applies to them.
+   */
+  pushedBytes?(): number;
   close(): Promise<void>;
 }
