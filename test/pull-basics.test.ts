@@ -5,6 +5,7 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { startTestEdge, type TestEdge } from './helpers/edge.js';
+import { createGate } from './helpers/origin.js';
 
 let t: TestEdge;
 afterEach(async () => {
@@ -178,10 +179,13 @@ describe('pull mode: origin failures', () => {
 
   it('answers 504 when the origin does not answer in time', async () => {
     t = await startTestEdge({ originTimeout: '200ms' });
-    t.origin.set('/slow', { delayMs: 2000, body: 'late' });
+    // The origin answers only after the node has given up, however fast the machine.
+    const gaveUp = createGate();
+    t.origin.set('/slow', { gate: gaveUp, body: 'late' });
     const res = await t.get('/slow');
     expect(res.status).toBe(504);
     expect((await res.json()).error).toBe('EDGE_ORIGIN_TIMEOUT');
+    gaveUp.open();
   });
 
   it('answers 502 when the origin drops the connection', async () => {

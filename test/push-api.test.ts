@@ -420,7 +420,8 @@ describe('upload size and failed uploads', () => {
   it('answers 413 for a chunked upload that grows past the limit while streaming, and stores nothing', async () => {
     t = await startTestEdge({ adminToken: TOKEN, maxUploadSize: 1024 });
     expect((await pushObject('/s.bin', 'v1')).status).toBe(201);
-    const status = await new Promise<number>((resolve, reject) => {
+    // No real-time watchdog: a node that never answers fails the test on its timeout.
+    const status = await new Promise<number>((resolve) => {
       const req = httpRequest(
         { host: '127.0.0.1', port: t.edge.port, method: 'PUT', path: '/_edge/push/s.bin', headers: { ...AUTH, 'transfer-encoding': 'chunked' } },
         (res) => {
@@ -432,7 +433,6 @@ describe('upload size and failed uploads', () => {
       const chunk = Buffer.alloc(600, 2);
       req.write(chunk);
       req.write(chunk, () => req.end());
-      setTimeout(() => reject(new Error('no answer')), 5000).unref();
     });
     expect(status).toBe(413);
     expect(await (await t.get('/s.bin')).text()).toBe('v1');

@@ -10,7 +10,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { resolveEdgeOptions } from '../edge/core/options.js';
 import { startEdgeServer, type EdgeServer } from '../edge/node/server.js';
 import { SHIELD_DEFAULTS } from '../origin-shield/defaults.js';
-import { startTestOrigin, type TestOrigin } from './helpers/origin.js';
+import { createGate, startTestOrigin, type TestOrigin } from './helpers/origin.js';
 
 const cleanups: (() => Promise<unknown>)[] = [];
 afterEach(async () => {
@@ -54,9 +54,13 @@ async function startOrigin(): Promise<TestOrigin> {
 describe('origin shield', () => {
   it('3 edges + 1 shield: 30 concurrent requests make exactly one origin request; later requests are hits', async () => {
     const origin = await startOrigin();
-    origin.set('/big.json', { headers: { 'cache-control': 'public, max-age=300', 'content-type': 'application/json' }, body: '{"x":1}', delayMs: 300 });
+    // The origin answers once the 30 requests have reached the edges and the
+    // edges' 3 (collapsed) requests have reached the shield.
+    const everyone = createGate({ openAt: 33 });
+    origin.set('/big.json', { headers: { 'cache-control': 'public, max-age=300', 'content-type': 'application/json' }, body: '{"x":1}', gate: everyone });
     const shield = await startShield(origin);
     const edges = await Promise.all([0, 1, 2].map(() => startNode({ origin: origin.url, shield: shield.url })));
+    for (const node of [shield, ...edges]) node.server.on('request', () => everyone.arrive());
 
     const answers = await Promise.all(Array.from({ length: 30 }, (_, i) => get(edges[i % 3]!.url, '/big.json')));
     expect(answers.every((a) => a.status === 200 && a.body === '{"x":1}')).toBe(true);

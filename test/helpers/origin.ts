@@ -38,6 +38,13 @@ export interface OriginResponseSpec {
   body?: string | Uint8Array;
   /** Wait before doing anything (real time: for timeout tests, not TTLs). */
   delayMs?: number;
+  /**
+   * Hold the answer until this gate opens (after `delayMs`, before anything
+   * else): ordering without real time, e.g. a response that arrives only
+   * once every client has asked (see `createGate`). The request is recorded
+   * when it arrives.
+   */
+  gate?: Gate;
   /** Sent as `103 Early Hints` before the final response. */
   earlyHints?: Record<string, string | string[]>;
   /** Destroy the socket without any response (a dropped connection). */
@@ -96,6 +103,7 @@ export async function startTestOrigin(fallback?: OriginHandler): Promise<TestOri
 
   async function respond(req: IncomingMessage, res: ServerResponse, spec: OriginResponseSpec): Promise<void> {
     if (spec.delayMs) await sleep(spec.delayMs);
+    if (spec.gate) await spec.gate.wait();
     if (closed || res.destroyed) return;
     if (spec.destroy) {
       req.socket.destroy();
@@ -228,4 +236,71 @@ export function datedBy(now: () => number, spec: OriginResponseSpec): OriginResp
 /** `origin.set` with answers dated by `now()`. */
 export function setDated(origin: TestOrigin, now: () => number, path: string, spec: OriginResponseSpec | OriginResponseSpec[]): void {
   origin.set(path, (Array.isArray(spec) ? spec : [spec]).map((one) => datedBy(now, one)));
+}
+
+/**
+ * A latch for tests that need an order of events instead of a delay: callers
+ * of `wait()` are held until `open()`; `arrive()` counts an event (a request
+ * reaching the edge, say). With `openAt`, the gate opens itself when that
+ * many arrivals have been counted.
+ */
+export interface Gate {
+  /** Resolves once the gate is open (at once if it already is). Not an arrival. */
+  wait(): Promise<void>;
+  /** Counts an arrival. */
+  arrive(): void;
+  /** Lets every held and later caller through. */
+  open(): void;
+  readonly isOpen: boolean;
+  /** Arrivals counted so far. */
+  readonly arrived: number;
+  /** Resolves once `n` arrivals have been counted. */
+  arrivals(n: number): Promise<void>;
+}
+
+/**
+ * @example
+ * // The origin answers only once 20 requests have reached the edge.
+ * const gate = createGate({ openAt: 20 });
+ * t.edge.server.on('request', () => gate.arrive());
+ * t.origin.set('/hot', { body: 'x', gate });
+ */
+export function createGate(options: { openAt?: number } = {}): Gate {
+  const openAt = options.openAt ?? Infinity;
+  let arrived = 0;
+  let isOpen = false;
+  let release!: () => void;
+  const opened = new Promise<void>((resolve) => (release = resolve));
+  const waiting: { n: number; resolve: () => void }[] = [];
+  const open = () => {
+    isOpen = true;
+    release();
+  };
+  const count = () => {
+    arrived++;
+    for (const wait of [...waiting]) {
+      if (arrived >= wait.n) {
+        waiting.splice(waiting.indexOf(wait), 1);
+        wait.resolve();
+      }
+    }
+    if (arrived >= openAt) open();
+  };
+  return {
+    wait() {
+      return opened;
+    },
+    arrive: count,
+    open,
+    get isOpen() {
+      return isOpen;
+    },
+    get arrived() {
+      return arrived;
+    },
+    arrivals(n) {
+      if (arrived >= n) return Promise.resolve();
+      return new Promise((resolve) => waiting.push({ n, resolve }));
+    },
+  };
 }
