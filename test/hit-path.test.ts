@@ -403,3 +403,21 @@ describe('observability', () => {
     expect(text).toMatch(/edge_origin_latency_seconds_count 1\n/);
   });
 });
+
+describe('Vary on list fields', () => {
+  it('compares Accept-Language members after normalising case, order and whitespace', async () => {
+    const node = await startNode();
+    node.origin.route('/vary-list', (req, res) => {
+      res.setHeader('cache-control', 'max-age=60');
+      res.setHeader('vary', 'Accept-Language');
+      res.end(`for ${req.headers['accept-language']}`);
+    });
+    await raw(node, '/vary-list', { headers: { 'accept-language': 'en-US, fr;q=0.5' } });
+    await node.edge.edge.settle();
+    for (const same of ['fr;q=0.5,EN-us', ' en-us ,  FR; q=0.5', 'fr ;q=0.5, en-US']) {
+      expect(header(await raw(node, '/vary-list', { headers: { 'accept-language': same } }), 'cache-status'), same).toMatch(/hit/);
+    }
+    expect(header(await raw(node, '/vary-list', { headers: { 'accept-language': 'fr;q=0.9, en-US' } }), 'cache-status')).toMatch(/vary-miss/);
+    expect(node.origin.count('/vary-list')).toBe(2);
+  });
+});

@@ -208,5 +208,30 @@ export function varyNames(vary: string | undefined): string[] | '*' {
  */
 export function variantFor(names: string[], requestHeaders: Record<string, string>): string {
   if (names.length === 0) return '';
-  return names.map((name) => `${name}:${(requestHeaders[name] ?? '').replace(/\s+/g, ' ').trim()}`).join('\n');
+  return names.map((name) => `${name}:${normaliseVaried(name, requestHeaders[name] ?? '')}`).join('\n');
+}
+
+/**
+ * Request fields whose value is a list of case-insensitive tokens with
+ * weights, where member order and case carry no meaning beyond the weights
+ * (RFC 9110 12.5): `en-US, fr;q=0.5` and `fr;q=0.5,EN-us` select the same
+ * representation, so they select the same stored variant (RFC 9111 4.1
+ * allows normalising "such as by... reordering... or case").
+ */
+const LIST_FIELDS = new Set(['accept', 'accept-language', 'accept-charset', 'accept-encoding']);
+
+function normaliseVaried(name: string, value: string): string {
+  if (!LIST_FIELDS.has(name)) return value.replace(/\s+/g, ' ').trim();
+  return value
+    .split(',')
+    .map((member) =>
+      member
+        .split(';')
+        .map((part) => part.trim().toLowerCase())
+        .filter(Boolean)
+        .join(';'),
+    )
+    .filter(Boolean)
+    .sort()
+    .join(',');
 }
