@@ -302,6 +302,26 @@ function tooLarge(limit: number, detail: string): EdgeError {
   });
 }
 
+/**
+ * The bytes pushed objects may take (--push-disk-share of --disk-size), in
+ * stores that hold them against their budget; undefined when no budget
+ * applies: with --evict-pushed, pushed objects give way under pressure
+ * like pulled ones, so they cannot crowd pulled objects out.
+ */
+function pushBudget({ options, store }: AdminDeps): number | undefined {
+  if (options.evictPushed || !store.pushedBytes) return undefined;
+  return Math.floor(options.diskSize * options.pushDiskShare);
+}
+
+function insufficientStorage(deps: AdminDeps, budget: number, size: number, detail: string): EdgeError {
+  const { pushDiskShare } = deps.options;
+  return new EdgeError(
+    'EDGE_INSUFFICIENT_STORAGE',
+    `The ${size}-byte object does not fit the space for pushed objects (--push-disk-share ${pushDiskShare} of --disk-size: ${budget} bytes)${detail}; ` +
+      'nothing was stored and the previous version, if any, is still served. Delete pushed objects, or raise --push-disk-share or --disk-size.',
+  );
+}
+
 async function push(c: Context, deps: AdminDeps): Promise<Response> {
   try {
     return await storePush(c, deps);
@@ -323,6 +343,9 @@ async function storePush(c: Context, deps: AdminDeps): Promise<Response> {
     declared = Number(lengthHeader.trim());
     if (declared > limit) throw tooLarge(limit, `: Content-Length is ${declared}`);
   }
+  const budget = pushBudget(deps);
+  // Refused before the body is read when it could never fit; otherwise the commit decides, knowing what it replaces.
+  if (budget !== undefined && declared !== undefined && declared > budget) throw insufficientStorage(deps, budget, declared, '');
 
   const tags = pushTags(c);
   const headers = pushHeaders(c, options, now());
@@ -372,7 +395,7 @@ async function storePush(c: Context, deps: AdminDeps): Promise<Response> {
   // Without a streaming hash on this runtime, a unique ETag still changes with every push.
   headers.etag = `"${hasher ? hasher.digest() : crypto.randomUUID()}"`;
   const policy = policies.fromResponse({ url: path, method: 'GET', headers: {} }, { status: 200, headers });
-  const stored = await writer.commit({
+  const meta: CacheEntryMeta = {
     key,
     variant: '',
     status: 200,
@@ -383,7 +406,16 @@ async function storePush(c: Context, deps: AdminDeps): Promise<Response> {
     storedAt: now(),
     expiresAt: policy.usefulUntil(0, 0),
     pushed: true,
-  });
+  };
+  let stored: boolean;
+  try {
+    // The budget is checked in the store's write transaction: concurrent pushes cannot overshoot it together.
+    stored = await writer.commit(meta, { maxPushedBytes: budget });
+  } catch (error) {
+    if ((error as { code?: unknown }).code !== 'EDGE_INSUFFICIENT_STORAGE' || budget === undefined) throw error;
+    const pushed = store.pushedBytes?.() ?? 0;
+    throw insufficientStorage(deps, budget, size, `; pushed objects already take ${pushed} of them`);
+  }
   if (!stored) {
     throw new EdgeError('EDGE_PAYLOAD_TOO_LARGE', `The cache declined the ${size}-byte object (larger than the store's budget); nothing was stored.`);
   }

@@ -98,6 +98,7 @@ export const edgeOptionsSchema = z
     memorySize: size(0, '256MB').default(256 * 1024 ** 2).describe('Memory tier budget; 0 disables the memory tier. (default 256MB)'),
     memoryMaxObjectSize: size(1, '8MB').default(8 * 1024 ** 2).describe('Largest object kept in the memory tier. (default 8MB)'),
     diskSize: size(1024 * 1024, '4GB').default(4 * 1024 ** 3).describe('Disk tier budget. (default 4GB)'),
+    pushDiskShare: z.coerce.number({ error: 'expected a fraction from 0 to 1, e.g. 0.5' }).min(0, { error: 'expected a fraction from 0 to 1, e.g. 0.5' }).max(1, { error: 'expected a fraction from 0 to 1, e.g. 0.5' }).default(0.5).describe('Fraction of --disk-size pushed objects may take; a push that does not fit gets 507 and stores nothing, so the rest always stays for pulled objects. Not applied with --evict-pushed. (default 0.5)'),
     maxObjectSize: size(1, '64MB').default(64 * 1024 ** 2).describe('Objects larger than this pass through uncached. (default 64MB)'),
     adminToken: z
       .string()
