@@ -97,6 +97,10 @@ interface Tally {
   pushedBytes: number;
 }
 
+type PublishOutcome =
+  | { refused: true; pushedBytes: number; replaced: number }
+  | { refused: false; previous: StoredMeta | undefined };
+
 /** One stream's hold on a body; released once, when the stream is done with it. */
 interface ReadLease {
   released: boolean;
@@ -533,13 +537,13 @@ export class LmdbCacheStore implements CacheStore {
   ): Promise<boolean> {
     const record: StoredMeta = { ...meta, size, bodyId, chunkSize: this.#chunkSize };
     const { maxPushedBytes } = options;
-    const outcome = await this.#transact((tally) => {
+    const outcome = await this.#transact((tally): PublishOutcome => {
       const previous = this.#meta.get(storageKey);
       const pushedAfter = this.#pushedBytes - pushedSize(previous) + pushedSize(record);
       // A replacement that does not grow the pushed total is never refused,
       // even when the total is over budget (a share lowered since).
       if (record.pushed && maxPushedBytes !== undefined && pushedAfter > maxPushedBytes && pushedAfter > this.#pushedBytes) {
-        return { refused: { pushedBytes: this.#pushedBytes, previous: pushedSize(previous) } };
+        return { refused: true, pushedBytes: this.#pushedBytes, replaced: pushedSize(previous) };
       }
       // The new pointer replaces the old one in one transaction; the old
       // body's chunks go once this has committed and nobody reads them.
@@ -549,14 +553,13 @@ export class LmdbCacheStore implements CacheStore {
       tally.bytes += size - (previous?.size ?? 0);
       tally.entries += previous ? 0 : 1;
       tally.pushedBytes += pushedSize(record) - pushedSize(previous);
-      return { previous };
+      return { refused: false, previous };
     });
-    if ('refused' in outcome) {
-      const { pushedBytes, previous } = outcome.refused!;
+    if (outcome.refused) {
       throw new EdgeError(
         'EDGE_INSUFFICIENT_STORAGE',
         `A pushed ${size}-byte entry does not fit the push budget of ${String(maxPushedBytes)} bytes ` +
-          `(${pushedBytes} bytes pushed, ${previous} of them by the version it would replace).`,
+          `(${outcome.pushedBytes} bytes pushed, ${outcome.replaced} of them by the version it would replace).`,
       );
     }
     this.#touch(storageKey);
