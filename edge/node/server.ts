@@ -195,8 +195,8 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
     },
     onRequest: (record: RequestRecord) => {
       metrics.observe(record);
-      // Flat fields: pino's `req` serializer expects an IncomingMessage and costs more than the rest of a hit.
-      if (logger) logger.info(record, 'request');
+      if (accessLog) accessLog.write(record);
+      else if (logger) logger.info(record, 'request');
     },
     metrics: () => metrics.render(),
     writeAnswer: (env, answer, done) => {
