@@ -11,12 +11,14 @@
  *                                   JPEG generated at start-up, and /blob/<n>,
  *                                   n bytes (any query string ignored)
  *   ipx <originUrl>                 ipx (no result cache) fetching from <originUrl>
- * Prints `{"url": ...}` on stdout once listening. Exits when its stdin
- * closes (the bench that started it is gone). Edge data goes under
- * $BENCH_SCRATCH (the bench removes it) or a new temporary directory.
+ * Prints `{"url": ...}` once listening, on file descriptor $BENCH_READY_FD
+ * (the bench sends stdout, where the edge writes its access log, to
+ * /dev/null) or else on stdout. Exits when its stdin closes (the bench that
+ * started it is gone). Edge data goes under $BENCH_SCRATCH (the bench
+ * removes it) or a new temporary directory.
  */
 import { createServer } from 'node:http';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -24,6 +26,12 @@ const [kind, arg1, arg2, arg3] = process.argv.slice(2);
 
 if (!process.stdin.isTTY) {
   process.stdin.on('end', () => process.exit(0)).on('error', () => process.exit(0)).resume();
+}
+
+function ready(url: string): void {
+  const line = `${JSON.stringify({ url })}\n`;
+  if (process.env.BENCH_READY_FD) writeSync(Number(process.env.BENCH_READY_FD), line);
+  else process.stdout.write(line);
 }
 
 const BLOB = /^\/blob\/(\d{1,9})(?:\?|$)/;
@@ -51,23 +59,20 @@ if (kind === 'bare') {
   server.keepAliveTimeout = 65_000;
   server.listen(0, '127.0.0.1', () => {
     const address = server.address() as { port: number };
-    console.log(JSON.stringify({ url: `http://127.0.0.1:${address.port}` }));
+    ready(`http://127.0.0.1:${address.port}`);
   });
 } else if (kind === 'edge') {
   // Imported here, so the other kinds start whatever state edge/ is in.
-  const [{ default: pino }, { resolveEdgeOptions }, { startEdgeServer }] = await Promise.all([
-    import('pino'),
+  const [{ resolveEdgeOptions }, { startEdgeServer }] = await Promise.all([
     import('../edge/core/options.js'),
     import('../edge/node/server.js'),
   ]);
   const dataDir = mkdtempSync(join(process.env.BENCH_SCRATCH ?? tmpdir(), 'edge-data-'));
   const options = resolveEdgeOptions({ origin: arg1, port: 0, host: '127.0.0.1', dataDir, memorySize: arg2, diskSize: '2GB' });
-  // The access log stays on (one line per request, as in production), written
-  // to /dev/null in 4 KB batches like the node's own destination; `quiet` turns it off.
-  const quiet = arg3 === 'quiet';
-  const logger = pino({ level: quiet ? 'warn' : 'info' }, pino.destination({ dest: '/dev/null', sync: false, minLength: 4096 }));
-  const server = await startEdgeServer(options, { logger });
-  console.log(JSON.stringify({ url: server.url }));
+  // The access log as shipped (the server's own, on stdout: /dev/null under
+  // the bench), unless `quiet` turns it off.
+  const server = await startEdgeServer(options, arg3 === 'quiet' ? { logger: false } : {});
+  ready(server.url);
 } else if (kind === 'origin-image') {
   const [width, height] = (arg1 ?? '2400x1600').split('x').map(Number) as [number, number];
   const photo = await photoLikeJpeg(width, height);
@@ -100,7 +105,7 @@ if (kind === 'bare') {
   server.keepAliveTimeout = 65_000;
   server.listen(0, '127.0.0.1', () => {
     const address = server.address() as { port: number };
-    console.log(JSON.stringify({ url: `http://127.0.0.1:${address.port}` }));
+    ready(`http://127.0.0.1:${address.port}`);
   });
 } else if (kind === 'ipx') {
   const { createIPX, createIPXNodeServer, ipxHttpStorage } = await import('ipx');
@@ -110,7 +115,7 @@ if (kind === 'bare') {
   server.keepAliveTimeout = 65_000;
   server.listen(0, '127.0.0.1', () => {
     const address = server.address() as { port: number };
-    console.log(JSON.stringify({ url: `http://127.0.0.1:${address.port}` }));
+    ready(`http://127.0.0.1:${address.port}`);
   });
 } else {
   console.error('usage: child.ts bare [bytes] | edge <originUrl> <memorySize> [quiet] | origin-image <w>x<h> | ipx <originUrl>');

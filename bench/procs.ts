@@ -6,7 +6,7 @@
  * disk lives under one temporary directory removed at the end.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -22,7 +22,7 @@ export interface Started {
   child: ChildProcess;
 }
 
-function spawnGroup(command: string, args: string[], stdio: ('ignore' | 'pipe' | 'inherit')[], env?: NodeJS.ProcessEnv): ChildProcess {
+function spawnGroup(command: string, args: string[], stdio: ('ignore' | 'pipe' | 'inherit' | number)[], env?: NodeJS.ProcessEnv): ChildProcess {
   const child = spawn(command, args, { stdio, detached: true, env: env ?? process.env });
   live.add(child);
   child.once('exit', () => live.delete(child));
@@ -75,14 +75,19 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   });
 }
 
+let devNull: number | undefined;
+
 /** Start `bench/child.ts` with args; resolve with the URL it prints. */
 export async function startChild(args: string[]): Promise<Started> {
   // stdin stays open: the child exits when it closes (this process died without stopping it).
-  const child = spawnGroup(process.execPath, ['--import', 'tsx', new URL('./child.ts', import.meta.url).pathname, ...args], ['pipe', 'pipe', 'inherit'], {
+  // stdout (an edge's access log) goes to /dev/null; the child reports its URL on fd 3.
+  devNull ??= openSync('/dev/null', 'w');
+  const child = spawnGroup(process.execPath, ['--import', 'tsx', new URL('./child.ts', import.meta.url).pathname, ...args], ['pipe', devNull, 'inherit', 'pipe'], {
     ...process.env,
     BENCH_SCRATCH: scratch,
+    BENCH_READY_FD: '3',
   });
-  const lines = createInterface({ input: child.stdout! });
+  const lines = createInterface({ input: child.stdio[3] as NodeJS.ReadableStream });
   const url = await new Promise<string>((resolve, reject) => {
     child.once('exit', (code) => reject(new Error(`bench child ${args.join(' ')} exited with ${code}`)));
     lines.once('line', (line) => resolve((JSON.parse(line) as { url: string }).url));
