@@ -90,6 +90,16 @@ export const edgeOptionsSchema = z
     shield: shieldList.optional().describe('Origin shield URL(s), comma-separated: misses go to the shield chosen for the key by rendezvous hashing. (default unset)'),
     port: int(0, 65535).default(8080).describe('Port to listen on; 0 picks a free one. (default 8080)'),
     host: z.string().min(1).default('0.0.0.0').describe('Address to listen on. (default 0.0.0.0)'),
+    tlsCert: z
+      .string()
+      .min(1)
+      .optional()
+      .describe('PEM certificate file (leaf first, chain may follow): with --tls-key the node serves HTTPS, HTTP/2 by ALPN and HTTP/1.1 as a fallback; re-read when the file changes or on SIGHUP. (default unset: plain HTTP)'),
+    tlsKey: z.string().min(1).optional().describe('PEM private key file of --tls-cert (not encrypted). (default unset)'),
+    tlsCa: z.string().min(1).optional().describe('PEM file of intermediate certificates sent after --tls-cert, when that file holds the leaf only. (default unset)'),
+    httpRedirectPort: int(0, 65535)
+      .optional()
+      .describe('With TLS: also listen on this port for plain HTTP and answer 308 to https:// (same host, the HTTPS port), except /_edge/health. (default unset)'),
     dataDir: z
       .string()
       .min(1)
@@ -145,6 +155,11 @@ export const edgeOptionsSchema = z
       .default(30_000)
       .describe('A gap this long while reading a body aborts it (the entry is not stored); a duration (a bare number is seconds). (default 30s)'),
     originConnections: int(1, 10_000).default(128).describe('Keep-alive connections per origin. (default 128)'),
+    originCa: z
+      .string()
+      .min(1)
+      .optional()
+      .describe('PEM file of CA certificates trusted for https:// origins and shields, besides the system roots (a private CA). (default unset)'),
     staleGrace: durationSeconds('1h')
       .default(0)
       .describe('Serve stale this long when the origin is down, for responses without stale-if-error; a duration (1h, 30m; a bare number is seconds). (default 0)'),
@@ -173,7 +188,16 @@ export const edgeOptionsSchema = z
       .describe('Concurrent requests waiting behind one origin fetch give up and go to the origin after this long; a duration (a bare number is seconds). (default 10s)'),
     logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info').describe('Log level for the per-request log. (default info)'),
   })
-  .strict();
+  .strict()
+  .superRefine((options, ctx) => {
+    // Options that only mean something together; each problem names the option to fix.
+    const problem = (name: string, message: string) => ctx.addIssue({ code: 'custom', path: [name], message });
+    if (options.tlsCert !== undefined && options.tlsKey === undefined) problem('tlsKey', 'required with --tls-cert');
+    if (options.tlsKey !== undefined && options.tlsCert === undefined) problem('tlsCert', 'required with --tls-key');
+    if (options.tlsCa !== undefined && options.tlsCert === undefined) problem('tlsCa', 'only used with --tls-cert and --tls-key');
+    if (options.httpRedirectPort !== undefined && options.tlsCert === undefined) problem('httpRedirectPort', 'redirects to HTTPS: set --tls-cert and --tls-key');
+    if (options.httpRedirectPort !== undefined && options.httpRedirectPort !== 0 && options.httpRedirectPort === options.port) problem('httpRedirectPort', 'must differ from --port');
+  });
 
 export type EdgeOptionsInput = z.input<typeof edgeOptionsSchema>;
 export type EdgeOptions = z.output<typeof edgeOptionsSchema>;

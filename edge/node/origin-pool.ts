@@ -26,6 +26,8 @@ export interface OriginTimeouts {
   bodyTimeout?: number;
   /** Keep-alive connections per member. @default 128 */
   originConnections?: number;
+  /** TLS for https:// members (a `secureContext` trusting `--origin-ca`). @default Node's roots */
+  originTls?: import('node:tls').ConnectionOptions;
 }
 
 export interface OriginPoolOptions extends OriginTimeouts {
@@ -113,7 +115,7 @@ export function createMemberClient(url: string, options: OriginTimeouts & { s3?:
     connections: options.originConnections,
   };
   if (url.startsWith('s3:')) return new S3OriginClient({ url, credentials: options.s3, env: options.env, ...timeouts });
-  return new UndiciOriginClient({ url, ...timeouts });
+  return new UndiciOriginClient({ url, ...timeouts, tls: options.originTls });
 }
 
 /** A URL for display: no user or password. */

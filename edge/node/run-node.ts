@@ -15,6 +15,7 @@ import { edgeOptionsSchema, EdgeOptionsError, optionEnv, optionFlag, resolveEdge
 import { startDemoOrigin } from './demo-origin.js';
 import { prepareDataDir } from './lmdb-store.js';
 import { startEdgeServer } from './server.js';
+import { isExpired, loadTlsCertificate } from './tls.js';
 
 const OPTION_NAMES = Object.keys(edgeOptionsSchema.shape) as (keyof EdgeOptions)[];
 
@@ -33,6 +34,13 @@ function dataDirProblem(error: unknown): string | undefined {
   const { code, path, reason } = error as { code?: unknown; path?: unknown; reason?: unknown };
   if (code !== 'EDGE_DATA_DIR') return undefined;
   return `${optionFlag('dataDir')} (${optionEnv('dataDir')}): got ${JSON.stringify(path)}: ${String(reason)}`;
+}
+
+/** `--tls-key (EDGE_TLS_KEY): got "...": <reason>` for a `TlsCertificateError` (matched on its code), else undefined. */
+function tlsProblem(error: unknown): string | undefined {
+  const { code, option, path, reason } = error as { code?: unknown; option?: unknown; path?: unknown; reason?: unknown };
+  if (code !== 'EDGE_TLS_CERTIFICATE' || typeof option !== 'string') return undefined;
+  return `${optionFlag(option)} (${optionEnv(option)}): got ${JSON.stringify(path)}: ${String(reason)}`;
 }
 
 /** What the node forwards to, for the start-up line (group names only: member URLs may carry credentials). */
@@ -124,6 +132,21 @@ export async function runNode(program: NodeProgram, argv: string[]): Promise<voi
     process.exit(2);
   }
 
+  // Certificates checked before anything starts, like the data dir: one line naming the option, exit 2.
+  if (options.tlsCert !== undefined && options.tlsKey !== undefined) {
+    try {
+      const certificate = loadTlsCertificate({ cert: options.tlsCert, key: options.tlsKey, ca: options.tlsCa });
+      if (isExpired(certificate)) {
+        console.error(`${tag}: warning: the TLS certificate (${options.tlsCert}, serial ${certificate.serialNumber}) expired on ${certificate.validTo.toISOString()}; clients will refuse it`);
+      }
+    } catch (error) {
+      const problem = tlsProblem(error);
+      if (problem === undefined) throw error;
+      console.error(`${tag}: ${problem}`);
+      process.exit(2);
+    }
+  }
+
   if (options.adminToken !== undefined && options.adminToken.length < 16) {
     console.error(`${tag}: warning: the admin token is ${options.adminToken.length} characters; use 32+ random characters (e.g. openssl rand -hex 32) outside a test setup`);
   }
@@ -138,9 +161,17 @@ export async function runNode(program: NodeProgram, argv: string[]): Promise<voi
     options = { ...options, origin: demo.url };
   }
   const server = await startEdgeServer(options);
-  const where = `http://${options.host === '0.0.0.0' ? 'localhost' : options.host}:${server.port}`;
-  console.error(`${tag}: listening on ${where} in front of ${upstreamLabel(options)}${demo ? ' (embedded demo origin)' : ''}`);
-  if (demo) console.error(`${tag}: try  curl -i ${where}/data/products.json  (twice: MISS, then HIT)`);
+  const listenHost = options.host === '0.0.0.0' ? 'localhost' : options.host;
+  const where = `${server.tls ? 'https' : 'http'}://${listenHost}:${server.port}`;
+  const protocols = server.tls ? ' (HTTP/2 and HTTP/1.1)' : '';
+  console.error(`${tag}: listening on ${where}${protocols} in front of ${upstreamLabel(options)}${demo ? ' (embedded demo origin)' : ''}`);
+  if (server.redirect) console.error(`${tag}: redirecting http://${listenHost}:${server.redirect.port} to https (308), /_edge/health answered there too`);
+  if (demo) console.error(`${tag}: try  curl -i ${server.tls ? '-k ' : ''}${where}/data/products.json  (twice: MISS, then HIT)`);
+  // SIGHUP re-reads the certificate files (they are watched too); without TLS it keeps its default (exit).
+  if (server.tls) {
+    const tls = server.tls;
+    process.on('SIGHUP', () => void tls.reload('signal'));
+  }
 
   let stopping = false;
   const stop = async (signal: string) => {
@@ -158,7 +189,7 @@ export async function runNode(program: NodeProgram, argv: string[]): Promise<voi
 /** Entry-point wrapper: run, and turn a start-up failure into one line and exit 1 (2 for an unusable --data-dir). */
 export function main(program: NodeProgram): void {
   runNode(program, process.argv.slice(2)).catch((error) => {
-    const problem = dataDirProblem(error);
+    const problem = dataDirProblem(error) ?? tlsProblem(error);
     console.error(`${program.name}: ${problem ?? `failed to start: ${(error as Error).message}`}`);
     process.exit(problem === undefined ? 1 : 2);
   });

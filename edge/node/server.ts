@@ -5,10 +5,11 @@
  * the benchmark start.
  */
 import { createHash } from 'node:crypto';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { Readable } from 'node:stream';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { getRequestListener, type HttpBindings } from '@hono/node-server';
+import { createSecureServer, type Http2SecureServer, type Http2ServerRequest, type Http2ServerResponse, type Http2Session } from 'node:http2';
+import { getRequestListener, type Http2Bindings, type HttpBindings } from '@hono/node-server';
 import { Response as PlainResponse } from 'undici';
 import type { Logger } from 'pino';
 import { createAccessLog } from './access-log.js';
@@ -22,7 +23,8 @@ import { LmdbCacheStore } from './lmdb-store.js';
 import { ShieldOriginClient } from '../core/origin/shield.js';
 import { createOriginClient } from './origin-pool.js';
 import { createEdgeMetrics } from './metrics.js';
-import { writeAnswer } from './write-answer.js';
+import { writeAnswer, type NodeResponse } from './write-answer.js';
+import { describeTlsReload, loadOriginTls, loadTlsCertificate, TlsCertificateReloader, type TlsCertificate, type TlsReloadEvent } from './tls.js';
 import { EdgeError } from '../core/errors.js';
 import { answerError } from '../core/responder.js';
 import { SharpImageTransformer } from './sharp-transformer.js';
@@ -35,19 +37,32 @@ export interface EdgeServerOverrides {
   origin?: OriginClient;
   /** Logger; `false` silences the access log. @default pino on stdout at options.logLevel */
   logger?: Logger | false;
+  /** Told of certificate reloads (tests wait for these). @default one line on stderr per reload or refusal */
+  onTlsReload?: (event: TlsReloadEvent) => void;
+  /** Quiet time after a certificate file changes before it is read. @default 1000 */
+  tlsReloadDebounceMs?: number;
 }
 
 export interface EdgeServer {
+  /** `http://host:port`, or `https://` with TLS. */
   url: string;
   port: number;
   edge: EdgeApp;
   store: CacheStore;
-  server: Server;
+  /** The listening server: node:http, or with TLS node:http2's secure server (HTTP/2 and HTTP/1.1). Both emit `request`. */
+  server: Server | Http2SecureServer;
+  /** With `--http-redirect-port`: the plain HTTP server answering 308 to https://, and its port. */
+  redirect?: { server: Server; port: number };
+  /** With TLS: the certificate in use, and a reload from the files now (what SIGHUP does). */
+  tls?: { certificate(): TlsCertificate; reload(trigger?: TlsReloadEvent['trigger']): TlsReloadEvent };
   close(): Promise<void>;
 }
 
+/** A request on either server: HTTP/1.x, or HTTP/2 through node:http2's compatibility API. */
+type NodeRequest = IncomingMessage | Http2ServerRequest;
+
 function clientAddress(env: unknown): string | undefined {
-  const address = (env as HttpBindings | undefined)?.incoming?.socket?.remoteAddress;
+  const address = (env as { incoming?: NodeRequest } | undefined)?.incoming?.socket?.remoteAddress;
   // IPv4 clients on a dual-stack socket appear as ::ffff:a.b.c.d.
   return address?.startsWith('::ffff:') ? address.slice(7) : address;
 }
@@ -64,14 +79,16 @@ export function createTieredStore(options: EdgeOptions, now: () => number): Cach
 }
 
 /** The origin client, behind the shields when `--shield` is set. */
-export function createUpstream(options: EdgeOptions): OriginClient {
+export function createUpstream(options: EdgeOptions, originTls = options.originCa === undefined ? undefined : loadOriginTls(options.originCa)): OriginClient {
+  // Read once: every https:// member and shield shares one secure context.
   const timeouts = {
     connectTimeout: options.connectTimeout,
     headersTimeout: options.originTimeout,
     bodyTimeout: options.bodyTimeout,
     connections: options.originConnections,
+    tls: originTls,
   };
-  const origin = createOriginClient(options);
+  const origin = createOriginClient({ ...options, originTls });
   origin.start?.();
   if (!options.shield?.length) return origin;
   const shields = new ShieldOriginClient({
@@ -108,7 +125,7 @@ const PLAIN_HOST = /^[a-z0-9._-]+(?::(?:[1-5]\d{3,4}|[6-9]\d{3}))?$/;
  * is answered 400. Node keeps the first of several, which would let two
  * parties read two different hosts from one request.
  */
-function hasOneHost(req: IncomingMessage): boolean {
+function hasOneHost(req: NodeRequest): boolean {
   let count = 0;
   for (let i = 0; i < req.rawHeaders.length; i += 2) {
     const name = req.rawHeaders[i]!;
@@ -120,21 +137,62 @@ function hasOneHost(req: IncomingMessage): boolean {
   return count <= 1;
 }
 
+const H2_HEADERS = Symbol('edge.h2Headers');
+type Http2Request = Http2ServerRequest & { [H2_HEADERS]?: Record<string, string> };
+
+/**
+ * An HTTP/2 request's fields as an HTTP/1.1 request would carry them:
+ * pseudo-header fields removed, `:authority` as `Host`. The core (keys,
+ * forwarding, logs) then sees the same request whichever protocol brought
+ * it. Built once per request (the fast path and Hono's path both ask).
+ */
+function http2Headers(req: Http2Request): Record<string, string> {
+  let headers = req[H2_HEADERS];
+  if (headers) return headers;
+  headers = {};
+  const incoming = req.headers as Record<string, string>;
+  for (const name in incoming) if (name.charCodeAt(0) !== 58 /* : */) headers[name] = incoming[name]!;
+  const authority = incoming[':authority'];
+  if (authority !== undefined) headers.host = authority;
+  req[H2_HEADERS] = headers;
+  return headers;
+}
+
+const isHttp2 = (req: NodeRequest): req is Http2Request => req.httpVersionMajor === 2;
+
+/** The request's fields as a lower-case record, HTTP/2 pseudo-header fields aside. */
+function requestFields(req: NodeRequest): Record<string, string> {
+  return isHttp2(req) ? http2Headers(req) : (req.headers as Record<string, string>);
+}
+
+/**
+ * RFC 9113 8.3.1: an HTTP/2 request whose `Host` names another authority
+ * than `:authority` is malformed (two parties could read two hosts, as
+ * with two Host fields in HTTP/1.1).
+ */
+function hasOneAuthority(req: NodeRequest): boolean {
+  if (!isHttp2(req)) return true;
+  const authority = req.headers[':authority'] as string | undefined;
+  const host = req.headers.host;
+  return authority === undefined || host === undefined || authority.toLowerCase() === host.toLowerCase();
+}
+
 /**
  * Content requests with a plain target are answered by the core as an
  * `Answer` and written here: a fresh hit synchronously from the cache, the
  * rest after the pull path decides. Returns false for what Hono routes:
  * `/_edge/` paths, and targets or hosts that need the URL parser's care.
+ * `scheme` is the connection's (`https` over TLS, whatever the protocol).
  */
-function answerContent(edge: EdgeApp, req: IncomingMessage, res: ServerResponse): boolean {
-  const target = req.url!;
-  const host = req.headers.host;
-  if (target.startsWith('/_edge/') || host === undefined || !PLAIN_HOST.test(host) || !PLAIN_TARGET.test(target) || DOT_SEGMENT.test(target)) {
+function answerContent(edge: EdgeApp, req: NodeRequest, res: NodeResponse, scheme: string): boolean {
+  const target = req.url;
+  const headers = requestFields(req);
+  const host = headers.host;
+  if (target === undefined || target.startsWith('/_edge/') || host === undefined || !PLAIN_HOST.test(host) || !PLAIN_TARGET.test(target) || DOT_SEGMENT.test(target)) {
     return false;
   }
   const method = req.method!;
-  const url = `http://${host}${target}`;
-  const headers = req.headers as Record<string, string>;
+  const url = `${scheme}://${host}${target}`;
   const clientIp = clientAddress({ incoming: req });
   if (method === 'GET' || method === 'HEAD') {
     const fast = edge.answerFreshHit(method, url, headers, clientIp);
@@ -160,10 +218,14 @@ function answerContent(edge: EdgeApp, req: IncomingMessage, res: ServerResponse)
 export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServerOverrides = {}): Promise<EdgeServer> {
   if (!options.origin && !options.origins && !overrides.origin) throw new TypeError('startEdgeServer: options.origin is required (or an origin override).');
   const now = overrides.now ?? Date.now;
+  // Read before anything opens: a certificate that cannot be used stops the start naming the file.
+  const certificate = options.tlsCert !== undefined && options.tlsKey !== undefined ? loadTlsCertificate({ cert: options.tlsCert, key: options.tlsKey, ca: options.tlsCa }) : undefined;
+  const scheme = certificate ? 'https' : 'http';
+  const originTls = options.originCa === undefined || overrides.origin ? undefined : loadOriginTls(options.originCa);
   const accessLog = overrides.logger === undefined ? createAccessLog({ level: options.logLevel, name: options.name }) : undefined;
   const logger = accessLog?.logger ?? overrides.logger;
   const store = createTieredStore(options, now);
-  const origin = overrides.origin ?? createUpstream(options);
+  const origin = overrides.origin ?? createUpstream(options, originTls);
   const metrics = createEdgeMetrics(store);
   const imageTransformer = options.images
     ? new SharpImageTransformer({
@@ -188,9 +250,13 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
     originStatus: () => (origin as { status?: () => unknown }).status?.(),
     clientIp: clientAddress,
     // Node has already parsed the headers into a lower-case record (duplicates joined).
-    requestHeaders: (env) => (env as HttpBindings | undefined)?.incoming?.headers as Record<string, string> | undefined,
+    requestHeaders: (env) => {
+      const incoming = (env as Bindings | undefined)?.incoming;
+      return incoming ? requestFields(incoming) : undefined;
+    },
+    // HTTP/2: a 103 is an informational HEADERS frame on the stream.
     sendEarlyHints: (env, headers) => {
-      const outgoing = (env as HttpBindings | undefined)?.outgoing;
+      const outgoing = (env as Bindings | undefined)?.outgoing;
       if (outgoing && !outgoing.headersSent) outgoing.writeEarlyHints(headers as Record<string, string | string[]>);
     },
     onRequest: (record: RequestRecord) => {
@@ -200,7 +266,7 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
     },
     metrics: () => metrics.render(),
     writeAnswer: (env, answer, done) => {
-      const outgoing = (env as HttpBindings | undefined)?.outgoing;
+      const outgoing = (env as Bindings | undefined)?.outgoing;
       if (!outgoing) return undefined;
       writeAnswer(outgoing, answer, done);
       return ALREADY_SENT;
@@ -209,41 +275,120 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
 
   await edge.ready;
   const general = getRequestListener(edge.fetch as never);
-  const server = createServer((req, res) => {
-    if (!hasOneHost(req)) {
-      writeAnswer(res, answerError(new EdgeError('EDGE_BAD_REQUEST', 'A request must carry exactly one Host header (RFC 9112 3.2).')), () => {});
+  const onRequest = (req: NodeRequest, res: NodeResponse) => {
+    if (!hasOneHost(req) || !hasOneAuthority(req)) {
+      writeAnswer(res, answerError(new EdgeError('EDGE_BAD_REQUEST', 'A request must carry exactly one Host header (RFC 9112 3.2) or one authority (RFC 9113 8.3.1).')), () => {});
       return;
     }
     // A fresh hit is written straight from the cache: no Request, Response or router.
-    if (!answerContent(edge, req, res)) void general(req, res);
-  });
+    if (!answerContent(edge, req, res, scheme)) void general(req as IncomingMessage, res as ServerResponse);
+  };
+
+  let server: Server | Http2SecureServer;
+  let reloader: TlsCertificateReloader | undefined;
+  /** Open HTTP/2 sessions and TLS sockets, for a graceful close (node:http2's close() leaves them open). */
+  const sessions = new Set<Http2Session>();
+  const sockets = new Set<Socket>();
+  if (certificate) {
+    const secure = createSecureServer(
+      {
+        ...certificate.context,
+        allowHTTP1: true,
+        // nginx's default: a client cannot open an unbounded number of streams at once.
+        settings: { maxConcurrentStreams: 128 },
+      },
+      onRequest,
+    );
+    secure.on('session', (session: Http2Session) => {
+      sessions.add(session);
+      session.once('close', () => sessions.delete(session));
+      // An idle HTTP/2 connection is closed like an idle HTTP/1.1 one (GOAWAY: streams in flight finish).
+      session.setTimeout(KEEP_ALIVE_MS, () => session.close());
+    });
+    secure.on('secureConnection', (socket: Socket) => {
+      sockets.add(socket);
+      socket.once('close', () => sockets.delete(socket));
+    });
+    const onTlsReload = overrides.onTlsReload ?? ((event: TlsReloadEvent) => console.error(`${options.name}: ${describeTlsReload(event)}`));
+    reloader = new TlsCertificateReloader({
+      files: { cert: options.tlsCert!, key: options.tlsKey!, ca: options.tlsCa },
+      initial: certificate,
+      // Only new handshakes use the new context: open connections keep theirs, nothing is dropped.
+      apply: (next) => secure.setSecureContext(next.context),
+      onReload: onTlsReload,
+      debounceMs: overrides.tlsReloadDebounceMs,
+      now,
+    });
+    server = secure;
+  } else {
+    server = createServer(onRequest);
+  }
+  // Keep-alive longer than typical load balancers' idle timeouts, so they close first (HTTP/1.1, also over TLS).
+  (server as Server).keepAliveTimeout = KEEP_ALIVE_MS;
+  const listening = server;
   await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(options.port, options.host, () => {
-      server.off('error', reject);
+    listening.once('error', reject);
+    listening.listen(options.port, options.host, () => {
+      listening.off('error', reject);
       resolve();
     });
+  }).catch((error: unknown) => {
+    reloader?.close();
+    throw error;
   });
-  // Keep-alive longer than typical load balancers' idle timeouts, so they close first.
-  server.keepAliveTimeout = 65_000;
   const { port } = server.address() as AddressInfo;
   const host = options.host === '0.0.0.0' || options.host === '::' ? '127.0.0.1' : options.host;
 
+  let redirect: EdgeServer['redirect'];
+  if (certificate && options.httpRedirectPort !== undefined) {
+    const redirectServer = createRedirectServer(port, general);
+    redirectServer.keepAliveTimeout = KEEP_ALIVE_MS;
+    await new Promise<void>((resolve, reject) => {
+      redirectServer.once('error', reject);
+      redirectServer.listen(options.httpRedirectPort, options.host, () => {
+        redirectServer.off('error', reject);
+        resolve();
+      });
+    }).catch(async (error: unknown) => {
+      reloader?.close();
+      await new Promise((resolve) => server.close(resolve));
+      throw error;
+    });
+    redirect = { server: redirectServer, port: (redirectServer.address() as AddressInfo).port };
+  }
+
   let closing: Promise<void> | undefined;
   return {
-    url: `http://${host.includes(':') ? `[${host}]` : host}:${port}`,
+    url: `${scheme}://${host.includes(':') ? `[${host}]` : host}:${port}`,
     port,
     edge,
     store,
     server,
+    redirect,
+    tls: reloader ? { certificate: () => reloader.current, reload: (trigger = 'manual') => reloader.reload(trigger) } : undefined,
     close() {
       // Idempotent: a supervisor and a signal handler may both ask.
       closing ??= (async () => {
-        await new Promise<void>((resolve) => {
-          server.close(() => resolve());
-          server.closeIdleConnections();
-          setTimeout(() => server.closeAllConnections(), 2000).unref();
-        });
+        reloader?.close();
+        const closed = [server, ...(redirect ? [redirect.server] : [])].map(
+          (listener) =>
+            new Promise<void>((resolve) => {
+              listener.close(() => resolve());
+              // node:http2's secure server has it too (for its HTTP/1.1 connections), untyped in @types/node 20.
+              (listener as Server).closeIdleConnections();
+            }),
+        );
+        // HTTP/2 sessions: GOAWAY, so streams in flight finish and no new ones start.
+        for (const session of sessions) session.close();
+        const force = setTimeout(() => {
+          if (!certificate) (server as Server).closeAllConnections();
+          redirect?.server.closeAllConnections();
+          for (const session of sessions) session.destroy();
+          for (const socket of sockets) socket.destroy();
+        }, 2000);
+        force.unref();
+        await Promise.all(closed);
+        clearTimeout(force);
         await edge.settle();
         await imageTransformer?.close();
         if (accessLog) accessLog.close();
@@ -254,4 +399,39 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
       return closing;
     },
   };
+}
+
+/** Keep-alive and HTTP/2 idle timeout: longer than typical load balancers' (60 s), so they close first. */
+const KEEP_ALIVE_MS = 65_000;
+
+/** What @hono/node-server hands the app as `env`, on either protocol. */
+type Bindings = HttpBindings | Http2Bindings;
+
+/** A Host header that can go into a Location unchanged: a name or IPv4 address, or a bracketed IPv6 literal, and a port. */
+const REDIRECT_HOST = /^(?:[a-z0-9._-]+|\[[0-9a-f:.]+\])(?::\d{1,5})?$/i;
+
+/**
+ * `--http-redirect-port`: plain HTTP answered with 308 to the same host and
+ * target over https (308 keeps the method and body, RFC 9110 15.4.9), on
+ * the HTTPS port (left out when it is 443). `/_edge/health` is answered
+ * here as on the HTTPS port, so a load balancer may check either.
+ */
+function createRedirectServer(httpsPort: number, general: (req: IncomingMessage, res: ServerResponse) => unknown): Server {
+  return createServer((req, res) => {
+    const target = req.url ?? '/';
+    if (target === '/_edge/health' || target.startsWith('/_edge/health?')) {
+      void general(req, res);
+      return;
+    }
+    const host = req.headers.host;
+    if (!hasOneHost(req) || host === undefined || !REDIRECT_HOST.test(host) || !target.startsWith('/')) {
+      writeAnswer(res, answerError(new EdgeError('EDGE_BAD_REQUEST', 'A plain HTTP request needs one valid Host header to be redirected to HTTPS.')), () => {});
+      return;
+    }
+    const name = host.replace(/:\d+$/, '').toLowerCase();
+    const location = `https://${name}${httpsPort === 443 ? '' : `:${httpsPort}`}${target}`;
+    const body = `Redirecting to ${location}\n`;
+    res.writeHead(308, { location, 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store' });
+    res.end(req.method === 'HEAD' ? undefined : body);
+  });
 }

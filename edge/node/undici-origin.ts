@@ -20,6 +20,8 @@ export interface UndiciOriginOptions {
   bodyTimeout?: number;
   /** @default 128 */
   connections?: number;
+  /** TLS for https:// origins, e.g. a `secureContext` trusting a private CA (`--origin-ca`); SNI is the URL's host name. */
+  tls?: import('node:tls').ConnectionOptions;
 }
 
 /** undici / socket failure codes to our codes: timeouts are 504, everything else that prevents an answer 502. */
@@ -80,6 +82,7 @@ export function createOriginPool(origin: string, options: Omit<UndiciOriginOptio
     headersTimeout: options.headersTimeout ?? 30_000,
     bodyTimeout: options.bodyTimeout ?? 30_000,
     keepAliveTimeout: 30_000,
+    ...(options.tls ? { connect: options.tls } : {}),
   });
 }
 
