@@ -304,3 +304,122 @@ export function createGate(options: { openAt?: number } = {}): Gate {
     },
   };
 }
+
+// Appended below the http origin: imports are hoisted, so this one may sit with the code that uses it.
+import { createServer as createNetServer } from 'node:net';
+
+/** A request head as a raw-socket origin received it. */
+export interface RawRequest {
+  method: string;
+  /** The request target, e.g. `/a?b=1`. */
+  target: string;
+  /** Lower-case names; a repeated field keeps its last value. */
+  headers: Record<string, string>;
+}
+
+/**
+ * Answers one request by writing to the socket itself: any status line, any
+ * framing, a FIN (`socket.end()`) or a TCP reset (`socket.resetAndDestroy()`).
+ * The socket carries the next request on it only if the handler leaves it open.
+ */
+export type RawOriginHandler = (socket: Socket, request: RawRequest) => unknown;
+
+export interface RawOrigin {
+  /** Base URL without a trailing slash. */
+  readonly url: string;
+  /** Every request head received, in arrival order. */
+  readonly requests: RawRequest[];
+  /** Resolves once `n` requests have arrived (at once if they already have). */
+  received(n: number): Promise<void>;
+  /** Stops listening and destroys open sockets. */
+  close(): Promise<void>;
+}
+
+/**
+ * An origin on a plain `net` server, for responses `node:http` refuses to
+ * produce: broken framing, statuses outside 100-599, resets after part of a
+ * body. Request bodies are read by `Content-Length` and dropped (no chunked
+ * request bodies).
+ *
+ * @example
+ * const raw = await startRawOrigin((socket) => {
+ *   socket.write('HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npartial');
+ *   socket.resetAndDestroy();
+ * });
+ */
+export async function startRawOrigin(handler: RawOriginHandler): Promise<RawOrigin> {
+  const requests: RawRequest[] = [];
+  const sockets = new Set<Socket>();
+  const waiting: { n: number; resolve: () => void }[] = [];
+  const arrived = (request: RawRequest) => {
+    requests.push(request);
+    for (const wait of [...waiting]) {
+      if (requests.length >= wait.n) {
+        waiting.splice(waiting.indexOf(wait), 1);
+        wait.resolve();
+      }
+    }
+  };
+
+  const server = createNetServer((socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+    // An origin reset by the test emits ECONNRESET on our side too; it is the point, not a failure.
+    socket.on('error', () => {});
+    let buffered = Buffer.alloc(0);
+    let bodyLeft = 0;
+    socket.on('data', (chunk: Buffer) => {
+      buffered = Buffer.concat([buffered, chunk]);
+      for (;;) {
+        if (bodyLeft > 0) {
+          const take = Math.min(bodyLeft, buffered.length);
+          bodyLeft -= take;
+          buffered = buffered.subarray(take);
+          if (bodyLeft > 0) return;
+        }
+        const end = buffered.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        const [requestLine = '', ...fieldLines] = buffered.subarray(0, end).toString('latin1').split('\r\n');
+        buffered = buffered.subarray(end + 4);
+        const [method = '', target = ''] = requestLine.split(' ');
+        const headers: Record<string, string> = {};
+        for (const line of fieldLines) {
+          const colon = line.indexOf(':');
+          if (colon > 0) headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
+        }
+        bodyLeft = Number(headers['content-length'] ?? 0);
+        const request = { method, target, headers };
+        arrived(request);
+        Promise.resolve(handler(socket, request)).catch((err: unknown) => {
+          console.error(`raw origin: handler for ${target} threw`, err);
+          socket.destroy();
+        });
+      }
+    });
+  });
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const { port } = server.address() as AddressInfo;
+  let closing: Promise<void> | undefined;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    requests,
+    received(n) {
+      if (requests.length >= n) return Promise.resolve();
+      return new Promise((resolve) => waiting.push({ n, resolve }));
+    },
+    close() {
+      closing ??= new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        for (const socket of sockets) socket.destroy();
+      });
+      return closing;
+    },
+  };
+}
