@@ -8,6 +8,7 @@
  * a truncated body is never stored. If the client goes away, the rest is
  * still read into the cache in the background: the next request is a hit.
  */
+import { EdgeError, isEdgeError } from './errors.js';
 import type { CacheWriter } from './store/types.js';
 
 export interface FillOptions {
@@ -18,7 +19,12 @@ export interface FillOptions {
   expectedSize?: number;
   /** Build the entry's metadata once the size is known; returning undefined declines the commit. */
   commit: (size: number) => Promise<boolean>;
-  /** Called exactly once with whether the entry was stored. */
+  /**
+   * Called exactly once with whether the entry was stored. A failure of the
+   * body itself comes as an `EdgeError` (502 or 504), whatever the origin
+   * client threw, so requests collapsed behind this fill answer like any
+   * other origin failure rather than with a 500.
+   */
   onSettled: (stored: boolean, error?: unknown) => void;
   /** Keeps background work alive after the response (Workers' waitUntil). */
   waitUntil: (promise: Promise<unknown>) => void;
@@ -80,6 +86,10 @@ export function fillWhileStreaming(source: ReadableStream<Uint8Array>, options: 
     settle(false, error);
   };
 
+  /** A body that failed to arrive is the origin's failure (the origin client's own error kept as the cause). */
+  const originError = (error: unknown) =>
+    isEdgeError(error) ? error : new EdgeError('EDGE_ORIGIN_UNREACHABLE', "The origin's body broke off before its end.", { cause: error });
+
   /** Read the rest into the cache after the client left. */
   const drain = async () => {
     try {
@@ -94,7 +104,7 @@ export function fillWhileStreaming(source: ReadableStream<Uint8Array>, options: 
       }
       await finish();
     } catch (error) {
-      await fail(error);
+      await fail(originError(error));
     }
   };
 
@@ -104,7 +114,8 @@ export function fillWhileStreaming(source: ReadableStream<Uint8Array>, options: 
         let result: ReadableStreamReadResult<Uint8Array>;
         try {
           result = await reader.read();
-        } catch (error) {
+        } catch (caught) {
+          const error = originError(caught);
           await fail(error);
           controller.error(error);
           return;

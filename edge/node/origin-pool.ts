@@ -14,7 +14,7 @@ import { isEdgeError } from '../core/errors.js';
 import type { OriginClient, OriginRequest } from '../core/origin/types.js';
 import { matchRoute, originsFromList, type OriginGroupConfig, type OriginsConfig, type RouteConfig } from '../core/routes.js';
 import { S3OriginClient } from './s3-origin.js';
-import { UndiciOriginClient } from './undici-origin.js';
+import { ORIGIN_RESET, UndiciOriginClient } from './undici-origin.js';
 
 /** Timeouts and connection limits applied to every member (the node's origin options). */
 export interface OriginTimeouts {
@@ -104,7 +104,7 @@ const IDEMPOTENT_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
  * it restarted). Retried once on another member for idempotent requests
  * without a body; timeouts are not (the member may still be working on it).
  */
-const CONNECT_FAILURES = new Set(['ECONNREFUSED', 'UND_ERR_CONNECT_TIMEOUT', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET']);
+const CONNECT_FAILURES = new Set(['ECONNREFUSED', 'UND_ERR_CONNECT_TIMEOUT', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'ECONNRESET', ORIGIN_RESET, 'EPIPE', 'UND_ERR_SOCKET']);
 
 /** Build the client for one member URL. */
 export function createMemberClient(url: string, options: OriginTimeouts & { s3?: OriginGroupConfig['s3']; env?: Record<string, string | undefined> } = {}): OriginClient {

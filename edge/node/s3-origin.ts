@@ -22,12 +22,11 @@
  * - `x-amz-*` response headers (request ids, encryption key ids, version ids,
  *   user metadata) are removed: they describe the bucket, not the resource.
  */
-import { Readable } from 'node:stream';
 import { AwsV4Signer } from 'aws4fetch';
 import { Pool, errors as undiciErrors, type Dispatcher } from 'undici';
 import { EdgeError } from '../core/errors.js';
 import type { OriginClient, OriginRequest } from '../core/origin/types.js';
-import { createOriginPool, originFailure } from './undici-origin.js';
+import { createOriginPool, originBody, originFailure } from './undici-origin.js';
 
 /** Credentials for signing. Never logged, never part of `label` or an error. */
 export interface S3Credentials {
@@ -307,7 +306,8 @@ export class S3OriginClient implements OriginClient {
       result.body.resume();
       return new Response(null, { status, headers });
     }
-    return new Response(Readable.toWeb(result.body) as unknown as ReadableStream<Uint8Array>, { status, headers });
+    // Body failures (reset, body timeout, short body) surface as EdgeErrors, as for HTTP origins.
+    return new Response(originBody(result.body), { status, headers });
   }
 
   async close(): Promise<void> {

@@ -25,7 +25,15 @@ export interface OriginClient {
    * Send one request upstream. Resolves with the raw response (body not
    * decoded: `Content-Encoding` passes through untouched). Rejects with an
    * `EdgeError` coded `EDGE_ORIGIN_UNREACHABLE` (502) or
-   * `EDGE_ORIGIN_TIMEOUT` (504) when no response arrives.
+   * `EDGE_ORIGIN_TIMEOUT` (504) when no response arrives, and
+   * `EDGE_ORIGIN_BAD_RESPONSE` (502) when what arrives is not HTTP (a status
+   * outside 100-599, an unparseable head).
+   *
+   * The body closes only at a clean end of message (RFC 9112 6.3): the
+   * announced Content-Length reached, the last chunk read, or a
+   * close-delimited body ended by a clean close (FIN), never by a reset.
+   * Anything else errors the stream with an `EdgeError` (502, or 504 for
+   * the body timeout), so that a consumer that saw `close` may store it.
    */
   fetch(request: OriginRequest): Promise<Response>;
   /** A short label for logs and error messages, e.g. the origin's URL without credentials. */
