@@ -127,8 +127,8 @@ describe('faults: a body that does not end cleanly is never stored', () => {
   });
 
   // RFC 9112 6.3 (8): a close-delimited body ends when the server closes the
-  // connection, and a FIN is that close. It is stored, as Varnish and Traffic
-  // Server store it; only a reset (or any socket error) marks it cut.
+  // connection, and a FIN is that close. It is stored, as Varnish stores one;
+  // only a reset (or any socket error) marks it cut.
   it('stores a close-delimited body that ends with a clean close (FIN) and serves it whole', async () => {
     raw = await startRawOrigin((socket) => answerWhole(socket, 'close-delimited'));
     t = await startTestEdge({ origin: raw.url });
