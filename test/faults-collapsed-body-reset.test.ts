@@ -21,10 +21,7 @@ const LENGTH = 1024 * 1024;
 
 /** Requests waiting behind a leader, over all keys (the flight table is private to the pull path). */
 function waiters(pull: PullCache): number {
-  const table = (pull as unknown as { flights: { flights: Map<string, { waiters: number }> } }).flights.flights;
-  let total = 0;
-  for (const flight of table.values()) total += flight.waiters;
-  return total;
+  return pull.flightStats().waiters;
 }
 
 /** Turn the event loop until `condition` holds (no timers: the test's own timeout bounds it). */

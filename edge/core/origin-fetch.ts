@@ -8,7 +8,7 @@
  */
 import { formatCacheStatus, type CacheStatusFields } from './cache-status.js';
 import { variantFor, varyNames } from './cache-key.js';
-import { EdgeError } from './errors.js';
+import { EdgeError, isEdgeError } from './errors.js';
 import { fillWhileStreaming, sliceFill } from './fill.js';
 import { headersToRecord, originRequestHeaders, splitList, withoutHopByHop } from './headers.js';
 import { fieldsNotToStore, governingDirectives, parseCacheControl, type EdgePolicy } from './policy.js';
@@ -290,7 +290,9 @@ export class OriginFetch {
         fill.end();
         if (ok && variant !== '') pull.ctx.waitUntil(this.boundVariants(pull.key));
         if (ok) plan.land?.({ kind: 'stored' });
-        else if (error !== undefined) plan.land?.({ kind: 'failed', error });
+        // An origin failure (an EdgeError: 502/504) is the followers' too; a
+        // store that could not commit is not: they go upstream themselves.
+        else if (error !== undefined && isEdgeError(error)) plan.land?.({ kind: 'failed', error });
         else plan.land?.({ kind: 'uncacheable' });
       },
     });

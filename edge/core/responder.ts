@@ -132,7 +132,7 @@ export function answerFromOrigin(
  */
 export function answerError(err: unknown, cacheStatus?: string): Answer {
   const edgeError = isEdgeError(err) ? err : new EdgeError('EDGE_INTERNAL', 'The edge node failed to handle this request.', { cause: err });
-  const body = new TextEncoder().encode(JSON.stringify({ error: edgeError.code, message: edgeError.message, ...edgeError.details }));
+  const body = new TextEncoder().encode(JSON.stringify(publicError(edgeError)));
   const headers: Record<string, string> = {
     'content-type': 'application/json; charset=utf-8',
     'cache-control': 'no-store',
@@ -141,6 +141,28 @@ export function answerError(err: unknown, cacheStatus?: string): Answer {
   };
   if (cacheStatus) headers['cache-status'] = cacheStatus;
   return { status: edgeError.status, headers, body };
+}
+
+/**
+ * Origin failures as a public client sees them: what happened, never where
+ * (no origin URL, pool member, bucket or endpoint; the access log and the
+ * admin API keep those).
+ */
+const PUBLIC_ORIGIN_MESSAGES: Partial<Record<string, string>> = {
+  EDGE_ORIGIN_UNREACHABLE: 'The origin could not be reached.',
+  EDGE_ORIGIN_TIMEOUT: 'The origin did not answer in time.',
+  EDGE_ORIGIN_BAD_RESPONSE: 'The origin sent an answer this node cannot use.',
+};
+
+/** Detail fields a public error may carry about an origin failure. */
+const PUBLIC_ORIGIN_DETAILS = new Set(['upstreamStatus']);
+
+function publicError(error: EdgeError): Record<string, unknown> {
+  const generic = PUBLIC_ORIGIN_MESSAGES[error.code];
+  if (generic === undefined) return { error: error.code, message: error.message, ...error.details };
+  const details: Record<string, unknown> = {};
+  for (const name in error.details) if (PUBLIC_ORIGIN_DETAILS.has(name)) details[name] = error.details[name];
+  return { error: error.code, message: generic, ...details };
 }
 
 /** RFC 9111 5.2.1.7: only-if-cached with nothing usable stored. */
