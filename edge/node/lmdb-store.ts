@@ -19,6 +19,21 @@
  * transactions would also keep a version, but each holds one of the
  * environment's few reader slots and stops page reuse for as long as a
  * client takes to read.)
+ *
+ * Several processes may open one directory (cluster mode: `--workers`).
+ * What they share lives in LMDB itself: the byte, entry and pushed-byte
+ * totals are a record in the `state` database, changed in the same write
+ * transaction as the records they count, so every process reads the same
+ * totals and a budget check inside a transaction sees every other
+ * process's commits. Any process may evict; the victim transaction re-reads
+ * the totals and stops at the target, so two processes evicting at once do
+ * not evict twice as much (each ranks by its own use order, entries it has
+ * not used by `storedAt`). The start-up sweep of orphan chunks and the
+ * recount run only where `housekeeping` is on: in the cluster's primary,
+ * once, before any worker writes (a sweep beside a live writer would take
+ * its chunks for orphans). Readers are counted per process: a body
+ * replaced by another process while a stream here reads it fails that
+ * stream (the client sees a cut transfer, never a mix of versions).
  */
 import { randomBytes } from 'node:crypto';
 import { accessSync, constants, existsSync, mkdirSync, statSync } from 'node:fs';
@@ -79,6 +94,13 @@ export interface LmdbCacheStoreOptions {
    * @default ignore
    */
   onError?: (err: unknown) => void;
+  /**
+   * At open, recount the totals from the records and sweep orphan chunks.
+   * Turn off in processes that share the directory with running writers
+   * (cluster workers): the primary does it once before they start.
+   * @default true
+   */
+  housekeeping?: boolean;
 }
 
 /** What the `meta` database holds: the public metadata plus where the body lives. */
@@ -185,6 +207,8 @@ const AFTER_SEP = '\u0020';
 const MAX_KEY_BYTES = 1900;
 const LIST_PAGE = 256;
 const EVICT_TO = 0.9;
+/** The key of the totals record in the `state` database. */
+const TOTALS = 'totals';
 
 export class LmdbCacheStore implements CacheStore {
   readonly name = 'disk';
@@ -193,14 +217,13 @@ export class LmdbCacheStore implements CacheStore {
   readonly #chunks;
   readonly #tags;
   readonly #sources;
+  /** `totals` → {@link Tally}: the counts every process sharing the directory reads. */
+  readonly #state;
   readonly #maxBytes: number;
   readonly #chunkSize: number;
   readonly #clock: () => number;
   readonly #evictPushed: boolean;
   readonly #onError: (err: unknown) => void;
-  #bytes = 0;
-  #entries = 0;
-  #pushedBytes = 0;
   /** Open streams per bodyId. */
   readonly #readers = new Map<string, number>();
   /** Bodies no meta points at any more, kept (bodyId → chunk count) until their last reader is done. */
@@ -248,19 +271,39 @@ export class LmdbCacheStore implements CacheStore {
       this.#chunks = this.#root.openDB<Uint8Array, ChunkKey>('chunks', { encoding: 'binary' });
       this.#tags = this.#root.openDB<string, string>('tags', { dupSort: true, encoding: 'ordered-binary' });
       this.#sources = this.#root.openDB<string, string>('sources', { dupSort: true, encoding: 'ordered-binary' });
+      this.#state = this.#root.openDB<Tally, string>('state', {});
     } catch (error) {
       throw new DataDirError(path, `LMDB cannot open it (${(error as Error).message})`, { cause: error });
     }
 
-    const live = new Set<string>();
-    for (const { value } of this.#meta.getRange()) {
-      this.#bytes += value.size;
-      this.#pushedBytes += pushedSize(value);
-      this.#entries++;
-      live.add(value.bodyId);
+    if ((options.housekeeping ?? true) || this.#state.get(TOTALS) === undefined) {
+      const totals: Tally = { bytes: 0, entries: 0, pushedBytes: 0 };
+      const live = new Set<string>();
+      for (const { value } of this.#meta.getRange()) {
+        totals.bytes += value.size;
+        totals.pushedBytes += pushedSize(value);
+        totals.entries++;
+        live.add(value.bodyId);
+      }
+      this.#state.putSync(TOTALS, totals);
+      if (options.housekeeping ?? true) this.#sweepOrphans(live);
     }
-    this.#sweepOrphans(live);
-    if (this.#bytes > this.#maxBytes) this.#scheduleEviction();
+    if (this.#totals().bytes > this.#maxBytes) this.#scheduleEviction();
+  }
+
+  /**
+   * Open `path`, recount, sweep orphan chunks, evict down to budget and
+   * close: the start-up housekeeping a cluster's primary runs once before
+   * its workers open the directory without it.
+   */
+  static async housekeep(options: LmdbCacheStoreOptions): Promise<void> {
+    const store = new LmdbCacheStore({ ...options, housekeeping: true });
+    await store.close();
+  }
+
+  /** The shared totals, as committed (inside a write transaction: including this transaction's earlier writes). */
+  #totals(): Tally {
+    return this.#state.get(TOTALS) ?? { bytes: 0, entries: 0, pushedBytes: 0 };
   }
 
   async get(key: string): Promise<CacheEntry[]> {
@@ -397,11 +440,13 @@ export class LmdbCacheStore implements CacheStore {
   }
 
   stats(): CacheStoreStats {
-    return { entries: this.#entries, bytes: this.#bytes, maxBytes: this.#maxBytes };
+    if (this.#closed) return { entries: 0, bytes: 0, maxBytes: this.#maxBytes };
+    const { entries, bytes } = this.#totals();
+    return { entries, bytes, maxBytes: this.#maxBytes };
   }
 
   pushedBytes(): number {
-    return this.#pushedBytes;
+    return this.#closed ? 0 : this.#totals().pushedBytes;
   }
 
   /**
@@ -502,30 +547,25 @@ export class LmdbCacheStore implements CacheStore {
   }
 
   /**
-   * A write transaction whose changes to the counts are applied while it
-   * runs, in the order transactions run, so a check made inside one (the
-   * push budget) sees every earlier one; undone if the commit fails.
+   * A write transaction whose changes to the counts are written to the
+   * shared totals record in the same transaction, so a check made inside
+   * one (the push budget) sees every earlier one, from any process, and a
+   * failed commit changes neither.
    */
   async #transact<T>(work: (tally: Tally) => T): Promise<T> {
-    let applied: Tally | undefined;
-    try {
-      return await this.#root.transaction(() => {
-        const tally: Tally = { bytes: 0, entries: 0, pushedBytes: 0 };
-        const result = work(tally);
-        this.#apply(tally, 1);
-        applied = tally;
-        return result;
-      });
-    } catch (err) {
-      if (applied) this.#apply(applied, -1);
-      throw err;
-    }
-  }
-
-  #apply(tally: Tally, sign: 1 | -1): void {
-    this.#bytes += sign * tally.bytes;
-    this.#entries += sign * tally.entries;
-    this.#pushedBytes += sign * tally.pushedBytes;
+    return this.#root.transaction(() => {
+      const tally: Tally = { bytes: 0, entries: 0, pushedBytes: 0 };
+      const result = work(tally);
+      if (tally.bytes !== 0 || tally.entries !== 0 || tally.pushedBytes !== 0) {
+        const totals = this.#totals();
+        this.#state.putSync(TOTALS, {
+          bytes: totals.bytes + tally.bytes,
+          entries: totals.entries + tally.entries,
+          pushedBytes: totals.pushedBytes + tally.pushedBytes,
+        });
+      }
+      return result;
+    });
   }
 
   async #publish(
@@ -539,11 +579,12 @@ export class LmdbCacheStore implements CacheStore {
     const { maxPushedBytes } = options;
     const outcome = await this.#transact((tally): PublishOutcome => {
       const previous = this.#meta.get(storageKey);
-      const pushedAfter = this.#pushedBytes - pushedSize(previous) + pushedSize(record);
+      const pushedBefore = this.#totals().pushedBytes;
+      const pushedAfter = pushedBefore - pushedSize(previous) + pushedSize(record);
       // A replacement that does not grow the pushed total is never refused,
       // even when the total is over budget (a share lowered since).
-      if (record.pushed && maxPushedBytes !== undefined && pushedAfter > maxPushedBytes && pushedAfter > this.#pushedBytes) {
-        return { refused: true, pushedBytes: this.#pushedBytes, replaced: pushedSize(previous) };
+      if (record.pushed && maxPushedBytes !== undefined && pushedAfter > maxPushedBytes && pushedAfter > pushedBefore) {
+        return { refused: true, pushedBytes: pushedBefore, replaced: pushedSize(previous) };
       }
       // The new pointer replaces the old one in one transaction; the old
       // body's chunks go once this has committed and nobody reads them.
@@ -564,7 +605,7 @@ export class LmdbCacheStore implements CacheStore {
     }
     this.#touch(storageKey);
     if (outcome.previous) await this.#releaseBodies([outcome.previous]);
-    if (this.#bytes > this.#maxBytes) this.#scheduleEviction();
+    if (this.#totals().bytes > this.#maxBytes) this.#scheduleEviction();
     return true;
   }
 
@@ -633,7 +674,7 @@ export class LmdbCacheStore implements CacheStore {
       do {
         this.#evictAgain = false;
         await this.#evict();
-      } while (this.#evictAgain && !this.#closed && this.#bytes > this.#maxBytes);
+      } while (this.#evictAgain && !this.#closed && this.#totals().bytes > this.#maxBytes);
     })()
       .catch((err: unknown) => this.#onError(err))
       .finally(() => {
@@ -647,7 +688,7 @@ export class LmdbCacheStore implements CacheStore {
    * used; pushed entries only with `evictPushed`.
    */
   async #evict(): Promise<void> {
-    if (this.#closed || this.#bytes <= this.#maxBytes) return;
+    if (this.#closed || this.#totals().bytes <= this.#maxBytes) return;
     const target = Math.floor(this.#maxBytes * EVICT_TO);
     const now = this.#clock();
     const expired: Array<[string, StoredMeta]> = [];
@@ -668,22 +709,25 @@ export class LmdbCacheStore implements CacheStore {
     const untouched = [...live].sort((a, b) => a[1].storedAt - b[1].storedAt);
 
     const victims: Array<[string, StoredMeta]> = [];
-    let projected = this.#bytes;
+    let projected = this.#totals().bytes;
     for (const candidate of [...expired, ...untouched, ...recent]) {
       if (projected <= target) break;
       victims.push(candidate);
       projected -= candidate[1].size;
     }
     if (victims.length === 0) return;
-    const removed = await this.#transact((tally) =>
-      victims.filter(([storageKey, seen]) => {
+    const removed = await this.#transact((tally) => {
+      // Re-read in the transaction: another process may have evicted meanwhile.
+      const bytes = this.#totals().bytes;
+      return victims.filter(([storageKey, seen]) => {
+        if (bytes + tally.bytes <= target) return false;
         // Skip entries replaced since the scan: the new version was just written.
         const record = this.#meta.get(storageKey);
         if (!record || record.bodyId !== seen.bodyId) return false;
         this.#removeRecord(storageKey, record, tally);
         return true;
-      }),
-    );
+      });
+    });
     await this.#forget(removed);
   }
 }
