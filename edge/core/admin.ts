@@ -269,6 +269,9 @@ function pushPath(c: Context): string {
 function pushHeaders(c: Context, options: EdgeOptions, now: number): Record<string, string> {
   const headers: Record<string, string> = {};
   headers['content-type'] = c.req.header('content-type') || 'application/octet-stream';
+  // A body pushed compressed keeps its coding: sent as is to clients that take it, decoded or re-coded for others.
+  const encoding = c.req.header('content-encoding')?.trim().toLowerCase();
+  if (encoding && encoding !== 'identity') headers['content-encoding'] = encoding;
   headers['cache-control'] = c.req.header('cache-control')?.trim() || `public, max-age=${options.pushTtl}`;
   let governing = 'cache-control';
   for (const field of [options.targetedCacheControl, 'cdn-cache-control']) {

@@ -12,6 +12,7 @@
 import { Hono } from 'hono';
 import { mountAdminApi, type ContentHasher } from './admin.js';
 import { formatCacheStatus } from './cache-status.js';
+import type { BodyCoder } from './compression.js';
 import { EdgeError, errorResponse } from './errors.js';
 import { headersToRecord } from './headers.js';
 import { ImageVariants } from './image-variants.js';
@@ -73,6 +74,12 @@ export interface EdgeAppDeps {
    * source is served, with `detail=image-transform-unavailable` in Cache-Status.
    */
   imageTransformer?: ImageTransformer;
+  /**
+   * Content codings for compression (Node: brotli and gzip from node:zlib;
+   * Workers: gzip decoding only, Cloudflare compresses downstream). Without
+   * one, bodies pass as the origin coded them. See `compression.ts`.
+   */
+  coder?: BodyCoder;
   /** Health of origin pool members and shields, for `GET /_edge/origins`. */
   originStatus?: () => unknown;
   /** Streaming content hash for pushed objects' ETags (Node: sha256 from node:crypto). */
@@ -141,7 +148,7 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
     targetedFields: [options.targetedCacheControl, 'cdn-cache-control'],
     now,
   });
-  const pull = new PullCache({ options, store: deps.store, origin: deps.origin, policies, now });
+  const pull = new PullCache({ options, store: deps.store, origin: deps.origin, policies, now, coder: deps.coder });
   const images = options.images ? new ImageVariants({ options, store: deps.store, pull, policies, transformer: deps.imageTransformer, now }) : undefined;
 
   const pending = new Set<Promise<unknown>>();

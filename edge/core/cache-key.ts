@@ -6,7 +6,7 @@
  *
  * String form (what the stores see):
  *   pulled  `<path>?<query> <scheme>://<host>[#h:<name>=<value>&...][#img:<params>]`
- *   pushed  `<path> push:[#img:<params>]`
+ *   pushed  `<path> push:[#img:<params> | #enc:<coding>]`
  * The path comes first so keys sort by path: purge by prefix is a range
  * scan, and every host's copy of `/a.css` sits beside the pushed one. The
  * path and query are percent-encoded by the URL parser, header values by
@@ -18,12 +18,18 @@ import { splitList } from './headers.js';
 /** Keys longer than this are not cached (LMDB keys are bounded; such URLs are rare and unshared). */
 export const MAX_KEY_LENGTH = 1500;
 
-/** What a derived entry was made with (today: image variants of a source). */
-export interface DerivedKeyPart {
-  kind: 'image';
-  /** The resolved operation, e.g. `w=400;h=;fit=cover;q=80;f=webp;pos=centre;e=0`. */
-  params: string;
-}
+/** What a derived entry was made with: an image variant of a source, or a pushed object in a content coding. */
+export type DerivedKeyPart =
+  | {
+      kind: 'image';
+      /** The resolved operation, e.g. `w=400;h=;fit=cover;q=80;f=webp;pos=centre;e=0`. */
+      params: string;
+    }
+  | {
+      kind: 'coding';
+      /** The content coding the node made (`compression.ts`): `br`, `gzip`, or `identity` for a decoded one. */
+      coding: string;
+    };
 
 interface KeyCommon {
   /** Pathname and normalised `?query` (pushed keys: the pathname only). */
@@ -52,6 +58,7 @@ export type CacheKey = PulledCacheKey | PushedCacheKey;
 const PUSHED_MARK = 'push:';
 const HEADERS_MARK = '#h:';
 const IMAGE_MARK = '#img:';
+const CODING_MARK = '#enc:';
 
 /** The string the stores index by. */
 export function formatCacheKey(key: CacheKey): string {
@@ -62,7 +69,7 @@ export function formatCacheKey(key: CacheKey): string {
     out += `${key.scheme}://${key.host}`;
     if (key.headers?.length) out += HEADERS_MARK + key.headers.map(([name, value]) => `${name}=${encodeURIComponent(value)}`).join('&');
   }
-  if (key.derived) out += IMAGE_MARK + key.derived.params;
+  if (key.derived) out += key.derived.kind === 'image' ? IMAGE_MARK + key.derived.params : CODING_MARK + key.derived.coding;
   return out;
 }
 
@@ -74,9 +81,13 @@ export function parseCacheKey(text: string): CacheKey | undefined {
   let rest = text.slice(space + 1);
   let derived: DerivedKeyPart | undefined;
   const image = rest.indexOf(IMAGE_MARK);
+  const coding = rest.indexOf(CODING_MARK);
   if (image !== -1) {
     derived = { kind: 'image', params: rest.slice(image + IMAGE_MARK.length) };
     rest = rest.slice(0, image);
+  } else if (coding !== -1) {
+    derived = { kind: 'coding', coding: rest.slice(coding + CODING_MARK.length) };
+    rest = rest.slice(0, coding);
   }
   if (rest === PUSHED_MARK) return derived ? { kind: 'pushed', path, derived } : { kind: 'pushed', path };
   let headers: [string, string][] | undefined;

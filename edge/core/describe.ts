@@ -12,7 +12,8 @@
  * unkeyed-header class of cache poisoning instead of listing bad headers.
  */
 import { compileParamMatcher, formatCacheKey, normaliseHost, normaliseQuery, type PulledCacheKey } from './cache-key.js';
-import { connectionTokens, normaliseAcceptEncoding, type ForwardingOptions } from './headers.js';
+import { negotiateCoding, type Coding } from './compression.js';
+import { connectionTokens, type ForwardingOptions } from './headers.js';
 import type { EdgeOptions } from './options.js';
 import { matchRoute, type RouteCacheRules, type RouteConfig } from './routes.js';
 
@@ -63,6 +64,13 @@ export interface Described {
    * client headers: the variant holds what the origin answered to them.
    */
   upstream: Record<string, string>;
+  /**
+   * The content coding this client gets (`compression.ts`), negotiated once
+   * from its Accept-Encoding; the origin is asked for exactly this coding
+   * (`upstream['accept-encoding']`, absent for identity), so a variant keyed
+   * by it holds it, or identity.
+   */
+  coding: Coding;
   /** Cache rules of the matching route, if any. */
   rules?: RouteCacheRules;
   /**
@@ -137,6 +145,7 @@ export class RequestDescriber {
       forwarding,
       headers,
       upstream,
+      coding: (upstream['accept-encoding'] as Coding | undefined) ?? 'identity',
       rules,
       ...(credentials ? { credentials } : {}),
     };
@@ -156,11 +165,12 @@ export class RequestDescriber {
     if (rules?.forwardHeaders) for (const name of rules.forwardHeaders) take(name);
     if (rules?.forwardCookies === false) delete out.cookie;
     if (out['accept-encoding'] !== undefined) {
-      // Keyed and forwarded as the codings that matter, never the raw string:
-      // every browser that takes brotli shares one variant.
-      const codings = normaliseAcceptEncoding(out['accept-encoding']);
-      if (codings === '') delete out['accept-encoding'];
-      else out['accept-encoding'] = codings;
+      // Keyed and forwarded as the negotiated coding, never the raw string:
+      // every client that gets brotli shares one variant, which holds brotli
+      // (or identity), whatever else each of them would accept.
+      const coding = negotiateCoding(out['accept-encoding']);
+      if (coding === 'identity') delete out['accept-encoding'];
+      else out['accept-encoding'] = coding;
     }
     return out;
   }

@@ -59,8 +59,8 @@ const IMAGE_PATH = /\.(jpe?g|png|webp|avif|gif|tiff?)$/i;
 
 const MAX_REMEMBERED_VARIANTS = 10_000;
 
-/** Conditional and range fields: the source is fetched whole and unconditionally. */
-const SOURCE_STRIPPED_FIELDS = new Set(['range', 'if-range', 'if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since']);
+/** Conditional and range fields: the source is fetched whole and unconditionally; and as is (identity), since its bytes are decoded as an image. */
+const SOURCE_STRIPPED_FIELDS = new Set(['range', 'if-range', 'if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since', 'accept-encoding']);
 
 /**
  * Internal field recording the identity of the source a variant was made

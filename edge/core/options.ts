@@ -11,6 +11,7 @@
  * in seconds (TTLs).
  */
 import { z } from 'zod';
+import { DEFAULT_COMPRESS_TYPES, isTypePattern } from './compression.js';
 import { widthsFromRange } from './image/params.js';
 import { durationMs, durationSeconds, originsConfigSchema, parseDuration } from './routes.js';
 
@@ -174,6 +175,19 @@ export const edgeOptionsSchema = z
     sortQuery: flag.default(true).describe('Sort query parameters in cache keys. (default true)'),
     forwardHeaders: list.default([]).describe('Request headers forwarded to the origin besides content negotiation, conditionals, credentials and keyed headers (not keyed: the origin must Vary on them). (default [])'),
     maxVariants: z.coerce.number().int().min(1).max(1000).default(32).describe('Stored Vary variants per URL; past it the oldest is evicted (a client inventing header values cannot grow one URL without bound). (default 32)'),
+    compress: flag
+      .default(true)
+      .describe('Compress responses of --compress-types for clients that accept br or gzip, once per object and coding, and store the result; decode origin-coded bodies for clients that do not accept them (README "Compression"). (default true)'),
+    compressTypes: list
+      .refine((types) => types.every(isTypePattern), { message: 'expected media types such as text/*, application/json or application/*+xml, comma-separated' })
+      .default([...DEFAULT_COMPRESS_TYPES])
+      .describe('Media types compressed; type/* and type/*+suffix patterns allowed; text/event-stream never. (default text/*, JSON, JavaScript, XML, SVG, ICO, wasm, ttf/otf/eot fonts: see README)'),
+    compressMinSize: size(0, '1KB').default(1024).describe('Bodies whose Content-Length is smaller are not compressed (a chunked body is). (default 1KB)'),
+    brotliLevel: int(0, 11).default(5).describe('Brotli quality while a miss streams to its client: 5 is the knee of size against CPU on text. (default 5)'),
+    gzipLevel: int(1, 9).default(5).describe('gzip level while a miss streams to its client. (default 5)'),
+    brotliBackgroundLevel: int(0, 11)
+      .default(11)
+      .describe('After a fill, re-compress each brotli entry the node made at this quality in the background (one at a time) and replace it if smaller; 0 turns it off. (default 11)'),
     forwardCdnHeaders: flag.default(false).describe('Keep CDN-Cache-Control, Surrogate-Control, Cache-Tag and Surrogate-Key on answers, for CDN nodes downstream (on for origin-shield). (default false)'),
     cacheKeyHost: z.string().regex(/^[a-z0-9.-]+(:\d+)?$/i, 'expected a host name such as www.example.com').transform((h) => h.toLowerCase()).optional().describe('Key every request under this host instead of the Host header (one site behind several names or a load balancer). (default unset)'),
     trustedProxies: list.default([]).describe('Peers whose X-Forwarded-* headers are trusted (IP addresses). (default [])'),

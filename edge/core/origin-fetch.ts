@@ -8,14 +8,19 @@
  */
 import { formatCacheStatus, type CacheStatusFields } from './cache-status.js';
 import { variantFor, varyNames } from './cache-key.js';
+import { addCodingVary, codedBy, originHeaders, recodedHeaders, VARY_ADDED_FIELD, type CodingPlan } from './compression.js';
 import { EdgeError, isEdgeError } from './errors.js';
 import { fillWhileStreaming, sliceFill } from './fill.js';
 import { headersToRecord, originRequestHeaders, splitList, withoutHopByHop } from './headers.js';
 import { fieldsNotToStore, governingDirectives, parseCacheControl, type EdgePolicy } from './policy.js';
 import { answerFromOrigin, clientValidatorsMatch, decideRange, notModifiedHeaders, statusAllowsBody, type Answer } from './responder.js';
 import type { PurgeLog } from './purge-log.js';
+import type { Recoder } from './recode.js';
 import type { OriginFetchPlan, PullDeps, PullRequest } from './request.js';
 import type { CacheEntry, CacheEntryMeta } from './store/types.js';
+
+/** Fields that change when the node recodes a body (`compression.ts`), copied from the stored fields onto the answer. */
+const CODING_FIELDS = ['content-encoding', 'content-length', 'etag', 'vary', 'content-md5', 'content-digest', 'repr-digest', 'digest'];
 
 /** Conditional and range fields: a cache fill needs the whole, unconditional response. */
 const FILL_STRIPPED_REQUEST_FIELDS = ['if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since', 'if-range', 'range'];
@@ -46,6 +51,7 @@ export class OriginFetch {
     private readonly answers: StoredAnswers,
     dropped: ReadonlySet<string>,
     private readonly purges: PurgeLog,
+    private readonly recoder: Recoder,
   ) {
     this.dropped = dropped;
   }
@@ -63,7 +69,8 @@ export class OriginFetch {
     for (const name of FILL_STRIPPED_REQUEST_FIELDS) headers.delete(name);
     const stale = plan.stale;
     if (stale) {
-      const stored = stale.entry.meta.headers;
+      // The origin's validators, not those of a coding the node made from its answer.
+      const stored = originHeaders(stale.entry.meta.headers);
       if (stored.etag !== undefined) headers.set('if-none-match', stored.etag);
       if (stored['last-modified'] !== undefined) headers.set('if-modified-since', stored['last-modified']);
     }
@@ -92,14 +99,15 @@ export class OriginFetch {
 
     if (stale && response.status === 304) {
       await response.body?.cancel();
-      const freshened = policies.freshen(stale.policy, stale.entry.meta.headers, stale.entry.meta.status, pull.policyRequest, {
+      const storedHeaders = stale.entry.meta.headers;
+      const freshened = policies.freshen(stale.policy, originHeaders(storedHeaders), stale.entry.meta.status, pull.policyRequest, {
         status: 304,
         headers: this.storableHeaders(response.headers).stored,
       });
       if (freshened) {
         const meta: CacheEntryMeta = {
           ...stale.entry.meta,
-          headers: freshened.headers,
+          headers: recodedAgain(storedHeaders, freshened.headers),
           policy: freshened.policy.toObject(),
           storedAt: now(),
           expiresAt: freshened.policy.usefulUntil(this.answers.graceFor(pull), KEEP_WITH_VALIDATOR_SECONDS),
@@ -174,7 +182,7 @@ export class OriginFetch {
   }
 
   /** Keep at most --max-variants variants of a key: the least recently stored go first. */
-  private async boundVariants(key: string): Promise<void> {
+  async boundVariants(key: string): Promise<void> {
     const { store, options } = this.deps;
     const entries = await store.get(key);
     if (entries.length <= options.maxVariants) return;
@@ -195,25 +203,35 @@ export class OriginFetch {
   private async storeAndRespond(pull: PullRequest, plan: OriginFetchPlan, response: Response, mayStore: boolean): Promise<Answer> {
     const { options, policies, store, now } = this.deps;
     const { described } = pull;
-    const { clean, stored, setCookies, upstreamStatus } = this.storableHeaders(response.headers);
+    const split = this.storableHeaders(response.headers);
+    const { clean, setCookies, upstreamStatus } = split;
+    let stored = split.stored;
     const status = response.status;
     const explicitlyShared = this.explicitlyShared(stored);
     if (stored.date === undefined) stored.date = new Date(now()).toUTCString();
     if (pull.rules?.ttl !== undefined) this.applyRouteTtl(stored, pull.rules.ttl, pull.rules.overrideTtl, pull.rules.staleIfError);
     const policy = policies.fromResponse(pull.policyRequest, { status, headers: stored });
-    const vary = varyNames(stored.vary);
     const contentLength = response.headers.has('content-length') ? Number(response.headers.get('content-length')) : undefined;
-    const storable =
+    let storable =
       mayStore &&
       policy.storable() &&
-      vary !== '*' &&
       (setCookies.length === 0 || options.cacheSetCookie) &&
       // A response to a request with forwarded cookies is shared only when the origin says so explicitly.
       (described.credentials !== 'cookie' || explicitlyShared) &&
       // No freshness and no validator: storing it could never save a fetch.
       (policy.freshnessLifetime() > 0 || policy.hasValidator()) &&
       !(contentLength !== undefined && contentLength > options.maxObjectSize) &&
-      response.body !== null === statusAllowsBody(status);
+      response.body !== null === statusAllowsBody(status) &&
+      varyNames(stored.vary) !== '*';
+
+    // Compressed (or decoded) once, here, for everyone who negotiates this
+    // coding; what passes unstored is only ever decoded, never compressed.
+    const coding = this.recoder.plan({ status, headers: stored, size: contentLength }, described.coding, storable);
+    if (!coding.storable) storable = false;
+    if (coding.recode || coding.varies) stored = this.recoder.headers(stored, coding);
+    syncCodingFields(clean, stored, coding);
+    const vary = varyNames(stored.vary);
+    const originBody = response.body && coding.recode ? this.recoder.body(response.body, coding, contentLength) : response.body;
 
     if (plan.stale && !storable) pull.ctx.waitUntil(store.delete(pull.key, plan.stale.entry.meta.variant));
 
@@ -253,16 +271,19 @@ export class OriginFetch {
         await response.body?.cancel();
         return answer(null);
       }
-      return answer(response.body);
+      return answer(originBody);
     }
 
     const variant = variantFor(vary as string[], described.upstream);
     const tags = [...splitList(stored['cache-tag']), ...(stored['surrogate-key'] ?? '').split(/\s+/).filter(Boolean)];
-    // A status without a body has none to store, whatever Content-Length says (RFC 9110 8.6).
-    const expectedSize = bodyless ? 0 : contentLength;
+    // A status without a body has none to store, whatever Content-Length says
+    // (RFC 9110 8.6); a recoded body's length is known at its end.
+    const expectedSize = bodyless ? 0 : coding.recode ? undefined : contentLength;
+    this.recoder.noteFill(pull.key);
     const writer = store.createWriter(pull.key, variant, expectedSize);
-    const body = response.body ?? new ReadableStream<Uint8Array>({ start: (c) => c.close() });
+    const body = originBody ?? new ReadableStream<Uint8Array>({ start: (c) => c.close() });
     const fill = this.purges.begin();
+    let committed: CacheEntryMeta | undefined;
     const filled = fillWhileStreaming(body, {
       writer,
       maxBytes: options.maxObjectSize,
@@ -274,7 +295,7 @@ export class OriginFetch {
           await writer.abort();
           return false;
         }
-        return writer.commit({
+        committed = {
           key: pull.key,
           variant,
           status,
@@ -284,11 +305,13 @@ export class OriginFetch {
           tags,
           storedAt: now(),
           expiresAt: policy.usefulUntil(this.answers.graceFor(pull), KEEP_WITH_VALIDATOR_SECONDS),
-        });
+        };
+        return writer.commit(committed);
       },
       onSettled: (ok, error) => {
         fill.end();
         if (ok && variant !== '') pull.ctx.waitUntil(this.boundVariants(pull.key));
+        if (ok && committed) this.recoder.afterFill(committed, pull.ctx.waitUntil);
         if (ok) plan.land?.({ kind: 'stored' });
         // An origin failure (an EdgeError: 502/504) is the followers' too; a
         // store that could not commit is not: they go upstream themselves.
@@ -310,8 +333,9 @@ export class OriginFetch {
       return { ...full, status: 304, headers: notModifiedHeaders(full.headers) };
     }
     // A Range request that misses: the origin sent the whole object (it fills
-    // the cache); the client gets its range from that stream.
-    if (status === 200 && requestHeaders.range !== undefined && contentLength !== undefined) {
+    // the cache); the client gets its range from that stream. A body being
+    // recoded has no known length yet: the whole of it (RFC 9110 14.2).
+    if (status === 200 && requestHeaders.range !== undefined && contentLength !== undefined && !coding.recode) {
       const range = decideRange(requestHeaders, stored, contentLength);
       if (range.kind === 'unsatisfiable') {
         void filled.cancel();
@@ -330,4 +354,28 @@ export class OriginFetch {
     return answer(filled);
   }
 
+}
+
+/**
+ * The fields of a stored entry after a 304 freshened them (computed on the
+ * origin's view, see `originHeaders`): a representation the node made gets
+ * its own labels back, and a node-added `Vary: Accept-Encoding` stays even
+ * when the 304 sends the origin's Vary.
+ */
+function recodedAgain(before: Record<string, string>, after: Record<string, string>): Record<string, string> {
+  const by = codedBy(before);
+  if (by) return recodedHeaders(after, by.coding, by.level);
+  if (before[VARY_ADDED_FIELD] === undefined) return after;
+  const out = { ...after };
+  addCodingVary(out);
+  return out;
+}
+
+/** The answer's coding fields as stored after `coding` (only Vary, when the body passes as it came). */
+function syncCodingFields(clean: Headers, stored: Record<string, string>, coding: CodingPlan): void {
+  for (const name of coding.recode ? CODING_FIELDS : coding.varies ? ['vary'] : []) {
+    const value = stored[name];
+    if (value === undefined) clean.delete(name);
+    else clean.set(name, value);
+  }
 }

@@ -12,19 +12,36 @@
  * runtimes that can answer a fresh hit without Web objects.
  */
 import { formatCacheStatus, type CacheStatusFields, type ForwardReason } from './cache-status.js';
-import { keyPath, MAX_KEY_LENGTH, pushedKey, variantFor, varyNames } from './cache-key.js';
+import { derivedKey, keyPath, MAX_KEY_LENGTH, pushedKey, variantFor, varyNames } from './cache-key.js';
 import { FlightTable, waitForFlight, type FlightOutcome } from './collapse.js';
+import { ORIGIN_ETAG_FIELD, VARY_ADDED_FIELD, withVaryMember, type Coding, type CodingPlan } from './compression.js';
 import { RequestDescriber, type Described } from './describe.js';
 import { forwardRequestHeaders, withoutHopByHop } from './headers.js';
 import { OriginFetch } from './origin-fetch.js';
 import { PurgeLog } from './purge-log.js';
+import { Recoder, type RecodeTarget } from './recode.js';
 import type { EdgePolicy } from './policy.js';
 import { parseCacheControl } from './policy.js';
 import type { IncomingRequest, OriginFetchPlan, PullDeps, PullRequest, RequestContext, RequestLog } from './request.js';
-import { answerFromEntry, answerFromOrigin, answerGatewayTimeout, droppedResponseFields, storedAnswerHeaders, type Answer } from './responder.js';
+import {
+  answerFromEntry,
+  answerFromOrigin,
+  answerGatewayTimeout,
+  answerWhileFilling,
+  droppedResponseFields,
+  storedAnswerHeaders,
+  type Answer,
+} from './responder.js';
 import type { CacheEntry, CacheEntryMeta } from './store/types.js';
 
 export type { IncomingRequest, PullDeps, PullRequest, RequestContext, RequestLog } from './request.js';
+
+/** `Accept-Encoding` as the origin is asked for each coding (`describe.ts`): what a coding variant was keyed with. */
+const CODING_REQUESTS: readonly (readonly [Coding, string | undefined])[] = [
+  ['br', 'br'],
+  ['gzip', 'gzip'],
+  ['identity', undefined],
+];
 
 /** How long a key found uncacheable skips request collapsing (Varnish's hit-for-miss; it defaults to 120 s). */
 const UNCACHEABLE_MEMORY_MS = 10_000;
@@ -60,6 +77,12 @@ export class PullCache {
   readonly purges = new PurgeLog();
   /** Fetches, revalidates and stores (see `origin-fetch.ts`). */
   private readonly origin: OriginFetch;
+  /** Compresses and decodes bodies into the cache (see `recode.ts`). */
+  private readonly recoder: Recoder;
+  /** How a pushed object reaches each coding, per stored metadata object (pushed hits ask on every request). */
+  private readonly pushedPlans = new WeakMap<CacheEntryMeta, Partial<Record<Coding, CodingPlan>>>();
+  /** Pushed objects' metadata with `Vary: Accept-Encoding` added, per stored metadata object. */
+  private readonly variedMetas = new WeakMap<CacheEntryMeta, CacheEntryMeta>();
   /** Response fields no answer carries (see `droppedResponseFields`). */
   private readonly dropped: ReadonlySet<string>;
   /**
@@ -73,6 +96,7 @@ export class PullCache {
     this.deps = deps;
     this.describer = new RequestDescriber(deps.options);
     this.dropped = droppedResponseFields(deps.options.targetedCacheControl, deps.options.forwardCdnHeaders);
+    this.recoder = new Recoder({ options: deps.options, coder: deps.coder, store: deps.store, purges: this.purges, now: deps.now });
     this.origin = new OriginFetch(
       deps,
       {
@@ -83,6 +107,7 @@ export class PullCache {
       },
       this.dropped,
       this.purges,
+      this.recoder,
     );
   }
 
@@ -150,9 +175,19 @@ export class PullCache {
       const [entry] = store.getSync(pushedKey(described.pathname)) ?? [];
       if (!entry) return undefined;
       const policy = this.policyOf(entry.meta);
-      if (!policy.isFresh() || entry.meta.invalidated || !hasBytes(entry)) return undefined;
+      if (!policy.isFresh() || entry.meta.invalidated) return undefined;
+      const coding = this.pushedCoding(entry.meta, described.coding);
+      let answered = entry;
+      if (coding.recode) {
+        const [made] = store.getSync(codedKey(entry.meta.key, coding)) ?? [];
+        if (!made || !madeFrom(made.meta, entry.meta)) return undefined;
+        answered = made;
+      } else if (coding.varies) {
+        answered = { ...entry, meta: this.varied(entry.meta) };
+      }
+      if (!hasBytes(answered)) return undefined;
       log.key = described.key;
-      return this.answerPushed(pull, entry, policy);
+      return this.answerPushed(pull, answered, policy);
     }
     const entries = store.getSync(described.key);
     if (!entries || entries.length === 0) return undefined;
@@ -213,6 +248,9 @@ export class PullCache {
       }
       return this.collapsed(pull, `${pull.key}\u0000${entry.meta.variant}`, { reason: decision.reason, stale: { entry, policy: this.policyOf(entry.meta) } });
     }
+    // Another coding of the same response is stored and fresh: made from it, without the origin.
+    const sibling = entries.length > 0 ? this.codingSibling(pull, entries) : undefined;
+    if (sibling) return this.recoded(pull, sibling.entry, sibling.plan, { key: pull.key, variant: sibling.variant });
     if (this.onlyIfCached(pull)) return this.gatewayTimeout(pull, 'miss');
     if (this.knownUncacheable(pull.key)) {
       // Straight to the origin, no queue; a HEAD is sent as HEAD (its answer will not be stored).
@@ -236,7 +274,96 @@ export class PullCache {
     const policy = this.policyOf(entry.meta);
     // Soft-purged or expired: fall through to the pull path.
     if (!policy.isFresh() || entry.meta.invalidated) return undefined;
-    return this.answerPushed(pull, entry, policy);
+    const coding = this.pushedCoding(entry.meta, pull.described.coding);
+    if (!coding.recode) return this.answerPushed(pull, coding.varies ? { ...entry, meta: this.varied(entry.meta) } : entry, policy);
+    // A coding the node makes from the pushed bytes: a derived entry, removed with the object (sourceKey).
+    const key = codedKey(entry.meta.key, coding);
+    const [made] = await this.deps.store.get(key);
+    if (made && madeFrom(made.meta, entry.meta)) return this.answerPushed(pull, made, policy);
+    return this.recoded(pull, entry, coding, { key, variant: '', sourceKey: entry.meta.key }, 'pushed');
+  }
+
+  /** How a pushed object reaches a client that negotiated `wanted` (memoised per stored metadata). */
+  private pushedCoding(meta: CacheEntryMeta, wanted: Coding): CodingPlan {
+    let plans = this.pushedPlans.get(meta);
+    if (!plans) this.pushedPlans.set(meta, (plans = {}));
+    return (plans[wanted] ??= this.recoder.plan({ status: meta.status, headers: meta.headers, size: meta.size }, wanted, true));
+  }
+
+  /** A pushed object's metadata as answered when it varies on Accept-Encoding (built once per stored metadata). */
+  private varied(meta: CacheEntryMeta): CacheEntryMeta {
+    let varied = this.variedMetas.get(meta);
+    if (!varied) {
+      varied = { ...meta, headers: { ...meta.headers, vary: withVaryMember(meta.headers.vary, 'Accept-Encoding') } };
+      this.variedMetas.set(meta, varied);
+    }
+    return varied;
+  }
+
+  /**
+   * A fresh stored 200 of this request's key that differs from what it
+   * needs only in its coding (every other Vary dimension matches), from
+   * which the wanted coding can be made: identity preferred (compress
+   * only), then a coding the node decodes.
+   */
+  private codingSibling(pull: PullRequest, entries: CacheEntry[]): { entry: CacheEntry; plan: CodingPlan; variant: string } | undefined {
+    if (!this.deps.coder || !this.deps.options.compress) return undefined;
+    const { upstream, coding: wanted } = pull.described;
+    let found: { entry: CacheEntry; plan: CodingPlan; variant: string } | undefined;
+    for (const entry of entries) {
+      const { vary } = this.prepare(entry.meta);
+      // Only where the node itself made the response vary on Accept-Encoding: an origin that does is asked for each coding.
+      if (vary === '*' || entry.meta.headers[VARY_ADDED_FIELD] === undefined || entry.meta.status !== 200 || entry.meta.invalidated) continue;
+      const asked = CODING_REQUESTS.find(([coding, value]) => coding !== wanted && variantFor(vary, withAcceptEncoding(upstream, value)) === entry.meta.variant);
+      if (!asked) continue;
+      const decision = this.decide(pull, entry);
+      if (decision.kind !== 'serve' || decision.outcome !== 'hit' || decision.refresh) continue;
+      const plan = this.recoder.plan({ status: 200, headers: entry.meta.headers, size: entry.meta.size }, wanted, true);
+      if (!plan.storable || (plan.to !== wanted && plan.to !== 'identity')) continue;
+      if (!found || (plan.from === 'identity' && found.plan.from !== 'identity')) found = { entry, plan, variant: variantFor(vary, upstream) };
+    }
+    return found;
+  }
+
+  /**
+   * Make `target` from a stored entry (`plan`: compress, decode or copy),
+   * once however many ask at the same time, and answer while it is stored.
+   * It is a hit: the origin is not asked, and freshness is the source's.
+   * `detail` goes to Cache-Status (`recoded`; `pushed` for pushed objects).
+   */
+  private async recoded(pull: PullRequest, source: CacheEntry, plan: CodingPlan, target: RecodeTarget, detail = 'recoded', rejoined = false): Promise<Answer> {
+    const { store, options } = this.deps;
+    const policy = this.policyOf(source.meta);
+    const flightKey = `${target.key}\u0000${target.variant}\u0000recode`;
+    const flight = this.flights.join(flightKey);
+    if (flight) {
+      const outcome = await waitForFlight(flight, options.collapseTimeout);
+      pull.ctx.log.collapsed = true;
+      const made = (await store.get(target.key)).find((entry) => entry.meta.variant === target.variant && madeFrom(entry.meta, source.meta));
+      if (made) {
+        pull.ctx.log.outcome = 'hit';
+        return this.fromCache(pull, made, policy, { hit: true, collapsed: true, ttl: policy.freshnessLifetime() - policy.age(), detail });
+      }
+      if (outcome === 'timeout' && !rejoined) return this.recoded(pull, source, plan, target, detail, true);
+    }
+    const land = flight ? undefined : this.flights.lead(flightKey);
+    const { waitUntil } = pull.ctx;
+    const { meta, body } = this.recoder.fillFromStored(source, plan, target, waitUntil, (stored, error) => {
+      if (stored && target.variant !== '') waitUntil(this.origin.boundVariants(target.key));
+      land?.(stored ? { kind: 'stored' } : error !== undefined ? { kind: 'failed', error } : { kind: 'uncacheable' });
+    });
+    if (source.tier) pull.ctx.log.tier = source.tier;
+    pull.ctx.log.outcome = 'hit';
+    pull.ctx.log.detail = detail;
+    const ttl = policy.freshnessLifetime() - policy.age();
+    return answerWhileFilling(
+      meta,
+      storedAnswerHeaders(meta, this.dropped, options.name),
+      { isHead: pull.isHead, headers: pull.described.headers },
+      policy.age(),
+      formatCacheStatus(options.name, { hit: true, ttl, detail }),
+      body,
+    );
   }
 
   private answerPushed(pull: PullRequest, entry: CacheEntry, policy: EdgePolicy): Answer {
@@ -291,7 +418,8 @@ export class PullCache {
         throw outcome.error;
       }
       if (outcome.kind === 'stored') {
-        const entry = this.selectVariant(await this.deps.store.get(pull.key), pull.described.upstream);
+        const entries = await this.deps.store.get(pull.key);
+        const entry = this.selectVariant(entries, pull.described.upstream);
         // The entry the leader just stored answers its followers even when it
         // was stale on arrival (max-age=0): they asked at the same moment.
         if (entry && !entry.meta.invalidated && entry.meta.storedAt >= joinedAt - 1) {
@@ -299,6 +427,9 @@ export class PullCache {
           pull.ctx.log.outcome = plan.stale ? 'revalidated' : 'miss';
           return this.fromCache(pull, entry, policy, { fwd: plan.reason, collapsed: true, ttl: policy.freshnessLifetime() - policy.age() });
         }
+        // The leader stored another coding: this one is made from it.
+        const sibling = entry ? undefined : this.codingSibling(pull, entries);
+        if (sibling) return this.recoded(pull, sibling.entry, sibling.plan, { key: pull.key, variant: sibling.variant });
       }
     }
     return this.origin.fetch(pull, { reason: plan.reason, stale: plan.stale });
@@ -477,4 +608,24 @@ function withoutRequestDirectives(headers: Record<string, string>): Record<strin
 /** A body the fast path can write at once. */
 function hasBytes(entry: CacheEntry): boolean {
   return entry.body.bytes !== undefined || entry.body.size === 0 || entry.body.readAll !== undefined;
+}
+
+/** The key of a pushed object's coding made by the node (a derived key, so purges of the object reach it). */
+function codedKey(sourceKey: string, plan: CodingPlan): string {
+  return derivedKey(sourceKey, { kind: 'coding', coding: plan.to });
+}
+
+/** Was `made` recoded from this version of `source`? (A replaced push keeps no coding of its old bytes.) */
+function madeFrom(made: CacheEntryMeta, source: CacheEntryMeta): boolean {
+  if (made.invalidated) return false;
+  const etag = source.headers[ORIGIN_ETAG_FIELD] ?? source.headers.etag;
+  return etag === undefined ? made.storedAt >= source.storedAt : (made.headers[ORIGIN_ETAG_FIELD] ?? made.headers.etag) === etag;
+}
+
+/** `upstream` as it would be had the origin been asked for `acceptEncoding` (undefined: identity). */
+function withAcceptEncoding(upstream: Record<string, string>, acceptEncoding: string | undefined): Record<string, string> {
+  const out = { ...upstream };
+  if (acceptEncoding === undefined) delete out['accept-encoding'];
+  else out['accept-encoding'] = acceptEncoding;
+  return out;
 }

@@ -5,6 +5,7 @@
  */
 import type { CacheOutcome, ForwardReason } from './cache-status.js';
 import type { FlightOutcome } from './collapse.js';
+import type { BodyCoder } from './compression.js';
 import type { Described } from './describe.js';
 import type { EdgeOptions } from './options.js';
 import type { OriginClient } from './origin/types.js';
@@ -51,6 +52,8 @@ export interface PullDeps {
   origin: OriginClient;
   policies: PolicyFactory;
   now: () => number;
+  /** Encodes and decodes bodies (`compression.ts`); without one, bodies pass as the origin coded them. */
+  coder?: BodyCoder;
 }
 
 /** A GET/HEAD on its way through the pull path. */

@@ -11,6 +11,7 @@
  * (RFC 9110 14), HEAD, and the headers a stored response carries downstream.
  */
 import { formatCacheStatus, type CacheStatusFields } from './cache-status.js';
+import { CODED_FIELD, ORIGIN_ETAG_FIELD, VARY_ADDED_FIELD } from './compression.js';
 import { EdgeError, isEdgeError } from './errors.js';
 import { parseHttpDate } from './policy.js';
 import type { CacheEntry, CacheEntryMeta } from './store/types.js';
@@ -33,8 +34,8 @@ export interface Answer {
  */
 export const CDN_RESPONSE_FIELDS = ['cache-tag', 'surrogate-key', 'surrogate-control', 'cdn-cache-control'];
 
-/** Fields used only inside this node; never sent anywhere. */
-const NODE_RESPONSE_FIELDS = ['x-edge-source-etag'];
+/** Fields used only inside this node; never sent anywhere (image sources; codings the node made, see `compression.ts`). */
+const NODE_RESPONSE_FIELDS = ['x-edge-source-etag', CODED_FIELD, ORIGIN_ETAG_FIELD, VARY_ADDED_FIELD];
 
 /** The response fields a node removes from every answer: its own targeted field, and CDN fields unless forwarded. */
 export function droppedResponseFields(targetedField: string, forwardCdnFields: boolean): ReadonlySet<string> {
@@ -100,6 +101,35 @@ export function answerFromEntry(entry: CacheEntry, prepared: Record<string, stri
     }
   }
   return { status: meta.status, headers, body: request.isHead ? null : entryBody(entry) };
+}
+
+/**
+ * Answer with a representation stored as it streams (one the node makes
+ * from a stored entry, see `recode.ts`): the stored fields without a length
+ * (known at the last byte), client validators (304), HEAD. A Range gets the
+ * whole body (RFC 9110 14.2 allows it); the next request is a hit and gets
+ * its range. A body no client reads is cancelled, which lets the fill read
+ * it to the end and store it.
+ */
+export function answerWhileFilling(
+  meta: CacheEntryMeta,
+  prepared: Record<string, string>,
+  request: AnswerRequest,
+  age: number,
+  cacheStatus: string,
+  body: ReadableStream<Uint8Array>,
+): Answer {
+  const headers: Record<string, string> = { ...prepared, age: String(Math.max(0, Math.floor(age))), 'cache-status': cacheStatus };
+  delete headers['content-length'];
+  if (meta.status === 200 && clientValidatorsMatch(request.headers, meta.headers)) {
+    void body.cancel();
+    return { status: 304, headers: notModifiedHeaders(headers), body: null };
+  }
+  if (request.isHead || !statusAllowsBody(meta.status)) {
+    void body.cancel();
+    return { status: meta.status, headers, body: null };
+  }
+  return { status: meta.status, headers, body };
 }
 
 /**

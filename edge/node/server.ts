@@ -29,6 +29,8 @@ import { EdgeError } from '../core/errors.js';
 import { answerError } from '../core/responder.js';
 import { SharpImageTransformer } from './sharp-transformer.js';
 import { UndiciOriginClient } from './undici-origin.js';
+import { createZlibCoder } from './zlib-coder.js';
+import type { BodyCoder } from '../core/compression.js';
 
 export interface EdgeServerOverrides {
   /** Injected clock (tests). @default Date.now */
@@ -37,6 +39,8 @@ export interface EdgeServerOverrides {
   origin?: OriginClient;
   /** Logger; `false` silences the access log. @default pino on stdout at options.logLevel */
   logger?: Logger | false;
+  /** Content codings (tests count compressions through a wrapper). @default createZlibCoder() */
+  coder?: BodyCoder;
   /** Told of certificate reloads (tests wait for these). @default one line on stderr per reload or refusal */
   onTlsReload?: (event: TlsReloadEvent) => void;
   /** Quiet time after a certificate file changes before it is read. @default 1000 */
@@ -238,6 +242,7 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
     : undefined;
 
   const edge = createEdgeApp({
+    coder: overrides.coder ?? createZlibCoder(),
     createHasher: () => {
       const hash = createHash('sha256');
       return { update: (chunk) => void hash.update(chunk), digest: () => hash.digest('hex') };

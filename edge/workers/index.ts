@@ -34,6 +34,7 @@ import { FetchOriginClient } from './fetch-origin.js';
 import { CfImagesTransformer, type ImagesBindingLike } from './images-transformer.js';
 import { R2PushStore, type R2BucketLike } from './r2-push-store.js';
 import { RoutedCacheStore } from './routed-store.js';
+import { createWebCoder } from './web-coder.js';
 
 /** Bindings and variables the Worker reads (see `wrangler.toml`). */
 export interface WorkersEnv {
@@ -191,6 +192,8 @@ async function createWorkerEdge(env: WorkersEnv): Promise<WorkerEdge> {
     store,
     origin,
     imageTransformer: images,
+    // Decodes gzip for clients that do not take it; compressing is left to Cloudflare's network (see web-coder.ts).
+    coder: createWebCoder(),
     clientIp: (bindings) => (bindings as RequestBindings | undefined)?.clientIp,
     waitUntil: (executionCtx, promise) => (executionCtx as ExecutionContextLike).waitUntil(promise),
     onRequest: logRequests ? (record) => console.log(JSON.stringify({ level: 'info', node: options.name, msg: 'request', ...record })) : undefined,
