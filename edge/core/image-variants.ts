@@ -158,7 +158,7 @@ export class ImageVariants {
    * this request, when the caller has it (saves describing it again on a hit).
    */
   async handle(request: IncomingRequest, ctx: RequestContext, params: ImageParams, described: Described): Promise<Answer> {
-    if (!this.deps.transformer) return this.untransformed(request, ctx);
+    if (!this.deps.transformer || this.deps.transformer.available?.() === false) return this.untransformed(request, ctx);
     const { options, store } = this.deps;
     const isHead = request.method === 'HEAD';
     // A repeated request for a known variant: one lookup, no source lookup.
@@ -220,7 +220,10 @@ export class ImageVariants {
     const flight = this.flights.join(flightKey);
     if (flight) {
       const outcome = await waitForFlight(flight, options.collapseTimeout);
-      if (outcome !== 'timeout' && outcome.kind === 'failed') throw outcome.error;
+      if (outcome !== 'timeout' && outcome.kind === 'failed') {
+        if (this.deps.transformer?.available?.() === false) return this.untransformed(request, ctx);
+        throw outcome.error;
+      }
       if (outcome !== 'timeout' && outcome.kind === 'stored') return this.handle(request, ctx, params, described);
     }
     const land = flight ? undefined : this.flights.lead(flightKey);
@@ -231,6 +234,8 @@ export class ImageVariants {
       return produced.answer;
     } catch (error) {
       land?.({ kind: 'failed', error });
+      // The transformer found itself unusable on this request: the source, as without one.
+      if (this.deps.transformer?.available?.() === false) return this.untransformed(request, ctx);
       throw error;
     }
   }

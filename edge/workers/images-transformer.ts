@@ -15,9 +15,12 @@
  * | `outside` | `scale-down`/`contain` to the size covering the box, computed here |
  *
  * `position` becomes `gravity` (`attention` and `entropy` become `auto` and
- * `entropy`). Where no binding is configured (plain `wrangler dev`, the
- * tests on workerd) the Worker has no transformer and image parameters do
- * not transform: see `edge/workers/index.ts`.
+ * `entropy`). Where no binding is configured the Worker has no transformer
+ * and image parameters do not transform: see `edge/workers/index.ts`. Where
+ * the binding is configured but fails (plain `wrangler dev` sends transforms
+ * to Cloudflare and fails without a login; an account without Images), the
+ * transformer reports itself unavailable for `retryMs` and the core serves
+ * the original with `detail=image-transform-unavailable`, as the README says.
  */
 import { EdgeError } from '../core/errors.js';
 import { IMAGE_CONTENT_TYPES } from '../core/image/params.js';
@@ -42,6 +45,15 @@ export interface CfImagesTransformerOptions {
   maxInputPixels?: number;
   /** A transform taking longer is answered 503 (`EDGE_TRANSFORM_TIMEOUT`). @default 10000 */
   timeoutMs?: number;
+  /**
+   * After the binding fails for a reason other than the input (unreachable,
+   * not logged in under `wrangler dev`, an internal error), image requests
+   * are answered with the untransformed original for this long, then the
+   * binding is tried again. @default 30000
+   */
+  retryMs?: number;
+  /** Time source, ms. @default Date.now */
+  clock?: () => number;
 }
 
 /** Images binding error codes that mean "this input cannot be transformed" (Cloudflare Images error table). */
@@ -76,17 +88,37 @@ export class CfImagesTransformer implements ImageTransformer {
   private readonly images: ImagesBindingLike;
   private readonly maxInputPixels: number;
   private readonly timeoutMs: number;
+  private readonly retryMs: number;
+  private readonly clock: () => number;
+  /** The binding failed: originals are served until then. */
+  private downUntil = 0;
+  /** Why the binding was last found unusable, for the health answer. */
+  lastFailure: string | undefined;
 
   constructor(options: CfImagesTransformerOptions) {
     if (!options.images || typeof options.images.input !== 'function') throw new TypeError('CfImagesTransformer: images must be the Images binding (env.IMAGES)');
     this.images = options.images;
     this.maxInputPixels = options.maxInputPixels ?? 50_000_000;
     this.timeoutMs = options.timeoutMs ?? 10_000;
+    this.retryMs = options.retryMs ?? 30_000;
+    this.clock = options.clock ?? Date.now;
+  }
+
+  /** False for `retryMs` after the binding itself failed: the core then serves originals (`detail=image-transform-unavailable`). */
+  available(): boolean {
+    return this.clock() >= this.downUntil;
   }
 
   async transform(input: Uint8Array, params: ResolvedImageParams): Promise<TransformedImage> {
     return this.withTimeout(async () => {
-      const info = await this.call(() => this.images.info(streamOf(input)));
+      const info = await this.call(async () => {
+        const found = await this.images.info(streamOf(input));
+        // A binding whose service answered something else (e.g. an API error document) reports no size.
+        if (!found || typeof found.format !== 'string' || (found.format !== 'image/svg+xml' && !(Number(found.width) > 0 && Number(found.height) > 0))) {
+          throw new Error(`the Images binding answered info() with ${JSON.stringify(found).slice(0, 120)}`);
+        }
+        return found;
+      });
       const sourceWidth = info.width ?? 0;
       const sourceHeight = info.height ?? 0;
       if (sourceWidth * sourceHeight > this.maxInputPixels) {
@@ -97,6 +129,10 @@ export class CfImagesTransformer implements ImageTransformer {
         this.images.input(streamOf(input)).transform(transform).output({ format: IMAGE_CONTENT_TYPES[params.format], quality: params.quality }),
       );
       const body = new Uint8Array(await new Response(result.image()).arrayBuffer());
+      if (!looksLike(params.format, body)) {
+        // Never cache or serve an error document as an image.
+        await this.call(() => Promise.reject(new Error(`the Images binding's output is not ${params.format} (${body.byteLength} bytes)`)));
+      }
       return { body, contentType: result.contentType() || IMAGE_CONTENT_TYPES[params.format], width, height, format: params.format };
     });
   }
@@ -110,6 +146,10 @@ export class CfImagesTransformer implements ImageTransformer {
       if (INPUT_ERRORS.has(code)) {
         throw new EdgeError('EDGE_UNPROCESSABLE_IMAGE', 'The source image could not be decoded or transformed by the Images binding.', { cause: error });
       }
+      // Not the input's fault: the binding itself is unusable (plain `wrangler dev` cannot reach
+      // Cloudflare Images, an account without Images, an outage). Originals until `retryMs` passes.
+      this.downUntil = this.clock() + this.retryMs;
+      this.lastFailure = String((error as Error)?.message ?? error).slice(0, 200);
       throw new EdgeError('EDGE_OVERLOADED', 'The Images binding failed to transform the image; try again.', {
         cause: error,
         headers: { 'retry-after': '1' },
@@ -130,6 +170,25 @@ export class CfImagesTransformer implements ImageTransformer {
     } finally {
       if (timer !== undefined) clearTimeout(timer);
     }
+  }
+}
+
+/** Magic numbers of the output formats: what the binding produced is what was asked for. */
+function looksLike(format: string, body: Uint8Array): boolean {
+  const ascii = (start: number, end: number) => String.fromCharCode(...body.subarray(start, end));
+  switch (format) {
+    case 'jpeg':
+      return body[0] === 0xff && body[1] === 0xd8 && body[2] === 0xff;
+    case 'png':
+      return body[0] === 0x89 && ascii(1, 4) === 'PNG';
+    case 'webp':
+      return ascii(0, 4) === 'RIFF' && ascii(8, 12) === 'WEBP';
+    case 'avif':
+      return ascii(4, 8) === 'ftyp';
+    case 'gif':
+      return ascii(0, 4) === 'GIF8';
+    default:
+      return body.byteLength > 0;
   }
 }
 

@@ -200,7 +200,13 @@ async function createWorkerEdge(env: WorkersEnv): Promise<WorkerEdge> {
     health: () => ({
       runtime: 'workers',
       pushStore: bucket ? 'r2' : 'cache (no PUSH_BUCKET binding: pushed objects are per data center and may be evicted)',
-      images: !options.images ? 'off' : images ? 'images-binding' : 'unavailable (no IMAGES binding: originals are served)',
+      images: !options.images
+        ? 'off'
+        : !images
+          ? 'unavailable (no IMAGES binding: originals are served)'
+          : images.available()
+            ? 'images-binding'
+            : `unavailable (the IMAGES binding failed: originals are served for now): ${images.lastFailure ?? ''}`,
       ...(shields ? { shields: shields.status() } : {}),
     }),
   });

@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { Miniflare, type MiniflareOptions } from 'miniflare';
+import { Response as MiniflareResponse } from 'miniflare';
 import { IMAGES_BINDING_SCRIPT, imagesService, type ImagesServiceLog } from './images-binding.js';
 
 const run = promisify(execFile);
@@ -56,6 +57,14 @@ export interface TestWorkerOptions {
   r2Persist?: string;
   /** Bind IMAGES to workerd's Images binding over a local sharp service (`helpers/images-binding.ts`); transforms are logged here. */
   images?: ImagesServiceLog;
+  /**
+   * Bind IMAGES to workerd's Images binding over a service that fails, as
+   * plain `wrangler dev` does without `--experimental-images-local-mode`
+   * (its remote fetcher needs a Cloudflare login): 'throw' fails the call,
+   * 'auth-error' answers the API's authentication error (wrangler 3 passes
+   * it on with status 200). Counted in `calls`.
+   */
+  failingImages?: { mode: 'throw' | 'auth-error'; calls: number };
 }
 
 export interface TestWorker {
@@ -80,15 +89,21 @@ export async function startTestWorker(bundle: WorkerBundle, options: TestWorkerO
     compatibilityDate: bundle.compatibilityDate,
     bindings: options.vars,
     r2Buckets: options.r2 === false ? undefined : ['PUSH_BUCKET'],
-    ...(options.images ? { wrappedBindings: { IMAGES: { scriptName: 'images-binding' } } } : {}),
+    ...(options.images || options.failingImages ? { wrappedBindings: { IMAGES: { scriptName: 'images-binding' } } } : {}),
+  };
+  const failing = options.failingImages;
+  const failingService = async (): Promise<MiniflareResponse> => {
+    failing!.calls++;
+    if (failing!.mode === 'throw') throw new Error('Not logged in: getAccountId() needs `wrangler login` (test stand-in)');
+    return MiniflareResponse.json({ success: false, errors: [{ code: 10000, message: 'Authentication error' }], messages: [], result: null });
   };
   const imagesWorker = {
     name: 'images-binding',
     modules: [{ type: 'ESModule' as const, path: 'index.mjs', contents: IMAGES_BINDING_SCRIPT }],
-    serviceBindings: { FETCHER: imagesService(options.images) },
+    serviceBindings: { FETCHER: failing ? failingService : imagesService(options.images) },
   };
   const mf = new Miniflare({
-    workers: options.images ? [worker, imagesWorker] : [worker],
+    workers: options.images || failing ? [worker, imagesWorker] : [worker],
     r2Persist: options.r2Persist,
     // The placeholder request.cf: Miniflare would otherwise download Cloudflare's sample once.
     cf: false,

@@ -54,5 +54,13 @@ export interface ImageTransformer {
    * `EDGE_TRANSFORM_TIMEOUT` (503) when the transform took too long.
    */
   transform(input: Uint8Array, params: ResolvedImageParams): Promise<TransformedImage>;
+  /**
+   * False while the transformer cannot work at all (e.g. a remote service
+   * that is unreachable or not configured): image requests are then answered
+   * as if there were no transformer, with the untransformed source and
+   * `detail=image-transform-unavailable`. Asked before a transform and after
+   * one fails. @default always available
+   */
+  available?(): boolean;
   close?(): Promise<void>;
 }
