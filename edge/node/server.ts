@@ -299,6 +299,8 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
       {
         ...certificate.context,
         allowHTTP1: true,
+        // As node:http does by default: small answers leave at once, not after the client's delayed ACK.
+        noDelay: true,
         // nginx's default: a client cannot open an unbounded number of streams at once.
         settings: { maxConcurrentStreams: 128 },
       },
