@@ -11,6 +11,10 @@
  *                                   JPEG generated at start-up, and /blob/<n>,
  *                                   n bytes (any query string ignored)
  *   ipx <originUrl>                 ipx (no result cache) fetching from <originUrl>
+ *   bare-tls <h1|h2> <cert> <key>   /blob/<n> as `bare`, over TLS: node:https
+ *                                   (h1), or node:http2's secure server (h2)
+ *   edge-tls <originUrl> <cert> <key>
+ *                                   an edge node with TLS (HTTP/2 and HTTP/1.1)
  * Prints `{"url": ...}` once listening, on file descriptor $BENCH_READY_FD
  * (the bench sends stdout, where the edge writes its access log, to
  * /dev/null) or else on stdout. Exits when its stdin closes (the bench that
@@ -73,6 +77,50 @@ if (kind === 'bare') {
   // the bench), unless `quiet` turns it off.
   const server = await startEdgeServer(options, arg3 === 'quiet' ? { logger: false } : {});
   ready(server.url);
+} else if (kind === 'bare-tls') {
+  // The same answer as `bare`, behind the same TLS server options the edge uses (edge/node/server.ts).
+  const { readFileSync } = await import('node:fs');
+  const tls = { cert: readFileSync(arg2!), key: readFileSync(arg3!) };
+  const bodies = new Map<string, Buffer>();
+  const answer = (url: string) => {
+    let body = bodies.get(url);
+    if (!body) {
+      const blob = BLOB.exec(url);
+      body = Buffer.alloc(blob ? Number(blob[1]) : 1024, 'a');
+      if (bodies.size < 64) bodies.set(url, body);
+    }
+    return body;
+  };
+  const headers = (body: Buffer) => ({ 'content-type': 'application/octet-stream', 'content-length': body.length, 'cache-control': 'public, max-age=3600', etag: '"bench"' });
+  let server: import('node:net').Server;
+  if (arg1 === 'h2') {
+    const { createSecureServer } = await import('node:http2');
+    server = createSecureServer({ ...tls, allowHTTP1: true, noDelay: true, settings: { maxConcurrentStreams: 128 } }, (req, res) => {
+      const body = answer(req.url ?? '/');
+      res.writeHead(200, headers(body));
+      if (req.method === 'HEAD') res.end();
+      else res.end(body);
+    });
+  } else {
+    const { createServer: createHttpsServer } = await import('node:https');
+    const https = createHttpsServer(tls, (req, res) => {
+      const body = answer(req.url ?? '/');
+      res.writeHead(200, headers(body));
+      res.end(req.method === 'HEAD' ? undefined : body);
+    });
+    https.keepAliveTimeout = 65_000;
+    server = https;
+  }
+  server.listen(0, '127.0.0.1', () => {
+    const address = server.address() as { port: number };
+    ready(`https://127.0.0.1:${address.port}`);
+  });
+} else if (kind === 'edge-tls') {
+  const [{ resolveEdgeOptions }, { startEdgeServer }] = await Promise.all([import('../edge/core/options.js'), import('../edge/node/server.js')]);
+  const dataDir = mkdtempSync(join(process.env.BENCH_SCRATCH ?? tmpdir(), 'edge-data-'));
+  const options = resolveEdgeOptions({ origin: arg1, port: 0, host: '127.0.0.1', dataDir, memorySize: '256MB', diskSize: '2GB', tlsCert: arg2, tlsKey: arg3 });
+  const server = await startEdgeServer(options);
+  ready(server.url);
 } else if (kind === 'origin-image') {
   const [width, height] = (arg1 ?? '2400x1600').split('x').map(Number) as [number, number];
   const photo = await photoLikeJpeg(width, height);
@@ -118,7 +166,7 @@ if (kind === 'bare') {
     ready(`http://127.0.0.1:${address.port}`);
   });
 } else {
-  console.error('usage: child.ts bare [bytes] | edge <originUrl> <memorySize> [quiet] | origin-image <w>x<h> | ipx <originUrl>');
+  console.error('usage: child.ts bare [bytes] | edge <originUrl> <memorySize> [quiet] | origin-image <w>x<h> | ipx <originUrl> | bare-tls <h1|h2> <cert> <key> | edge-tls <originUrl> <cert> <key>');
   process.exit(2);
 }
 

@@ -1,5 +1,5 @@
 /**
- * `npm run bench`: loopback load tests, bounded in time (about 4 minutes
+ * `npm run bench`: loopback load tests, bounded in time (about 5 minutes
  * with the defaults), progress on stderr (one line per scenario and round),
  * tables on stdout. Every server runs in its own process group (bench/procs.ts);
  * the load comes from wrk when it is on the PATH (`apt-get install wrk`),
@@ -9,10 +9,13 @@
  *   BENCH_ROUNDS      interleaved rounds per scenario, median kept (default 3)
  *   BENCH_THREADS     wrk threads / autocannon worker threads (default 1)
  *   BENCH_LOADGEN     wrk | autocannon (default: wrk if installed)
- *   BENCH_ONLY        comma list of sections to run: pull,images,shield (default all)
+ *   BENCH_ONLY        comma list of sections to run: pull,images,shield,tls (default all)
  * The pull section adds nginx (proxy_cache) and Varnish rows when `nginx` /
  * `varnishd` are installed (`apt-get install nginx varnish`); they are
  * started here, on free loopback ports, and stopped at the end.
+ * The tls section (bench/tls.ts, about 45 s) compares hits over HTTP/1.1
+ * over TLS and HTTP/2 with bare node:https / node:http2 servers; HTTP/2 load
+ * from h2load when installed (`apt-get install nghttp2-client`).
  */
 import { availableParallelism, cpus } from 'node:os';
 import { chooseLoadGenerator, type LoadResult } from './load.js';
@@ -23,7 +26,7 @@ const DURATION = positive('BENCH_DURATION', 3);
 const CONNECTIONS = positive('BENCH_CONNECTIONS', 32);
 const ROUNDS = positive('BENCH_ROUNDS', 3);
 const THREADS = positive('BENCH_THREADS', 1);
-const SECTIONS = ['pull', 'images', 'shield'];
+const SECTIONS = ['pull', 'images', 'shield', 'tls'];
 
 function positive(name: string, fallback: number): number {
   const raw = process.env[name];
@@ -71,6 +74,10 @@ async function main(): Promise<void> {
   if (only.has('shield')) {
     const { shieldSection } = await import('./shield.js');
     await shieldSection();
+  }
+  if (only.has('tls')) {
+    const { tlsSection } = await import('./tls.js');
+    await tlsSection({ generator, connections: CONNECTIONS, threads: THREADS });
   }
   console.log(`\nbench time ${((performance.now() - started) / 1000).toFixed(0)} s (${generator.name}).`);
 }
