@@ -10,6 +10,8 @@
  * decision as plain data for adapters that write it without Web objects.
  */
 import { Hono } from 'hono';
+import { createAccessGate, type AccessGrant } from './access/gate.js';
+import type { ApiKey } from './access/api-keys.js';
 import { mountAdminApi, type ContentHasher } from './admin.js';
 import { formatCacheStatus } from './cache-status.js';
 import type { BodyCoder } from './compression.js';
@@ -93,6 +95,8 @@ export interface EdgeAppDeps {
    * (`RESPONSE_ALREADY_SENT`). `done` records the request.
    */
   writeAnswer?: (env: unknown, answer: Answer, done: (bytes: number) => void) => Response | undefined;
+  /** API keys as they stand now (Node: re-read from `--api-keys-file`); the same array until they change. See `access/gate.ts`. */
+  apiKeys?: () => readonly ApiKey[];
 }
 
 /** What an adapter gets back from {@link EdgeApp.answerFreshHit}. */
@@ -285,10 +289,19 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
   const isPlainContent = (described: Described): boolean =>
     !RESERVED_PATH.test(described.pathname) && !(images && described.search !== '' && images.applies(described.pathname));
 
-  /** The one dispatch of content requests: image variants or the pull path. */
+  /** Deny rules, signatures, API keys, rate limits (`access/gate.ts`): undefined when none is configured. */
+  const access = createAccessGate({ options, now, apiKeys: deps.apiKeys });
+
+  /** The one dispatch of content requests: the access check, then image variants or the pull path. */
   async function dispatch(request: IncomingRequest, ctx: RequestContext): Promise<Answer> {
     const described = pull.describe(request.url, ctx.clientIp, request.headers);
     if (RESERVED_PATH.test(described.pathname)) throw new EdgeError('EDGE_NOT_FOUND', 'No such endpoint under /_edge/.');
+    if (!access) return route(request, ctx, described);
+    const grant = await access.check(request.method, described, ctx.clientIp);
+    return grant.finish(await route(request, ctx, described), ctx.log.outcome);
+  }
+
+  async function route(request: IncomingRequest, ctx: RequestContext, described: Described): Promise<Answer> {
     const incoming = { ...request, url: described.href };
     if (images && described.search !== '' && (request.method === 'GET' || request.method === 'HEAD') && images.applies(described.pathname)) {
       const params = await images.parse(new URL(described.href));
@@ -331,8 +344,12 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
     answerFreshHit(method, url, headers, clientIp) {
       const started = now();
       const state = begin(headers);
-      const answer = pull.answerFreshHit(method, url, headers, clientIp, state.log, isPlainContent);
+      // With access rules, only a request the gate admits synchronously may take this path; finish() counts it.
+      let grant: AccessGrant | null = null;
+      const isContent = access ? (described: Described) => isPlainContent(described) && (grant = access.checkFast(method, described, clientIp)) !== null : isPlainContent;
+      const answer = pull.answerFreshHit(method, url, headers, clientIp, state.log, isContent);
       if (!answer) return undefined;
+      (grant as AccessGrant | null)?.finish(answer, 'hit');
       if (state.ownId) answer.headers['x-request-id'] = state.requestId;
       return {
         answer,

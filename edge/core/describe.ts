@@ -16,6 +16,7 @@ import { negotiateCoding, type Coding } from './compression.js';
 import { connectionTokens, type ForwardingOptions } from './headers.js';
 import type { EdgeOptions } from './options.js';
 import { matchRoute, type RouteCacheRules, type RouteConfig } from './routes.js';
+import { SIGNATURE_PARAMS, withoutCookie } from './access/signing.js';
 
 /**
  * Request headers every GET/HEAD may carry to the origin: content
@@ -93,10 +94,17 @@ export class RequestDescriber {
   readonly #trusted: Set<string>;
   readonly #routes: readonly RouteConfig[];
   readonly #forwarded: readonly string[];
+  /** Access control's own fields (`access/`): the signed-access cookie and the API key header, never keyed nor forwarded. */
+  readonly #accessCookie?: string;
+  readonly #apiKeyHeader?: string;
 
   constructor(options: EdgeOptions) {
     this.#options = options;
-    this.#ignoreParam = compileParamMatcher(options.ignoreQueryParams);
+    const ignore = compileParamMatcher(options.ignoreQueryParams);
+    // With URL signing, sig/expires/kid are the node's: two signatures for one object share its key and one origin request.
+    this.#ignoreParam = options.urlSigningKey !== undefined ? (name) => SIGNATURE_PARAMS.includes(name) || ignore(name) : ignore;
+    if (options.urlSigningKey !== undefined) this.#accessCookie = options.accessCookie;
+    if (options.apiKeysFile !== undefined || options.origins?.routes.some((route) => route.access?.apiKey)) this.#apiKeyHeader = options.apiKeyHeader;
     this.#trusted = new Set(options.trustedProxies);
     this.#routes = options.origins?.routes.filter((route) => route.cache !== undefined) ?? [];
     this.#forwarded = [...new Set([...FORWARDED_REQUEST_HEADERS, ...(options.forwardHeaders ?? []).map((name) => name.toLowerCase())])];
@@ -164,6 +172,12 @@ export class RequestDescriber {
     if (rules?.keyHeaders) for (const name of rules.keyHeaders) take(name);
     if (rules?.forwardHeaders) for (const name of rules.forwardHeaders) take(name);
     if (rules?.forwardCookies === false) delete out.cookie;
+    if (this.#apiKeyHeader !== undefined) delete out[this.#apiKeyHeader];
+    if (this.#accessCookie !== undefined && out.cookie !== undefined && out.cookie.includes(this.#accessCookie)) {
+      const rest = withoutCookie(out.cookie, this.#accessCookie);
+      if (rest === undefined) delete out.cookie;
+      else out.cookie = rest;
+    }
     if (out['accept-encoding'] !== undefined) {
       // Keyed and forwarded as the negotiated coding, never the raw string:
       // every client that gets brotli shares one variant, which holds brotli

@@ -149,7 +149,8 @@ export class ImageVariants {
     return parseImageParams(url.searchParams, {
       maxOutputSide: this.deps.options.imageMaxOutputSide,
       allowedWidths: this.allowedWidths,
-      ignoreParam: this.ignoreParam,
+      // A signed URL's expires and kid (access/signing.ts) sit beside image parameters; sig covers them.
+      ignoreParam: (name) => name === 'expires' || name === 'kid' || this.ignoreParam(name),
     });
   }
 

@@ -14,6 +14,9 @@ import { z } from 'zod';
 import { DEFAULT_COMPRESS_TYPES, isTypePattern } from './compression.js';
 import { widthsFromRange } from './image/params.js';
 import { durationMs, durationSeconds, originsConfigSchema, parseDuration } from './routes.js';
+import { denyRulesSchema } from './access/deny.js';
+import { rateLimitSchema } from './access/route-access.js';
+import { parseSigningKeys } from './access/signing.js';
 
 export { parseDuration };
 
@@ -191,6 +194,46 @@ export const edgeOptionsSchema = z
     forwardCdnHeaders: flag.default(false).describe('Keep CDN-Cache-Control, Surrogate-Control, Cache-Tag and Surrogate-Key on answers, for CDN nodes downstream (on for origin-shield). (default false)'),
     cacheKeyHost: z.string().regex(/^[a-z0-9.-]+(:\d+)?$/i, 'expected a host name such as www.example.com').transform((h) => h.toLowerCase()).optional().describe('Key every request under this host instead of the Host header (one site behind several names or a load balancer). (default unset)'),
     trustedProxies: list.default([]).describe('Peers whose X-Forwarded-* headers are trusted (IP addresses). (default [])'),
+    signedPaths: list
+      .refine((prefixes) => prefixes.every((p) => p.startsWith('/')), { message: 'expected path prefixes starting with /, e.g. /private/,/video/' })
+      .default([])
+      .describe('Path prefixes served only to signed URLs (sig and expires parameters) or a signed access cookie; others get 403 before any cache or origin work (README "Access control"). Needs --url-signing-key. (default [])'),
+    urlSigningKey: z
+      .string()
+      .superRefine((value, ctx) => {
+        try {
+          parseSigningKeys(value);
+        } catch (error) {
+          ctx.addIssue({ code: 'custom', message: (error as Error).message });
+        }
+      })
+      .optional()
+      .describe('Secret(s) for signed URLs and access cookies: one key, or kid=key pairs, comma-separated, for rotation (a kid parameter picks one; the first signs). sig, expires and kid are then never keyed nor forwarded. (default unset)'),
+    accessCookie: z
+      .string()
+      .regex(/^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/, 'must be a cookie name token')
+      .default('Edge-Access')
+      .describe('Name of the signed access cookie that grants a path prefix (HLS/DASH); it is never keyed nor forwarded. (default Edge-Access)'),
+    rateLimit: rateLimitSchema
+      .optional()
+      .describe('Requests per window for each client IP (or API key) on content paths, e.g. 100/1s; over it, 429 with Retry-After; RateLimit and RateLimit-Policy fields on every answer. Routes may set their own. (default unset: no limit)'),
+    rateLimitClients: int(100, 10_000_000)
+      .default(100_000)
+      .describe('Rate-limit counters kept in memory (one per client and policy), least recently seen dropped first. (default 100000)'),
+    apiKeysFile: z
+      .string()
+      .min(1)
+      .optional()
+      .describe('JSON file of API keys ({"keys":[{"name","key","rateLimit"?}]}), re-read when it changes (Node only); routes with access.apiKey require one. (default unset)'),
+    apiKeyHeader: z
+      .string()
+      .regex(/^[a-zA-Z0-9-]+$/, 'must be a header field name')
+      .transform((v) => v.toLowerCase())
+      .default('x-api-key')
+      .describe('Request header carrying the API key; never keyed nor forwarded. (default x-api-key)'),
+    deny: denyRulesSchema
+      .optional()
+      .describe('Deny rules, a JSON array: each {method?, path?, header?: {name, value}, cidr?} (globs with *; CIDR ranges); a request meeting every condition of a rule gets 403 before anything else. (default unset)'),
     targetedCacheControl: z
       .string()
       .regex(/^[a-zA-Z0-9-]+$/, 'must be a header field name')
@@ -211,6 +254,9 @@ export const edgeOptionsSchema = z
     if (options.tlsCa !== undefined && options.tlsCert === undefined) problem('tlsCa', 'only used with --tls-cert and --tls-key');
     if (options.httpRedirectPort !== undefined && options.tlsCert === undefined) problem('httpRedirectPort', 'redirects to HTTPS: set --tls-cert and --tls-key');
     if (options.httpRedirectPort !== undefined && options.httpRedirectPort !== 0 && options.httpRedirectPort === options.port) problem('httpRedirectPort', 'must differ from --port');
+    if (options.urlSigningKey === undefined && (options.signedPaths.length > 0 || options.origins?.routes.some((route) => route.access?.signed))) {
+      problem('urlSigningKey', 'required with --signed-paths or a route with access.signed');
+    }
   });
 
 export type EdgeOptionsInput = z.input<typeof edgeOptionsSchema>;

@@ -6,6 +6,7 @@
  * path both read it.
  */
 import { z } from 'zod';
+import { routeAccessSchema } from './access/route-access.js';
 
 // ---------------------------------------------------------------------------
 // Durations. Defined here rather than in options.ts because options.ts
@@ -167,6 +168,8 @@ export const routeSchema = z
     /** Origin group name; unset keeps the default group (cache rules only). */
     group: z.string().optional(),
     cache: routeCacheRulesSchema.optional(),
+    /** What a request must show before any cache or origin work: signature, API key, rate limit (`access/route-access.ts`). */
+    access: routeAccessSchema.optional(),
   })
   .strict();
 

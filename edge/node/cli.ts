@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 /**
  * `npx edge [options]` starts an edge node (see `--help`);
- * `npx edge push <dir> --to <url> --token <t>` uploads a folder.
+ * `npx edge push <dir> --to <url> --token <t>` uploads a folder;
+ * `npx edge sign <url> --expires 1h [--key-id k]` prints a signed URL.
  */
 import { main } from './run-node.js';
 
@@ -12,6 +13,10 @@ const EDGE = {
   demoOrigin: true,
 };
 
+if (process.argv[2] === 'sign') {
+  const { runSign } = await import('./sign-cli.js');
+  process.exit(await runSign(process.argv.slice(3)));
+}
 if (process.argv[2] === 'push') {
   const { runPush } = await import('./push-cli.js');
   process.exit(await runPush(process.argv.slice(3)));
