@@ -262,6 +262,15 @@ function report(scenarios: Scenario[], runs: Map<string, LoadResult[]>, config: 
       '"p99 vs bare": median p99 over median bare p99; with a fixed number of connections latency rises as throughput falls, so it mostly mirrors the req/s ratio.',
   );
   for (const reason of skipped) console.log(`- Row skipped: ${reason}.`);
+  // The miss row's "other" is mostly its origin; every other row should leave the rest of the machine idle.
+  const others = scenarios.filter((s) => !s.uniquePaths).flatMap((s) => runs.get(s.key)!.map(otherCpu)).filter(Number.isFinite);
+  if (others.length && median(others) > 0.25) {
+    const warning =
+      `**The machine was busy**: other processes used a median ${fmtCpu(median(others))} of a core (up to ${fmtCpu(Math.max(...others))}) ` +
+      'during the runs, so these figures measure contention as much as the servers; rerun on an idle machine before comparing them.';
+    console.log(`- ${warning}`);
+    progress(`  warning: ${warning.replaceAll('**', '')}\n`);
+  }
 
   const find = (key: string) => rows.find((r) => r.s.key === key);
   console.log('\nTargets (median over rounds):\n');
