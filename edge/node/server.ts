@@ -20,6 +20,7 @@ import { MemoryCacheStore } from '../core/store/memory.js';
 import { TieredCacheStore } from '../core/store/tiered.js';
 import type { CacheStore } from '../core/store/types.js';
 import { LmdbCacheStore } from './lmdb-store.js';
+import { openApiKeysFile } from './api-keys-file.js';
 import { ShieldOriginClient } from '../core/origin/shield.js';
 import { createOriginClient } from './origin-pool.js';
 import { createEdgeMetrics } from './metrics.js';
@@ -228,6 +229,13 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
   const originTls = options.originCa === undefined || overrides.origin ? undefined : loadOriginTls(options.originCa);
   const accessLog = overrides.logger === undefined ? createAccessLog({ level: options.logLevel, name: options.name }) : undefined;
   const logger = accessLog?.logger ?? overrides.logger;
+  // Read before the store opens: a key file that cannot be used stops the start naming --api-keys-file.
+  const apiKeysFile = options.apiKeysFile !== undefined
+    ? openApiKeysFile(options.apiKeysFile, (problem) => {
+        if (logger) logger.warn(problem);
+        else console.error(`${options.name}: ${problem}`);
+      })
+    : undefined;
   const store = createTieredStore(options, now);
   const origin = overrides.origin ?? createUpstream(options, originTls);
   const metrics = createEdgeMetrics(store);
@@ -254,6 +262,7 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
     imageTransformer,
     originStatus: () => (origin as { status?: () => unknown }).status?.(),
     clientIp: clientAddress,
+    apiKeys: apiKeysFile?.current,
     // Node has already parsed the headers into a lower-case record (duplicates joined).
     requestHeaders: (env) => {
       const incoming = (env as Bindings | undefined)?.incoming;
@@ -376,6 +385,7 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
     close() {
       // Idempotent: a supervisor and a signal handler may both ask.
       closing ??= (async () => {
+        apiKeysFile?.close();
         reloader?.close();
         const closed = [server, ...(redirect ? [redirect.server] : [])].map(
           (listener) =>

@@ -24,7 +24,8 @@ export const apiKeySchema = z
   })
   .strict();
 
-export const apiKeysFileSchema = z.union([z.object({ keys: z.array(apiKeySchema) }).strict(), z.array(apiKeySchema).transform((keys) => ({ keys }))]);
+/** `{ "keys": [...] }`, or the bare array. */
+export const apiKeysFileSchema = z.object({ keys: z.array(apiKeySchema) }).strict();
 
 export interface ApiKey {
   name: string;
@@ -40,7 +41,7 @@ export function parseApiKeys(text: string): ApiKey[] {
   } catch (error) {
     throw new Error(`not JSON: ${(error as Error).message}`);
   }
-  const result = apiKeysFileSchema.safeParse(json);
+  const result = apiKeysFileSchema.safeParse(Array.isArray(json) ? { keys: json } : json);
   if (!result.success) throw new Error(result.error.issues.map((issue) => `${issue.path.join('.') || 'file'}: ${issue.message}`).join('; '));
   const seen = new Set<string>();
   for (const key of result.data.keys) {
