@@ -238,6 +238,8 @@ export class LmdbCacheStore implements CacheStore {
    * before all of these, by `storedAt`. Exact LRU without clock resolution issues.
    */
   readonly #recent = new Set<string>();
+  /** Decoded metadata per storage key, see #stableMeta (bounded, oldest out). */
+  readonly #metaMemo = new Map<string, { bodyId: StoredMeta['bodyId']; meta: CacheEntryMeta }>();
   #evicting: Promise<void> | undefined;
   #evictAgain = false;
   #sweeping: Promise<void> | undefined;
@@ -314,10 +316,35 @@ export class LmdbCacheStore implements CacheStore {
     if (this.#closed || key.includes(SEP) || !fitsKey(key)) return [];
     const entries: CacheEntry[] = [];
     for (const { key: storageKey, value } of this.#meta.getRange({ start: key + SEP, end: key + AFTER_SEP })) {
-      entries.push({ meta: publicMeta(value), body: this.#body(value), tier: 'disk' });
+      entries.push({ meta: this.#stableMeta(storageKey, value), body: this.#body(value), tier: 'disk' });
       this.#touch(storageKey);
     }
     return entries;
+  }
+
+  /**
+   * The same metadata object for the same stored record, read after read:
+   * each read decodes a new object, and consumers memoise what they derive
+   * from metadata (the freshness policy, the downstream headers) by object
+   * identity, which a disk hit would otherwise rebuild every time. A record
+   * is the same while its body, storage time, expiry and purge mark are.
+   */
+  #stableMeta(storageKey: string, record: StoredMeta): CacheEntryMeta {
+    const known = this.#metaMemo.get(storageKey);
+    if (
+      known &&
+      known.bodyId === record.bodyId &&
+      known.meta.storedAt === record.storedAt &&
+      known.meta.expiresAt === record.expiresAt &&
+      known.meta.invalidated === record.invalidated
+    ) {
+      return known.meta;
+    }
+    const meta = publicMeta(record);
+    this.#metaMemo.delete(storageKey);
+    this.#metaMemo.set(storageKey, { bodyId: record.bodyId, meta });
+    if (this.#metaMemo.size > META_MEMO_ENTRIES) this.#metaMemo.delete(this.#metaMemo.keys().next().value!);
+    return meta;
   }
 
   /**
@@ -917,6 +944,9 @@ function bodyGone(cause?: unknown): EdgeError {
 function pushedSize(record: StoredMeta | undefined): number {
   return record?.pushed ? record.size : 0;
 }
+
+/** Metadata objects kept for reuse by disk hits. */
+const META_MEMO_ENTRIES = 10_000;
 
 function publicMeta(record: StoredMeta): CacheEntryMeta {
   const { bodyId: _bodyId, chunkSize: _chunkSize, ...meta } = record;
