@@ -47,6 +47,8 @@ export interface LoadOptions {
   uniquePaths?: boolean;
   /** Process groups whose CPU is the server's (a detached child's pid is its group id). */
   serverGroups?: number[];
+  /** Request headers sent with every request, e.g. `{ 'accept-encoding': 'br' }`. */
+  headers?: Record<string, string>;
 }
 
 export interface LoadGenerator {
@@ -209,6 +211,7 @@ function wrkGenerator(wrk: string, scriptDir: string, threads: number): LoadGene
         '-d', `${options.duration}s`,
         '--timeout', `${options.timeout ?? 10}s`,
         '-s', options.uniquePaths ? unique : report,
+        ...Object.entries(options.headers ?? {}).flatMap(([name, value]) => ['-H', `${name}: ${value}`]),
         url,
         ...(options.uniquePaths ? ['--', runPrefix()] : []),
       ];
@@ -268,6 +271,7 @@ function autocannonGenerator(why: string, threads: number): LoadGenerator {
           connections: options.connections,
           duration: options.duration,
           timeout: options.timeout ?? 10,
+          headers: options.headers,
           // Worker threads: the load runs off this process's event loop (options must be cloneable).
           workers: options.threads,
         });

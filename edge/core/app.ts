@@ -359,7 +359,12 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
     pull,
     ready: pull.loadPushedIndex(),
     async settle() {
-      while (pending.size > 0) await Promise.all([...pending]);
+      for (;;) {
+        while (pending.size > 0) await Promise.all([...pending]);
+        // Re-compressions queued by hits run outside any request's work.
+        await pull.backgroundIdle();
+        if (pending.size === 0) return;
+      }
     },
   };
 }

@@ -213,7 +213,12 @@ export interface CodingPlan {
   to: Coding | 'other';
   /** The node encodes or decodes (`from !== to`). */
   recode: boolean;
-  /** The representation depends on Accept-Encoding: the answer carries `Vary: Accept-Encoding`. */
+  /**
+   * The representation depends on Accept-Encoding (the origin coded it, or
+   * the node would compress it for some client): the answer carries `Vary:
+   * Accept-Encoding`. A response the node never compresses for anyone
+   * (too small, not stored, no encoder) is one entry for every client.
+   */
   varies: boolean;
   /**
    * False when the body may not be stored for everyone who negotiates this
@@ -245,20 +250,18 @@ export function planCoding(
   mayEncode: boolean,
 ): CodingPlan {
   const { headers } = response;
-  const from = representationCoding(headers);
-  const compressible = abilities.isCompressible(headers['content-type']);
-  const varies = compressible || from !== 'identity';
-  const as = (storable = true): CodingPlan => ({ from, to: from, recode: false, varies, storable });
   const { coder, options } = abilities;
-  if (from === wanted) return as();
+  const from = representationCoding(headers);
   const untouchable = response.status !== 200 || !options.compress || coder === undefined || /(?:^|,)\s*no-transform\s*(?:,|$)/i.test(headers['cache-control'] ?? '');
+  const compressible = !untouchable && mayEncode && coder.encodes.length > 0 && abilities.isCompressible(headers['content-type']);
+  const big = response.size === undefined || response.size >= options.compressMinSize;
+  const varies = from !== 'identity' || (compressible && big);
+  const as = (storable = true): CodingPlan => ({ from, to: from, recode: false, varies, storable });
+  if (from === wanted) return as();
   // A coding the client did not ask for, that the node may not or cannot decode: pass it, never store it for others.
   if (untouchable || from === 'other') return as(from === 'identity');
-  const encodes = wanted !== 'identity' && compressible && mayEncode && coder.encodes.includes(wanted);
-  if (from === 'identity') {
-    const big = response.size === undefined || response.size >= options.compressMinSize;
-    return encodes && big ? { from, to: wanted, recode: true, varies, storable: true } : as();
-  }
+  const encodes = wanted !== 'identity' && compressible && coder.encodes.includes(wanted);
+  if (from === 'identity') return encodes && big ? { from, to: wanted, recode: true, varies, storable: true } : as();
   if (!coder.decodes.includes(from)) return as(false);
   return { from, to: encodes ? wanted : 'identity', recode: true, varies, storable: true };
 }

@@ -283,7 +283,6 @@ export class OriginFetch {
     const writer = store.createWriter(pull.key, variant, expectedSize);
     const body = originBody ?? new ReadableStream<Uint8Array>({ start: (c) => c.close() });
     const fill = this.purges.begin();
-    let committed: CacheEntryMeta | undefined;
     const filled = fillWhileStreaming(body, {
       writer,
       maxBytes: options.maxObjectSize,
@@ -295,7 +294,7 @@ export class OriginFetch {
           await writer.abort();
           return false;
         }
-        committed = {
+        return writer.commit({
           key: pull.key,
           variant,
           status,
@@ -305,13 +304,11 @@ export class OriginFetch {
           tags,
           storedAt: now(),
           expiresAt: policy.usefulUntil(this.answers.graceFor(pull), KEEP_WITH_VALIDATOR_SECONDS),
-        };
-        return writer.commit(committed);
+        });
       },
       onSettled: (ok, error) => {
         fill.end();
         if (ok && variant !== '') pull.ctx.waitUntil(this.boundVariants(pull.key));
-        if (ok && committed) this.recoder.afterFill(committed, pull.ctx.waitUntil);
         if (ok) plan.land?.({ kind: 'stored' });
         // An origin failure (an EdgeError: 502/504) is the followers' too; a
         // store that could not commit is not: they go upstream themselves.

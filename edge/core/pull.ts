@@ -58,6 +58,8 @@ interface PreparedEntry {
   headers: Record<string, string>;
   /** The origin said explicitly that this may be shared (`public`, `s-maxage`, a CDN-targeted field). */
   explicitlyShared: boolean;
+  /** A brotli entry the node made below `--brotli-background-level`: a hit queues its re-compression. */
+  recompress: boolean;
 }
 
 /** The freshness decision for a stored entry, as a typed outcome. */
@@ -109,6 +111,11 @@ export class PullCache {
       this.purges,
       this.recoder,
     );
+  }
+
+  /** Resolves once background re-compressions are done (shutdown, tests). */
+  backgroundIdle(): Promise<void> {
+    return this.recoder.idle();
   }
 
   /** Origin fetches under way that others wait on, and how many wait (status, tests). */
@@ -363,6 +370,7 @@ export class PullCache {
       policy.age(),
       formatCacheStatus(options.name, { hit: true, ttl, detail }),
       body,
+      !plan.recode,
     );
   }
 
@@ -489,9 +497,11 @@ export class PullCache {
   /** Answer from a stored entry: validators, ranges, HEAD. */
   fromCache(pull: PullRequest, entry: CacheEntry, policy: EdgePolicy, fields: CacheStatusFields): Answer {
     if (entry.tier) pull.ctx.log.tier = entry.tier;
+    const prepared = this.prepare(entry.meta);
+    if (prepared.recompress) this.recoder.afterHit(entry.meta);
     return answerFromEntry(
       entry,
-      this.prepare(entry.meta).headers,
+      prepared.headers,
       { isHead: pull.isHead, headers: pull.described.headers },
       policy.age(),
       formatCacheStatus(this.deps.options.name, fields),
@@ -528,6 +538,7 @@ export class PullCache {
         vary: varyNames(meta.headers.vary),
         headers: storedAnswerHeaders(meta, this.dropped, options.name),
         explicitlyShared: meta.pushed === true || this.origin.explicitlyShared(meta.headers),
+        recompress: this.recoder.wantsRecompression(meta),
       };
       this.preparedMemo.set(meta, prepared);
     }

@@ -2,8 +2,9 @@
  * Recoding bodies on their way into the cache: the origin's stream or a
  * stored entry piped through the runtime's {@link BodyCoder}, once per
  * variant, and the background job that re-compresses a node-made brotli
- * entry at a high level after the fill (`--brotli-background-level`).
- * The decisions themselves are in `compression.ts`.
+ * entry at a high level (`--brotli-background-level`) once it is hit: a
+ * level-11 pass costs about 30 times the fill's, so objects requested once
+ * never pay it. The decisions themselves are in `compression.ts`.
  */
 import {
   addCodingVary,
@@ -28,7 +29,10 @@ import type { PurgeLog } from './purge-log.js';
 import type { CacheEntry, CacheEntryMeta, CacheStore } from './store/types.js';
 
 /** Background re-compressions waiting at most; more are dropped (the entry keeps its fill-time level). */
-const MAX_PENDING_RECOMPRESSIONS = 256;
+const MAX_PENDING_RECOMPRESSIONS = 64;
+
+/** Versions already queued or tried, remembered so a hit does not queue them again (cleared when full). */
+const MAX_TRIED = 10_000;
 
 export interface RecoderDeps {
   options: EdgeOptions;
@@ -59,6 +63,7 @@ export class Recoder {
   readonly abilities: CodingAbilities;
   readonly #deps: RecoderDeps;
   readonly #pending = new Map<string, RecompressJob[]>();
+  readonly #tried = new Set<string>();
   #queued = 0;
   #running: Promise<void> = Promise.resolve();
 
@@ -138,7 +143,6 @@ export class Recoder {
       },
       onSettled: (stored, error) => {
         fill.end();
-        if (stored) this.afterFill(meta, waitUntil);
         onSettled(stored, error);
       },
     });
@@ -151,16 +155,25 @@ export class Recoder {
     if (jobs) for (const job of jobs) job.aborted = true;
   }
 
-  /**
-   * After an entry the node compressed with brotli was stored: queue its
-   * re-compression at `--brotli-background-level` (one at a time, so a burst
-   * of misses never takes more than one thread of the pool).
-   */
-  afterFill(meta: CacheEntryMeta, waitUntil: (promise: Promise<unknown>) => void): void {
+  /** Is this a brotli entry the node made below `--brotli-background-level`? (Computed once per stored metadata by the pull cache.) */
+  wantsRecompression(meta: CacheEntryMeta): boolean {
     const target = this.#deps.options.brotliBackgroundLevel;
+    if (target === 0 || !this.#deps.coder?.encodes.includes('br')) return false;
     const by = codedBy(meta.headers);
-    if (target === 0 || !by || by.coding !== 'br' || by.level >= target || !this.#deps.coder?.encodes.includes('br')) return;
-    if (this.#queued >= MAX_PENDING_RECOMPRESSIONS) return;
+    return by !== undefined && by.coding === 'br' && by.level < target;
+  }
+
+  /**
+   * An entry for which {@link wantsRecompression} holds was hit: queue its
+   * re-compression (once per version; one job at a time, so a burst never
+   * takes more than one thread of the pool).
+   */
+  afterHit(meta: CacheEntryMeta): void {
+    const id = `${meta.key}\u0000${meta.variant}\u0000${meta.storedAt}`;
+    if (this.#tried.has(id) || this.#queued >= MAX_PENDING_RECOMPRESSIONS) return;
+    if (this.#tried.size >= MAX_TRIED) this.#tried.clear();
+    this.#tried.add(id);
+    const target = this.#deps.options.brotliBackgroundLevel;
     const job: RecompressJob = { key: meta.key, variant: meta.variant, storedAt: meta.storedAt, aborted: false };
     const jobs = this.#pending.get(job.key) ?? [];
     jobs.push(job);
@@ -173,7 +186,11 @@ export class Recoder {
       else this.#pending.set(job.key, left);
     });
     this.#running = run;
-    waitUntil(run);
+  }
+
+  /** Resolves once no re-compression is queued or running (shutdown, tests). */
+  async idle(): Promise<void> {
+    while (this.#queued > 0) await this.#running;
   }
 
   /**

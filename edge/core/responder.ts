@@ -105,8 +105,9 @@ export function answerFromEntry(entry: CacheEntry, prepared: Record<string, stri
 
 /**
  * Answer with a representation stored as it streams (one the node makes
- * from a stored entry, see `recode.ts`): the stored fields without a length
- * (known at the last byte), client validators (304), HEAD. A Range gets the
+ * from a stored entry, see `recode.ts`): the stored fields, without a
+ * length unless `lengthKnown` (a recoded one's is known at the last byte;
+ * `meta.size` holds a copy's), client validators (304), HEAD. A Range gets the
  * whole body (RFC 9110 14.2 allows it); the next request is a hit and gets
  * its range. A body no client reads is cancelled, which lets the fill read
  * it to the end and store it.
@@ -118,9 +119,10 @@ export function answerWhileFilling(
   age: number,
   cacheStatus: string,
   body: ReadableStream<Uint8Array>,
+  lengthKnown = false,
 ): Answer {
   const headers: Record<string, string> = { ...prepared, age: String(Math.max(0, Math.floor(age))), 'cache-status': cacheStatus };
-  delete headers['content-length'];
+  if (!lengthKnown) delete headers['content-length'];
   if (meta.status === 200 && clientValidatorsMatch(request.headers, meta.headers)) {
     void body.cancel();
     return { status: 304, headers: notModifiedHeaders(headers), body: null };
