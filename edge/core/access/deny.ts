@@ -26,24 +26,27 @@ export const denyRuleSchema = z
   .strict()
   .refine((rule) => rule.method || rule.path || rule.header || rule.cidr, { message: 'a deny rule needs at least one of method, path, header, cidr' });
 
-export const denyRulesSchema = z.union([
-  z.array(denyRuleSchema),
-  z.string().transform((text, ctx) => {
-    let parsed: unknown;
+/** A JSON array of rules, as a string (flag, variable) or already parsed (config file). One transform, so each problem keeps its message. */
+export const denyRulesSchema = z.union([z.string(), z.array(z.unknown())]).transform((input, ctx) => {
+  let parsed: unknown = input;
+  if (typeof input === 'string') {
     try {
-      parsed = JSON.parse(text);
+      parsed = JSON.parse(input);
     } catch {
+      parsed = undefined;
+    }
+    if (!Array.isArray(parsed)) {
       ctx.addIssue({ code: 'custom', message: 'expected a JSON array of rules, e.g. [{"path":"*.php"},{"cidr":"203.0.113.0/24"}]' });
       return z.NEVER;
     }
-    const result = z.array(denyRuleSchema).safeParse(parsed);
-    if (!result.success) {
-      for (const issue of result.error.issues) ctx.addIssue({ code: 'custom', message: `rule ${issue.path.join('.')}: ${issue.message}` });
-      return z.NEVER;
-    }
-    return result.data;
-  }),
-]);
+  }
+  const result = z.array(denyRuleSchema).safeParse(parsed);
+  if (!result.success) {
+    for (const issue of result.error.issues) ctx.addIssue({ code: 'custom', message: `rule ${issue.path.join('.')}: ${issue.message}` });
+    return z.NEVER;
+  }
+  return result.data;
+});
 
 export type DenyRule = z.output<typeof denyRuleSchema>;
 
