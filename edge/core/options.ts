@@ -94,6 +94,9 @@ export const edgeOptionsSchema = z
     shield: shieldList.optional().describe('Origin shield URL(s), comma-separated: misses go to the shield chosen for the key by rendezvous hashing. (default unset)'),
     port: int(0, 65535).default(8080).describe('Port to listen on; 0 picks a free one. (default 8080)'),
     host: z.string().min(1).default('0.0.0.0').describe('Address to listen on. (default 0.0.0.0)'),
+    workers: int(0, 256)
+      .default(0)
+      .describe('Node processes serving one port and one --data-dir (Node only): 0 means one per CPU core, 1 a single process with no primary (README "Cluster mode"). (default 0)'),
     tlsCert: z
       .string()
       .min(1)

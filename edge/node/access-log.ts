@@ -13,8 +13,14 @@
 import pino, { type Logger } from 'pino';
 import type { RequestRecord } from '../core/app.js';
 
-/** Bytes gathered before a write; a quiet node flushes sooner (see FLUSH_INTERVAL_MS). */
-const BATCH_BYTES = 4096;
+/**
+ * Bytes gathered before a write; a quiet node flushes sooner (see FLUSH_INTERVAL_MS).
+ * Each write is whole lines of at most PIPE_BUF bytes, which a pipe writes
+ * atomically: the workers of a cluster share stdout and their lines never
+ * interleave mid-line (a single line longer than PIPE_BUF could).
+ */
+const PIPE_BUF = 4096;
+const BATCH_BYTES = PIPE_BUF / 2;
 const FLUSH_INTERVAL_MS = 1000;
 /** pino's number for `info`. */
 const INFO = 30;
@@ -49,7 +55,7 @@ const FIELDS = [
 ] as const satisfies readonly (keyof RequestRecord)[];
 
 export function createAccessLog(options: { level: string; name: string; fd?: number }): AccessLog {
-  const destination = pino.destination({ dest: options.fd ?? 1, minLength: BATCH_BYTES, sync: false });
+  const destination = pino.destination({ dest: options.fd ?? 1, minLength: BATCH_BYTES, maxWrite: PIPE_BUF, sync: false });
   const logger = pino({ level: options.level, base: { node: options.name } }, destination);
   const timer = setInterval(() => logger.flush(), FLUSH_INTERVAL_MS);
   timer.unref();

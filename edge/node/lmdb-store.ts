@@ -477,6 +477,15 @@ export class LmdbCacheStore implements CacheStore {
   }
 
   /**
+   * Read what other processes committed since this process's current read
+   * snapshot (lmdb-js keeps one per event-loop turn). Call before acting
+   * on another process's word that it changed something.
+   */
+  refresh(): void {
+    if (!this.#closed) this.#root.resetReadTxn();
+  }
+
+  /**
    * Resolves once background eviction, the startup orphan sweep and the
    * removal of released bodies are finished.
    */

@@ -8,10 +8,12 @@
  * `origins` in the config file) the embedded demo origin is started
  * in-process so `npm start` works on a fresh clone.
  */
+import cluster from 'node:cluster';
 import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
 import { edgeOptionsSchema, EdgeOptionsError, optionEnv, optionFlag, resolveEdgeOptions, type EdgeOptions } from '../core/options.js';
+import { joinCluster, runPrimary } from './cluster.js';
 import { startDemoOrigin } from './demo-origin.js';
 import { prepareDataDir } from './lmdb-store.js';
 import { startEdgeServer } from './server.js';
@@ -160,6 +162,11 @@ export async function runNode(program: NodeProgram, argv: string[]): Promise<voi
     demo = await startDemoOrigin();
     options = { ...options, origin: demo.url };
   }
+  const workers = options.workers === 0 ? availableParallelism() : options.workers;
+  if (workers > 1 || cluster.isWorker) {
+    await runClustered(program, options, workers, demo);
+    return;
+  }
   const server = await startEdgeServer(options);
   const listenHost = options.host === '0.0.0.0' ? 'localhost' : options.host;
   const where = `${server.tls ? 'https' : 'http'}://${listenHost}:${server.port}`;
@@ -193,4 +200,53 @@ export function main(program: NodeProgram): void {
     console.error(`${program.name}: ${problem ?? `failed to start: ${(error as Error).message}`}`);
     process.exit(problem === undefined ? 1 : 2);
   });
+}
+
+/**
+ * `--workers N` above 1: the primary forks the workers (see `cluster.ts`);
+ * a worker serves like a single node, with its store, metrics and health
+ * joined to the others', and exits when the primary goes.
+ */
+async function runClustered(program: NodeProgram, options: EdgeOptions, workers: number, demo: { url: string; close(): Promise<void> } | undefined): Promise<void> {
+  const tag = program.name;
+  const reloads = options.tlsCert !== undefined && options.tlsKey !== undefined;
+  if (cluster.isPrimary) {
+    await runPrimary({
+      name: tag,
+      workers,
+      options,
+      env: demo ? { EDGE_ORIGIN: demo.url } : {},
+      forwardSighup: reloads,
+      onStopped: async () => demo?.close(),
+      onReady: (ready) => {
+        const listenHost = options.host === '0.0.0.0' ? 'localhost' : options.host;
+        const where = `${ready.tls ? 'https' : 'http'}://${listenHost}:${ready.port}`;
+        const protocols = ready.tls ? ' (HTTP/2 and HTTP/1.1)' : '';
+        console.error(`${tag}: listening on ${where}${protocols} in front of ${upstreamLabel(options)}${demo ? ' (embedded demo origin)' : ''}, ${workers} workers`);
+        if (ready.redirectPort !== undefined) console.error(`${tag}: redirecting http://${listenHost}:${ready.redirectPort} to https (308), /_edge/health answered there too`);
+        if (demo) console.error(`${tag}: try  curl -i ${ready.tls ? '-k ' : ''}${where}/data/products.json  (twice: MISS, then HIT)`);
+      },
+    });
+    return;
+  }
+  // Image transforms are bounded per machine: the per-process limit (one per core by default) is shared out.
+  const transformConcurrency = Math.max(1, Math.floor((options.transformConcurrency || availableParallelism()) / workers));
+  const member = joinCluster();
+  const server = await startEdgeServer({ ...options, transformConcurrency }, { cluster: member });
+  await member.ready({ port: server.port, url: server.url, tls: server.tls !== undefined, redirectPort: server.redirect?.port });
+  let stopping = false;
+  const stop = async () => {
+    if (stopping) return;
+    stopping = true;
+    await server.close();
+    process.exit(0);
+  };
+  process.on('SIGINT', () => void stop());
+  process.on('SIGTERM', () => void stop());
+  // The primary is gone (crashed or killed): never serve without it.
+  process.on('disconnect', () => void stop());
+  if (server.tls) {
+    const tls = server.tls;
+    process.on('SIGHUP', () => void tls.reload('signal'));
+  }
 }

@@ -20,6 +20,7 @@ import { MemoryCacheStore } from '../core/store/memory.js';
 import { TieredCacheStore } from '../core/store/tiered.js';
 import type { CacheStore } from '../core/store/types.js';
 import { LmdbCacheStore } from './lmdb-store.js';
+import type { ClusterWorker } from './cluster.js';
 import { openApiKeysFile } from './api-keys-file.js';
 import { ShieldOriginClient } from '../core/origin/shield.js';
 import { createOriginClient } from './origin-pool.js';
@@ -46,6 +47,8 @@ export interface EdgeServerOverrides {
   onTlsReload?: (event: TlsReloadEvent) => void;
   /** Quiet time after a certificate file changes before it is read. @default 1000 */
   tlsReloadDebounceMs?: number;
+  /** A cluster worker's hooks (the CLI's `--workers`): shared LMDB, peers told of changes, cluster-wide metrics and health. @default a single process */
+  cluster?: ClusterWorker;
 }
 
 export interface EdgeServer {
@@ -72,8 +75,11 @@ function clientAddress(env: unknown): string | undefined {
   return address?.startsWith('::ffff:') ? address.slice(7) : address;
 }
 
-export function createTieredStore(options: EdgeOptions, now: () => number): CacheStore {
-  const disk = new LmdbCacheStore({ path: options.dataDir, maxBytes: options.diskSize, clock: now, evictPushed: options.evictPushed });
+export function createTieredStore(
+  options: EdgeOptions,
+  now: () => number,
+  disk = new LmdbCacheStore({ path: options.dataDir, maxBytes: options.diskSize, clock: now, evictPushed: options.evictPushed }),
+): CacheStore {
   if (options.memorySize === 0) return disk;
   const memory = new MemoryCacheStore({
     maxBytes: options.memorySize,
@@ -236,7 +242,7 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
         else console.error(`${options.name}: ${problem}`);
       })
     : undefined;
-  const store = createTieredStore(options, now);
+  const store = overrides.cluster?.createStore(options, now) ?? createTieredStore(options, now);
   const origin = overrides.origin ?? createUpstream(options, originTls);
   const metrics = createEdgeMetrics(store);
   const imageTransformer = options.images
@@ -278,7 +284,8 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
       if (accessLog) accessLog.write(record);
       else if (logger) logger.info(record, 'request');
     },
-    metrics: () => metrics.render(),
+    metrics: overrides.cluster ? overrides.cluster.metrics : () => metrics.render(),
+    health: overrides.cluster?.health,
     writeAnswer: (env, answer, done) => {
       const outgoing = (env as Bindings | undefined)?.outgoing;
       if (!outgoing) return undefined;
@@ -288,6 +295,7 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
   });
 
   await edge.ready;
+  await overrides.cluster?.attach(edge, metrics.registry);
   const general = getRequestListener(edge.fetch as never);
   const onRequest = (req: NodeRequest, res: NodeResponse) => {
     if (!hasOneHost(req) || !hasOneAuthority(req)) {

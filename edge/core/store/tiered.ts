@@ -77,7 +77,7 @@ export class TieredCacheStore implements CacheStore {
     this.#tiers = [...options.tiers];
     this.name = options.name ?? 'tiered';
     this.#onError = options.onError ?? (() => {});
-    if (this.#tiers.every((tier) => tier.getSync)) this.getSync = (key) => this.#getSync(key);
+    if (this.#tiers.every((tier) => tier.getSync)) this.getSync = (key, wanted) => this.#getSync(key, wanted);
     const lowest = this.#tiers[this.#tiers.length - 1]!;
     if (lowest.pushedBytes) this.pushedBytes = () => lowest.pushedBytes!();
   }
@@ -86,12 +86,15 @@ export class TieredCacheStore implements CacheStore {
   readonly pushedBytes?: () => number;
 
   /** Present when every tier reads synchronously (memory over LMDB). */
-  readonly getSync?: (key: string) => CacheEntry[];
+  readonly getSync?: (key: string, wanted?: (entry: CacheEntry) => boolean) => CacheEntry[];
 
   /** {@link get}'s walk, synchronously; promotions still run in the background. */
-  #getSync(key: string): CacheEntry[] {
+  #getSync(key: string, wanted?: (entry: CacheEntry) => boolean): CacheEntry[] {
     const first = this.#tiers[0]!.getSync!(key);
-    if (first.length > 0 && first.every((entry) => entry.meta.variant === '')) {
+    // The common hit: the first tier holds the key and no Vary variants, or
+    // holds the very variant the caller wants (a Vary hit need not read the
+    // lower tiers for the others).
+    if (first.length > 0 && (first.every((entry) => entry.meta.variant === '') || (wanted && first.some(wanted)))) {
       for (let i = 1; i < this.#tiers.length; i++) this.#tiers[i]!.touch?.(key, '');
       return first;
     }
@@ -179,6 +182,19 @@ export class TieredCacheStore implements CacheStore {
    */
   stats(): CacheStoreStats {
     return this.#tiers[this.#tiers.length - 1].stats();
+  }
+
+  /**
+   * Drop a key (one variant, or all of them) from every tier but the last,
+   * and cancel promotions of it: another process sharing the last tier
+   * changed or removed it (cluster mode), so the next read goes down to the
+   * last tier. Resolves with the number of upper-tier entries dropped.
+   */
+  async forgetAbove(key: string, variant?: string): Promise<number> {
+    this.#invalidatePromotions(key, variant);
+    let dropped = 0;
+    for (const tier of this.#tiers.slice(0, -1)) dropped += await tier.delete(key, variant);
+    return dropped;
   }
 
   /** Each tier's stats, in tier order. */

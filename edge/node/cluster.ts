@@ -1,0 +1,201 @@
+/**
+ * Cluster mode (`--workers N`): a primary process forks N workers with
+ * node:cluster; they share one listening socket and one LMDB environment,
+ * and each keeps its own memory tier.
+ *
+ * The primary serves nothing. It
+ * - runs the disk tier's start-up housekeeping (recount, orphan sweep,
+ *   eviction to budget) once, before any worker opens the directory;
+ * - forks the workers, and replaces one that exits with a back-off
+ *   (100 ms, doubling while replacements die young, at most 30 s);
+ * - routes the cluster bus (`cluster-bus.ts`): broadcasts between workers
+ *   (forget a key, with acknowledgements), the worker list for
+ *   `/_edge/health`, and the aggregate of every worker's metrics for
+ *   `/_edge/metrics` (prom-client's AggregatorRegistry);
+ * - on SIGTERM or SIGINT, asks every worker to drain and close, and exits
+ *   when they have; SIGHUP is passed on (certificate or peers file reload).
+ *
+ * A worker exits when its IPC channel closes, so workers never outlive a
+ * primary that dies.
+ */
+import cluster, { type Worker } from 'node:cluster';
+import { AggregatorRegistry, type Registry } from 'prom-client';
+import type { EdgeApp } from '../core/app.js';
+import type { EdgeOptions } from '../core/options.js';
+import { TieredCacheStore } from '../core/store/tiered.js';
+import type { CacheStore } from '../core/store/types.js';
+import { PrimaryBus, WorkerBus } from './cluster-bus.js';
+import { ClusterCacheStore, createForgetHandler, type ForgetNotice } from './cluster-store.js';
+import { LmdbCacheStore } from './lmdb-store.js';
+import { createTieredStore } from './server.js';
+
+/** What a worker reports once it listens. */
+export interface WorkerReady {
+  port: number;
+  url: string;
+  tls: boolean;
+  redirectPort?: number;
+}
+
+/** One worker as `/_edge/health` lists it. */
+export interface WorkerInfo {
+  id: number;
+  pid: number;
+  startedAt: number;
+}
+
+export interface ClusterPrimaryOptions {
+  name: string;
+  workers: number;
+  options: EdgeOptions;
+  /** Extra environment for the workers (the embedded demo origin's URL). */
+  env?: Record<string, string>;
+  /** The first worker is listening (print the start-up line). */
+  onReady(ready: WorkerReady): void;
+  /** Pass SIGHUP on to the workers (TLS or a peers file); otherwise it stops the node. */
+  forwardSighup: boolean;
+  /** After every worker has exited on SIGTERM/SIGINT (close the demo origin). */
+  onStopped?: () => Promise<void>;
+}
+
+const FIRST_RESPAWN_MS = 100;
+const MAX_RESPAWN_MS = 30_000;
+/** A worker that lived this long resets the back-off. */
+const HEALTHY_AFTER_MS = 10_000;
+/** Workers still running this long after SIGTERM are killed. */
+const DRAIN_DEADLINE_MS = 30_000;
+
+export async function runPrimary(config: ClusterPrimaryOptions): Promise<void> {
+  const { name: tag, options } = config;
+  await LmdbCacheStore.housekeep({ path: options.dataDir, maxBytes: options.diskSize, evictPushed: options.evictPushed });
+
+  const aggregator = new AggregatorRegistry();
+  const bus = new PrimaryBus({
+    onLaggard: (worker, type) => console.error(`${tag}: worker ${worker.process.pid} did not acknowledge ${type} in time; killing it`),
+  });
+  const started = new Map<number, WorkerInfo>();
+  const ready = new Set<number>();
+  let announced = false;
+  let stopping = false;
+  let delay = FIRST_RESPAWN_MS;
+
+  const publish = () => bus.notify('workers', [...started.values()].filter((info) => ready.has(info.id)));
+  bus.handle('metrics', () => aggregator.clusterMetrics());
+  bus.handle('ready', (payload, worker) => {
+    ready.add(worker.id);
+    publish();
+    // Announced once every worker of the first set listens.
+    if (!announced && ready.size >= config.workers) {
+      announced = true;
+      config.onReady(payload as WorkerReady);
+    }
+    return null;
+  });
+
+  const fork = (): Worker => {
+    const worker = cluster.fork({ ...config.env, EDGE_CLUSTER_WORKER: '1' });
+    bus.add(worker);
+    started.set(worker.id, { id: worker.id, pid: worker.process.pid!, startedAt: Date.now() });
+    worker.once('exit', (code, signal) => {
+      const info = started.get(worker.id);
+      started.delete(worker.id);
+      const wasReady = ready.delete(worker.id);
+      publish();
+      if (stopping) return;
+      // No worker ever came up: the next would fail the same way (a port in use, a bad certificate).
+      if (!announced && !wasReady) {
+        console.error(`${tag}: worker ${worker.process.pid} exited (${signal ?? `code ${code}`}) before listening; stopping`);
+        void stop('worker failure', code === 0 || code === null ? 1 : code);
+        return;
+      }
+      const lived = Date.now() - (info?.startedAt ?? 0);
+      if (lived >= HEALTHY_AFTER_MS) delay = FIRST_RESPAWN_MS;
+      console.error(`${tag}: worker ${worker.process.pid} exited (${signal ?? `code ${code}`}); starting another in ${delay} ms`);
+      setTimeout(() => {
+        if (!stopping) fork();
+      }, delay);
+      delay = Math.min(delay * 2, MAX_RESPAWN_MS);
+    });
+    return worker;
+  };
+
+  const stop = async (reason: string, exitCode = 0) => {
+    if (stopping) return;
+    stopping = true;
+    const workers = Object.values(cluster.workers ?? {}).filter((worker): worker is Worker => !!worker && !worker.isDead());
+    console.error(`${tag}: ${reason}, closing ${workers.length} worker${workers.length === 1 ? '' : 's'}`);
+    const exited = workers.map((worker) => new Promise((resolve) => worker.once('exit', resolve)));
+    for (const worker of workers) worker.process.kill('SIGTERM');
+    const force = setTimeout(() => {
+      for (const worker of workers) if (!worker.isDead()) worker.process.kill('SIGKILL');
+    }, DRAIN_DEADLINE_MS);
+    await Promise.all(exited);
+    clearTimeout(force);
+    await config.onStopped?.();
+    process.exit(exitCode);
+  };
+  process.on('SIGINT', () => void stop('SIGINT'));
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+  if (config.forwardSighup) {
+    process.on('SIGHUP', () => {
+      for (const worker of Object.values(cluster.workers ?? {})) worker?.process.kill('SIGHUP');
+    });
+  }
+
+  for (let i = 0; i < config.workers; i++) fork();
+}
+
+/** A worker's side of the cluster, handed to `startEdgeServer` (`overrides.cluster`). */
+export interface ClusterWorker {
+  /** This worker's store: its memory tier over the shared LMDB (no housekeeping), telling the others of changes. */
+  createStore(options: EdgeOptions, now: () => number): CacheStore;
+  /**
+   * Once the app exists: answer the others' notices and the primary's
+   * metrics requests, join the broadcasts, then read the pushed-object
+   * index again (pushes committed before joining were not told here).
+   */
+  attach(edge: EdgeApp, registry: Registry): Promise<void>;
+  /** The metrics of every worker, aggregated by the primary. */
+  metrics(): Promise<string>;
+  /** Extra `/_edge/health` facts: this worker and every worker. */
+  health(): Record<string, unknown>;
+  /** Tell the primary this worker listens. */
+  ready(ready: WorkerReady): Promise<void>;
+}
+
+/** In a worker (`cluster.isWorker`): join the primary's bus. */
+export function joinCluster(): ClusterWorker {
+  const bus = new WorkerBus();
+  let workers: WorkerInfo[] = [];
+  bus.onNotice('workers', (list) => {
+    workers = list as WorkerInfo[];
+  });
+  let tiers: CacheStore | undefined;
+  let disk: LmdbCacheStore | undefined;
+  return {
+    createStore(options, now) {
+      disk = new LmdbCacheStore({ path: options.dataDir, maxBytes: options.diskSize, clock: now, evictPushed: options.evictPushed, housekeeping: false });
+      tiers = createTieredStore(options, now, disk);
+      return new ClusterCacheStore(tiers, (notice: ForgetNotice) => bus.broadcast('forget', notice));
+    },
+    async attach(edge, registry) {
+      if (!tiers || !disk) throw new TypeError('joinCluster: attach() before createStore()');
+      const forget = createForgetHandler({ store: tiers as TieredCacheStore, disk, pushedPaths: edge.pull.pushedPaths });
+      bus.handle('forget', (payload) => forget(payload as ForgetNotice));
+      // Constructing one installs prom-client's worker-side listener; it then answers with this registry.
+      new AggregatorRegistry();
+      AggregatorRegistry.setRegistries([registry]);
+      await bus.request('join');
+      await edge.pull.loadPushedIndex();
+    },
+    metrics: () => bus.request<string>('metrics'),
+    health: () => {
+      const now = Date.now();
+      return {
+        pid: process.pid,
+        workers: workers.map((info) => ({ pid: info.pid, uptime: Math.round((now - info.startedAt) / 1000) })),
+      };
+    },
+    ready: (info) => bus.request('ready', info).then(() => undefined),
+  };
+}
