@@ -58,6 +58,8 @@ import type {
   CacheWriter,
 } from '../core/store/types.js';
 import { sha256Hex } from '../core/bytes.js';
+import { parseCacheKey } from '../core/cache-key.js';
+import { markerSelects, urlTagsOf, type PurgeMarker } from './purge-markers.js';
 import { KeyedLock, LazyStoredBody, skipBytes } from './stored-body.js';
 
 /** The part of the Workers `Cache` interface this tier uses (also what Miniflare's `getCaches()` returns). */
@@ -102,6 +104,21 @@ export interface CfCacheStoreOptions {
   clock?: () => number;
   /** Receives storage failures that are reported to callers as a declined write or a miss. @default ignore */
   onError?: (error: unknown) => void;
+  /**
+   * Store each pulled entry's index and bodies under its own URL on the
+   * zone (`<scheme>://<host><path>?<query>&edge-cache=i.<hash>`), so that a
+   * zone purge by host or prefix reaches them; pushed-derived entries and
+   * this store's own documents stay under `baseUrl`. Off: everything under
+   * `baseUrl`.
+   * @default false (the Worker turns it on)
+   */
+  zoneUrls?: boolean;
+  /**
+   * Honour purge markers (`addPurgeMarker`): every index read also reads
+   * this location's purge log (one more lookup, in parallel).
+   * @default false (the Worker turns it on)
+   */
+  purgeMarkers?: boolean;
 }
 
 interface IndexVariant {
@@ -132,6 +149,14 @@ type DirectoryDocument = Record<string, DirectoryRecord>;
 
 const SEP = '\u0000';
 const MiB = 1024 * 1024;
+/** Purge markers kept per location; older ones are folded into one "everything before" marker. */
+const MAX_MARKERS = 256;
+/** The query parameter that keeps our documents apart from anything else cached at the same URL. */
+const MARK_PARAM = 'edge-cache';
+
+interface PurgeLogDocument {
+  markers: PurgeMarker[];
+}
 /** Index reads in flight at once while listing. */
 const LIST_CONCURRENCY = 8;
 /** Cloudflare reads at most this much of a Cache-Tag header; tags past it are left out. */
@@ -147,6 +172,8 @@ export class CfCacheStore implements CacheStore {
   readonly #base: string;
   readonly #clock: () => number;
   readonly #onError: (error: unknown) => void;
+  readonly #zoneUrls: boolean;
+  readonly #purgeMarkers: boolean;
   readonly #locks = new KeyedLock();
   /** Entries and bytes per directory shard, as last read or written by this isolate (for `stats()`). */
   readonly #shardStats = new Map<number, { entries: number; bytes: number }>();
@@ -170,6 +197,8 @@ export class CfCacheStore implements CacheStore {
     this.#base = base;
     this.#clock = options.clock ?? Date.now;
     this.#onError = options.onError ?? (() => {});
+    this.#zoneUrls = options.zoneUrls ?? false;
+    this.#purgeMarkers = options.purgeMarkers ?? false;
   }
 
   async get(key: string): Promise<CacheEntry[]> {
@@ -178,7 +207,7 @@ export class CfCacheStore implements CacheStore {
     if (!index) return [];
     const found = await Promise.all(
       Object.entries(index.variants).map(async ([variant, { id, meta }]) => {
-        const url = this.#bodyUrl(hash, id);
+        const url = this.#bodyUrl(hash, id, key);
         const response = await this.#cache.match(url);
         // Evicted (or purged at the zone) while the index stayed: a miss.
         if (!response) return undefined;
@@ -201,14 +230,23 @@ export class CfCacheStore implements CacheStore {
     const hashed = sha256Hex(key);
     return new CfCacheWriter(key, variant, this.maxEntryBytes, async (body) => {
       const hash = await hashed;
-      await this.#cache.put(
-        this.#bodyUrl(hash, id),
-        new Response(body, {
-          headers: { 'content-type': 'application/octet-stream', 'cache-control': `public, max-age=${this.#bodyTtl}` },
-        }),
-      );
+      const headers: Record<string, string> = { 'content-type': 'application/octet-stream', 'cache-control': `public, max-age=${this.#bodyTtl}` };
+      // The URL tags (known from the key) let a zone purge by URL reach bodies too; the entry's own tags are known at commit.
+      const tags = cacheTagHeader(await urlTagsOf(key));
+      if (tags) headers['cache-tag'] = tags;
+      let stream = body;
+      const Fixed = (globalThis as unknown as { FixedLengthStream?: new (length: number) => TransformStream<Uint8Array, Uint8Array> }).FixedLengthStream;
+      if (Fixed && expectedSize !== undefined && Number.isSafeInteger(expectedSize) && expectedSize >= 0) {
+        // A known length: the Cache API gets Content-Length and the whole body up front, and a body that
+        // ends short or runs long fails the put instead of storing a wrong one.
+        const fixed = new Fixed(expectedSize);
+        body.pipeTo(fixed.writable).catch(() => {});
+        stream = fixed.readable;
+        headers['content-length'] = String(expectedSize);
+      }
+      await this.#cache.put(this.#bodyUrl(hash, id, key), new Response(stream, { headers }));
     }, async (meta, size) => this.#publish(await hashed, id, meta, size), async () => {
-      await this.#cache.delete(this.#bodyUrl(await hashed, id)).catch(() => false);
+      await this.#cache.delete(this.#bodyUrl(await hashed, id, key)).catch(() => false);
     }, this.#onError);
   }
 
@@ -225,10 +263,10 @@ export class CfCacheStore implements CacheStore {
       });
     } catch (error) {
       this.#onError(error);
-      await this.#cache.delete(this.#bodyUrl(hash, id)).catch(() => false);
+      await this.#cache.delete(this.#bodyUrl(hash, id, meta.key)).catch(() => false);
       return false;
     }
-    if (replaced !== undefined && replaced !== id) await this.#cache.delete(this.#bodyUrl(hash, replaced)).catch(() => false);
+    if (replaced !== undefined && replaced !== id) await this.#cache.delete(this.#bodyUrl(hash, replaced, meta.key)).catch(() => false);
     await this.#updateDirectory(hash, [[meta.key + SEP + meta.variant, recordOf(stored)]]);
     return true;
   }
@@ -266,7 +304,7 @@ export class CfCacheStore implements CacheStore {
       if (removed.length > 0) await this.#writeIndex(hash, index);
     });
     if (removed.length === 0) return 0;
-    await Promise.all(removed.map(({ id }) => this.#cache.delete(this.#bodyUrl(hash, id)).catch(() => false)));
+    await Promise.all(removed.map(({ id }) => this.#cache.delete(this.#bodyUrl(hash, id, key)).catch(() => false)));
     await this.#updateDirectory(
       hash,
       gone.map((name) => [key + SEP + name, null]),
@@ -292,9 +330,10 @@ export class CfCacheStore implements CacheStore {
     }
     const pending = [...keys.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
     const stale: [string, string][] = [];
+    const markers = pending.length > 0 && this.#purgeMarkers ? await this.#readMarkers() : [];
     for (let i = 0; i < pending.length; i += LIST_CONCURRENCY) {
       const batch = pending.slice(i, i + LIST_CONCURRENCY);
-      const indexes = await Promise.all(batch.map(async ([key]) => this.#readIndex(await sha256Hex(key), key)));
+      const indexes = await Promise.all(batch.map(async ([key]) => this.#readIndex(await sha256Hex(key), key, markers)));
       for (let j = 0; j < batch.length; j++) {
         const [key, variants] = batch[j]!;
         const index = indexes[j];
@@ -336,8 +375,74 @@ export class CfCacheStore implements CacheStore {
     await this.settled();
   }
 
-  #bodyUrl(hash: string, id: string): string {
-    return `${this.#base}b/${hash}/${id}`;
+  /**
+   * Where the key's documents live: under the key's own URL on the zone
+   * (zone mode, pulled keys), else under `baseUrl`.
+   */
+  #siteUrl(key: string): string | undefined {
+    if (!this.#zoneUrls) return undefined;
+    const parsed = parseCacheKey(key);
+    if (!parsed || parsed.kind !== 'pulled') return undefined;
+    const url = `${parsed.scheme}://${parsed.host}${parsed.path}`;
+    return url + (parsed.path.includes('?') ? '&' : '?') + MARK_PARAM + '=';
+  }
+
+  #bodyUrl(hash: string, id: string, key: string): string {
+    const site = this.#siteUrl(key);
+    return site ? `${site}b.${hash}.${id}` : `${this.#base}b/${hash}/${id}`;
+  }
+
+  #indexUrl(hash: string, key: string): string {
+    const site = this.#siteUrl(key);
+    return site ? `${site}i.${hash}` : `${this.#base}i/${hash}`;
+  }
+
+  /** This location's purge markers, newest last. */
+  async #readMarkers(): Promise<PurgeMarker[]> {
+    const response = await this.#cache.match(`${this.#base}p`);
+    if (!response) return [];
+    try {
+      return ((await response.json()) as PurgeLogDocument).markers ?? [];
+    } catch (error) {
+      this.#onError(error);
+      return [];
+    }
+  }
+
+  /**
+   * Record a purge in this location: from now on, entries it selects that
+   * were stored at or before `marker.at` are misses (soft: must revalidate).
+   * Two lookups whatever the number of entries. Concurrent purges in one
+   * location can lose one marker (last write wins), as the directory can.
+   */
+  async addPurgeMarker(marker: PurgeMarker): Promise<void> {
+    if (!this.#purgeMarkers) throw new TypeError('CfCacheStore: addPurgeMarker() needs the purgeMarkers option');
+    await this.#locks.run('p', async () => {
+      let markers = [...(await this.#readMarkers()), marker];
+      if (markers.length > MAX_MARKERS) {
+        // Folded: everything stored before the oldest kept marker counts as purged (more, never less).
+        const dropped = markers.slice(0, markers.length - MAX_MARKERS + 1);
+        markers = [{ at: Math.max(...dropped.map((m) => m.at)), all: true }, ...markers.slice(markers.length - MAX_MARKERS + 1)];
+      }
+      await this.#cache.put(
+        `${this.#base}p`,
+        new Response(JSON.stringify({ markers } satisfies PurgeLogDocument), {
+          headers: { 'content-type': 'application/json', 'cache-control': `public, max-age=${this.#bodyTtl}` },
+        }),
+      );
+    });
+  }
+
+  /**
+   * Directory records selected by `select` (key, tags), read from this
+   * location's directory shards (one lookup per shard, in parallel): the
+   * count a purge reports. Best effort, like the directory.
+   */
+  async countListed(select: (key: string, tags: readonly string[]) => boolean): Promise<number> {
+    const shards = await Promise.all(Array.from({ length: this.#shards }, (_, n) => this.#readShard(n)));
+    let count = 0;
+    for (const shard of shards) for (const record of Object.values(shard)) if (select(record.k, record.t ?? [])) count++;
+    return count;
   }
 
   #clampExpiry(expiresAt: number): number {
@@ -349,21 +454,34 @@ export class CfCacheStore implements CacheStore {
     return Math.max(1, Math.min(this.#bodyTtl, Math.ceil((ms - this.#clock()) / 1000)));
   }
 
-  async #readIndex(hash: string, key: string): Promise<IndexDocument | undefined> {
-    const response = await this.#cache.match(`${this.#base}i/${hash}`);
+  /** The key's index, without the variants a later purge marker selects (soft ones marked invalidated). */
+  async #readIndex(hash: string, key: string, known?: PurgeMarker[]): Promise<IndexDocument | undefined> {
+    const [response, markers] = await Promise.all([this.#cache.match(this.#indexUrl(hash, key)), known ?? (this.#purgeMarkers ? this.#readMarkers() : [])]);
     if (!response) return undefined;
+    let index: IndexDocument;
     try {
-      const index = (await response.json()) as IndexDocument;
-      // A SHA-256 collision is not expected; a foreign document is treated as absent all the same.
-      return index.key === key && index.variants ? index : undefined;
+      index = (await response.json()) as IndexDocument;
     } catch (error) {
       this.#onError(error);
       return undefined;
     }
+    // A SHA-256 collision is not expected; a foreign document is treated as absent all the same.
+    if (index.key !== key || !index.variants) return undefined;
+    for (const [name, variant] of Object.entries(index.variants)) {
+      for (const marker of markers) {
+        if (variant.meta.storedAt > marker.at || !markerSelects(marker, key, variant.meta.tags)) continue;
+        if (marker.soft) variant.meta = { ...variant.meta, invalidated: true };
+        else {
+          delete index.variants[name];
+          break;
+        }
+      }
+    }
+    return index;
   }
 
   async #writeIndex(hash: string, index: IndexDocument): Promise<void> {
-    const url = `${this.#base}i/${hash}`;
+    const url = this.#indexUrl(hash, index.key);
     const variants = Object.values(index.variants);
     if (variants.length === 0) {
       await this.#cache.delete(url);
@@ -374,7 +492,8 @@ export class CfCacheStore implements CacheStore {
       'content-type': 'application/json',
       'cache-control': `public, max-age=${this.#maxAge(latest)}`,
     };
-    const tags = cacheTagHeader(variants.flatMap(({ meta }) => meta.tags));
+    // The entry's tags (origin Cache-Tag / Surrogate-Key, push tags) and its URL tags: what a zone purge selects by.
+    const tags = cacheTagHeader([...(await urlTagsOf(index.key)), ...variants.flatMap(({ meta }) => meta.tags)]);
     if (tags) headers['cache-tag'] = tags;
     await this.#cache.put(url, new Response(JSON.stringify(index), { headers }));
   }

@@ -11,6 +11,7 @@
  * | images     | sharp                         | Images binding `IMAGES`, when configured              |
  * | background | tracked promises              | `ctx.waitUntil`                                       |
  * | client IP  | the socket                    | `CF-Connecting-IP`                                    |
+ * | purge      | the store, then `--peers`     | a marker here, R2, and the zone purge API (`purge.ts`) |
  *
  * Configuration is read once per isolate (per `env` object) and validated
  * with `resolveEdgeOptions`, the Node schema: a bad value answers every
@@ -21,7 +22,9 @@
  * `caches.default`), `PUSH_PREFIX` (object-name prefix in the bucket) and
  * `PUSH_INDEX_REFRESH` (seconds between re-reads of the pushed-object list,
  * default 60; objects pushed through another isolate are served here after
- * at most that long, 0 turns the re-reads off).
+ * at most that long, 0 turns the re-reads off), `CLOUDFLARE_ZONE_ID`,
+ * `CLOUDFLARE_API_TOKEN` (a secret), `CLOUDFLARE_API_BASE` and `PURGE_HOSTS`
+ * (the global purge: see `purge.ts`).
  */
 import { createEdgeApp, type EdgeApp } from '../core/app.js';
 import { EdgeError, errorResponse } from '../core/errors.js';
@@ -35,6 +38,8 @@ import { CfImagesTransformer, type ImagesBindingLike } from './images-transforme
 import { R2PushStore, type R2BucketLike } from './r2-push-store.js';
 import { RoutedCacheStore } from './routed-store.js';
 import { createWebCoder } from './web-coder.js';
+import { handleWorkersPurge } from './purge.js';
+import { ZonePurgeClient } from './zone-purge.js';
 
 /** Bindings and variables the Worker reads (see `wrangler.toml`). */
 export interface WorkersEnv {
@@ -52,6 +57,14 @@ export interface WorkersEnv {
   PUSH_PREFIX?: string;
   /** Seconds between re-reads of the pushed-object list. @default 60 */
   PUSH_INDEX_REFRESH?: string | number;
+  /** The zone the Worker's routes are on: purges are also sent to Cloudflare's purge API for it. */
+  CLOUDFLARE_ZONE_ID?: string;
+  /** API token with Cache Purge on the zone (a secret: `wrangler secret put CLOUDFLARE_API_TOKEN`). */
+  CLOUDFLARE_API_TOKEN?: string;
+  /** @default 'https://api.cloudflare.com/client/v4' */
+  CLOUDFLARE_API_BASE?: string;
+  /** Hosts (comma-separated) a path prefix purge covers at the zone; default: the purge request's host. */
+  PURGE_HOSTS?: string;
   /** Every other option, under its Node environment name without `EDGE_` (e.g. `MAX_OBJECT_SIZE`). */
   [name: string]: unknown;
 }
@@ -158,6 +171,25 @@ interface WorkerEdge {
   lastPushIndexLoad: number;
   shields?: ShieldOriginClient;
   lastHealthCheck: number;
+  pulled: CfCacheStore;
+  pushed?: R2PushStore;
+  zone?: ZonePurgeClient;
+  zoneHosts: string[];
+}
+
+/** The zone purge client from the Worker's variables, or undefined when no zone is configured. */
+function zoneOf(env: WorkersEnv): ZonePurgeClient | undefined {
+  const zoneId = typeof env.CLOUDFLARE_ZONE_ID === 'string' ? env.CLOUDFLARE_ZONE_ID.trim() : '';
+  const token = typeof env.CLOUDFLARE_API_TOKEN === 'string' ? env.CLOUDFLARE_API_TOKEN.trim() : '';
+  if (!zoneId && !token) return undefined;
+  const problems: { variable: string; option: string; problem: string }[] = [];
+  if (!zoneId) problems.push({ variable: 'CLOUDFLARE_ZONE_ID', option: '', problem: 'required with CLOUDFLARE_API_TOKEN: the zone id from the dashboard (Overview, API)' });
+  else if (!/^[A-Za-z0-9]{1,64}$/.test(zoneId)) problems.push({ variable: 'CLOUDFLARE_ZONE_ID', option: '', problem: `got ${JSON.stringify(zoneId)}: expected the zone id (32 hex digits)` });
+  if (!token) problems.push({ variable: 'CLOUDFLARE_API_TOKEN', option: '', problem: 'required with CLOUDFLARE_ZONE_ID: an API token with Zone > Cache Purge (wrangler secret put CLOUDFLARE_API_TOKEN)' });
+  const base = typeof env.CLOUDFLARE_API_BASE === 'string' && env.CLOUDFLARE_API_BASE !== '' ? env.CLOUDFLARE_API_BASE : undefined;
+  if (base !== undefined && !/^https?:\/\/[^/]+/.test(base)) problems.push({ variable: 'CLOUDFLARE_API_BASE', option: '', problem: `got ${JSON.stringify(base)}: expected an http(s) URL` });
+  if (problems.length > 0) throw new WorkersConfigError(problems);
+  return new ZonePurgeClient({ zoneId, token, baseUrl: base });
 }
 
 async function createWorkerEdge(env: WorkersEnv): Promise<WorkerEdge> {
@@ -167,14 +199,15 @@ async function createWorkerEdge(env: WorkersEnv): Promise<WorkerEdge> {
   if (!caches) throw new Error('The Cache API (caches) is not available in this runtime.');
   const cacheName = typeof env.CACHE_NAME === 'string' && env.CACHE_NAME !== '' ? env.CACHE_NAME : undefined;
   const cache = cacheName ? await caches.open(cacheName) : caches.default;
-  const pulled = new CfCacheStore({ cache, maxEntryBytes: Math.min(options.maxObjectSize, 512 * MiB), onError: logError('cache') });
+  const zone = zoneOf(env);
+  const zoneHosts = typeof env.PURGE_HOSTS === 'string' ? env.PURGE_HOSTS.split(',').map((host) => host.trim().toLowerCase()).filter(Boolean) : [];
+  // Entries under the zone's own URLs, tagged, so the zone purge API reaches them in every location.
+  const pulled = new CfCacheStore({ cache, maxEntryBytes: Math.min(options.maxObjectSize, 512 * MiB), onError: logError('cache'), zoneUrls: true, purgeMarkers: true });
   const bucket = env.PUSH_BUCKET;
-  const store: CacheStore = bucket
-    ? new RoutedCacheStore({
-        pushed: new R2PushStore({ bucket, prefix: typeof env.PUSH_PREFIX === 'string' ? env.PUSH_PREFIX : '', maxEntryBytes: Math.min(options.maxUploadSize, 64 * MiB) }),
-        pulled,
-      })
-    : pulled;
+  const pushed = bucket
+    ? new R2PushStore({ bucket, prefix: typeof env.PUSH_PREFIX === 'string' ? env.PUSH_PREFIX : '', maxEntryBytes: Math.min(options.maxUploadSize, 64 * MiB) })
+    : undefined;
+  const store: CacheStore = pushed ? new RoutedCacheStore({ pushed, pulled }) : pulled;
 
   const timeouts = { headersTimeout: options.originTimeout, bodyTimeout: options.bodyTimeout };
   let origin: OriginClient = new FetchOriginClient({ url: options.origin!, ...timeouts });
@@ -213,7 +246,7 @@ async function createWorkerEdge(env: WorkersEnv): Promise<WorkerEdge> {
   await edge.ready;
   const ignored = NODE_ONLY_OPTIONS.filter((option) => env[optionVariable(option)] !== undefined);
   if (ignored.length > 0) console.warn(`edge: ${ignored.map(optionVariable).join(', ')} have no effect on Workers`);
-  return { edge, options, pushIndexRefreshMs, lastPushIndexLoad: Date.now(), shields, lastHealthCheck: Date.now() };
+  return { edge, options, pushIndexRefreshMs, lastPushIndexLoad: Date.now(), shields, lastHealthCheck: Date.now(), pulled, pushed, zone, zoneHosts };
 }
 
 function logError(tier: string) {
@@ -296,6 +329,19 @@ async function serve(request: Request, env: WorkersEnv, ctx: ExecutionContextLik
     ctx.waitUntil(worker.shields.checkHealth());
   }
   const bindings: RequestBindings = { clientIp: request.headers.get('cf-connecting-ip') ?? undefined };
+  if (request.method === 'POST' && new URL(request.url).pathname === '/_edge/purge') {
+    const { response, retry } = await handleWorkersPurge(request, {
+      edge: worker.edge,
+      adminToken: worker.options.adminToken,
+      cache: worker.pulled,
+      pushed: worker.pushed,
+      zone: worker.zone,
+      zoneHosts: worker.zoneHosts,
+      now: Date.now,
+    });
+    if (response) return response;
+    if (retry) request = retry;
+  }
   return prepareResponse(await worker.edge.fetch(request, bindings, ctx));
 }
 

@@ -228,6 +228,63 @@ export class R2PushStore implements CacheStore {
     }
   }
 
+  /**
+   * Delete (or, `soft`, mark invalidated) the entries `select` picks, within
+   * `budget` R2 calls: one listing page (1,000 names, metadata included) or
+   * one batch delete (up to 1,000 names) per call; a soft purge rewrites each
+   * object (two calls). Returns the selected entries handled and whether the
+   * whole bucket was gone through; the caller reports an unfinished purge.
+   */
+  async purgeWhere(
+    select: (meta: CacheEntryMeta) => boolean,
+    options: { budget: number; soft?: boolean },
+  ): Promise<{ purged: CacheEntryMeta[]; complete: boolean; calls: number }> {
+    let calls = 0;
+    const purged: CacheEntryMeta[] = [];
+    let cursor: string | undefined;
+    const names: string[] = [];
+    let complete = true;
+    do {
+      // Keep room for the deletes of what was found so far.
+      if (calls + 1 + Math.ceil((names.length + 1000) / 1000) > options.budget) {
+        complete = false;
+        break;
+      }
+      calls++;
+      const page = await this.#bucket.list({ prefix: this.#prefix, cursor, include: ['customMetadata', 'httpMetadata'] });
+      for (const object of page.objects) {
+        // Metadata too large for custom metadata needs a read each: left to the next purge when over budget.
+        const custom = object.customMetadata ?? {};
+        if (custom.m === undefined && calls + 1 > options.budget) {
+          complete = false;
+          continue;
+        }
+        if (custom.m === undefined) calls++;
+        const meta = await this.#metaOf(object);
+        if (!meta || !select(meta)) continue;
+        if (options.soft) {
+          if (calls + 2 > options.budget) {
+            complete = false;
+            continue;
+          }
+          calls += 2;
+          if (await this.updateMeta({ ...meta, invalidated: true })) purged.push(meta);
+        } else {
+          names.push(object.key);
+          purged.push(meta);
+        }
+      }
+      cursor = page.truncated ? page.cursor : undefined;
+    } while (cursor);
+    if (cursor) complete = false;
+    for (let i = 0; i < names.length; i += 1000) {
+      calls++;
+      await this.#bucket.delete(names.slice(i, i + 1000));
+    }
+    for (const meta of purged) if (!options.soft) this.#known.delete(meta.key + SEP + meta.variant);
+    return { purged, complete, calls };
+  }
+
   /** Entries this isolate has written, read or listed (R2 keeps no count); `maxBytes` 0: no budget. */
   stats(): CacheStoreStats {
     let bytes = 0;

@@ -6,7 +6,7 @@
  * dry run only bundles, and Miniflare runs locally.
  */
 import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
@@ -65,6 +65,12 @@ export interface TestWorkerOptions {
    * it on with status 200). Counted in `calls`.
    */
   failingImages?: { mode: 'throw' | 'auth-error'; calls: number };
+  /**
+   * Run the bundle behind {@link COUNTING_ENTRY}: every Cache API call, R2
+   * call and `fetch` the Worker makes is counted per request (the real calls
+   * still happen; see {@link TestWorker.subrequests}).
+   */
+  countSubrequests?: boolean;
 }
 
 export interface TestWorker {
@@ -76,14 +82,90 @@ export interface TestWorker {
    * (Miniflare's `dispatchFetch` is not used: it drops `Content-Length`.)
    */
   fetch(path: string, init?: RequestInit): Promise<Response>;
+  /**
+   * With `countSubrequests`: sends the request, reads the whole answer, waits
+   * for its `waitUntil` work, and returns the answer with the subrequests it
+   * made (one invocation's calls: what Cloudflare's limit counts).
+   */
+  subrequests(path: string, init?: RequestInit): Promise<{ response: Response; body: string; count: number; calls: string[] }>;
   close(): Promise<void>;
 }
 
+/**
+ * An entry module in front of the bundle: wraps `caches`, `fetch` and the
+ * R2 binding in counting proxies that pass every call on to the real
+ * object, and tracks one request at a time (tests send them one by one):
+ * its calls until the answer is read to the end and its `waitUntil` work
+ * has settled. `GET /__subrequests?id=` reports them.
+ */
+export const COUNTING_ENTRY = `
+import worker from './index.js';
+let current = null;
+const runs = new Map();
+const note = (name) => { if (current) current.calls.push(name); };
+const realFetch = globalThis.fetch;
+globalThis.fetch = (input, init) => { note('fetch ' + (typeof input === 'string' ? input : input.url)); return realFetch(input, init); };
+const wrapCache = (cache) => ({
+  match: (...args) => { note('cache.match'); return cache.match(...args); },
+  put: (...args) => { note('cache.put'); return cache.put(...args); },
+  delete: (...args) => { note('cache.delete'); return cache.delete(...args); },
+});
+const realCaches = globalThis.caches;
+const countingCaches = { default: wrapCache(realCaches.default), open: async (name) => wrapCache(await realCaches.open(name)) };
+Object.defineProperty(globalThis, 'caches', { value: countingCaches, configurable: true, writable: true });
+const wrapBucket = (bucket) => new Proxy(bucket, { get(target, name) {
+  const value = target[name];
+  return typeof value === 'function' ? (...args) => { note('r2.' + String(name)); return value.apply(target, args); } : value;
+} });
+const envs = new WeakMap();
+export default {
+  async fetch(request, env, ctx) {
+    const url = new URL(request.url);
+    if (url.pathname === '/__subrequests') {
+      const run = runs.get(url.searchParams.get('id'));
+      if (!run) return Response.json(null, { status: 404 });
+      await run.done;
+      runs.delete(url.searchParams.get('id'));
+      return Response.json({ count: run.calls.length, calls: run.calls });
+    }
+    let wrapped = envs.get(env);
+    if (!wrapped) {
+      wrapped = Object.create(null);
+      for (const name of Object.keys(env)) wrapped[name] = env[name];
+      if (env.PUSH_BUCKET) wrapped.PUSH_BUCKET = wrapBucket(env.PUSH_BUCKET);
+      envs.set(env, wrapped);
+    }
+    const id = request.headers.get('x-test-run');
+    const run = { calls: [], pending: [] };
+    current = run;
+    if (id) runs.set(id, run);
+    const context = { waitUntil: (promise) => { run.pending.push(promise); ctx.waitUntil(promise); }, passThroughOnException: () => {} };
+    let response = await worker.fetch(request, wrapped, context);
+    let finished;
+    const read = new Promise((resolve) => (finished = resolve));
+    if (response.body) {
+      const counted = new TransformStream({ flush() { finished(); } });
+      response.body.pipeTo(counted.writable).catch(() => finished());
+      response = new Response(counted.readable, response);
+    } else finished();
+    run.done = read.then(async () => { for (let i = 0; i < run.pending.length; i++) await run.pending[i].catch(() => {}); });
+    return response;
+  },
+};
+`;
+
 export async function startTestWorker(bundle: WorkerBundle, options: TestWorkerOptions): Promise<TestWorker> {
+  let scriptPath = bundle.script;
+  if (options.countSubrequests) {
+    scriptPath = join(bundle.dir, 'counting-entry.mjs');
+    await writeFile(scriptPath, COUNTING_ENTRY);
+  }
   const worker = {
     name: 'edge',
     modules: true,
-    scriptPath: bundle.script,
+    scriptPath,
+    // The counting entry imports the bundle, which is an ES module too.
+    ...(options.countSubrequests ? { modulesRules: [{ type: 'ESModule', include: ['**/*.js', '**/*.mjs'] }] } : {}),
     // Module names are relative to this; the bundle lives outside the working directory.
     modulesRoot: bundle.dir,
     compatibilityDate: bundle.compatibilityDate,
@@ -109,10 +191,20 @@ export async function startTestWorker(bundle: WorkerBundle, options: TestWorkerO
     cf: false,
   } as MiniflareOptions);
   const url = (await mf.ready).origin;
+  let runs = 0;
   return {
     mf,
     url,
     fetch: (path, init) => fetch(url + path, init),
+    async subrequests(path, init) {
+      const id = String(++runs);
+      const headers = new Headers(init?.headers);
+      headers.set('x-test-run', id);
+      const response = await fetch(url + path, { ...init, headers });
+      const body = await response.text();
+      const counted = (await (await fetch(`${url}/__subrequests?id=${id}`)).json()) as { count: number; calls: string[] };
+      return { response, body, ...counted };
+    },
     close: () => mf.dispose(),
   };
 }
