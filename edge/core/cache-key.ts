@@ -231,8 +231,22 @@ export function variantFor(names: string[], requestHeaders: Record<string, strin
  */
 const LIST_FIELDS = new Set(['accept', 'accept-language', 'accept-charset', 'accept-encoding']);
 
+/** Normalised list values seen lately: a few browsers send a few strings, over and over. */
+const normalisedLists = new Map<string, string>();
+const MAX_NORMALISED_LISTS = 1000;
+
 function normaliseVaried(name: string, value: string): string {
   if (!LIST_FIELDS.has(name)) return value.replace(/\s+/g, ' ').trim();
+  let normalised = normalisedLists.get(value);
+  if (normalised === undefined) {
+    normalised = normaliseList(value);
+    if (normalisedLists.size >= MAX_NORMALISED_LISTS) normalisedLists.clear();
+    normalisedLists.set(value, normalised);
+  }
+  return normalised;
+}
+
+function normaliseList(value: string): string {
   return value
     .split(',')
     .map((member) =>

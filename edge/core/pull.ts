@@ -196,7 +196,7 @@ export class PullCache {
       log.key = described.key;
       return this.answerPushed(pull, answered, policy);
     }
-    const entries = store.getSync(described.key);
+    const entries = store.getSync(described.key, (entry) => this.variantMatches(entry, described.upstream));
     if (!entries || entries.length === 0) return undefined;
     const entry = this.selectVariant(entries, described.upstream);
     if (!entry || !hasBytes(entry)) return undefined;
@@ -506,6 +506,12 @@ export class PullCache {
       policy.age(),
       formatCacheStatus(this.deps.options.name, fields),
     );
+  }
+
+  /** Is this stored entry the variant for these request headers (as the origin would receive them)? */
+  private variantMatches(entry: CacheEntry, upstreamHeaders: Record<string, string>): boolean {
+    const names = this.prepare(entry.meta).vary;
+    return names !== '*' && variantFor(names, upstreamHeaders) === entry.meta.variant;
   }
 
   /** The stored variant matching the request's Vary-named headers (RFC 9111 4.1), as the origin would receive them. */

@@ -77,7 +77,7 @@ export class TieredCacheStore implements CacheStore {
     this.#tiers = [...options.tiers];
     this.name = options.name ?? 'tiered';
     this.#onError = options.onError ?? (() => {});
-    if (this.#tiers.every((tier) => tier.getSync)) this.getSync = (key) => this.#getSync(key);
+    if (this.#tiers.every((tier) => tier.getSync)) this.getSync = (key, wanted) => this.#getSync(key, wanted);
     const lowest = this.#tiers[this.#tiers.length - 1]!;
     if (lowest.pushedBytes) this.pushedBytes = () => lowest.pushedBytes!();
   }
@@ -86,13 +86,21 @@ export class TieredCacheStore implements CacheStore {
   readonly pushedBytes?: () => number;
 
   /** Present when every tier reads synchronously (memory over LMDB). */
-  readonly getSync?: (key: string) => CacheEntry[];
+  readonly getSync?: (key: string, wanted?: (entry: CacheEntry) => boolean) => CacheEntry[];
 
   /** {@link get}'s walk, synchronously; promotions still run in the background. */
-  #getSync(key: string): CacheEntry[] {
+  #getSync(key: string, wanted?: (entry: CacheEntry) => boolean): CacheEntry[] {
     const first = this.#tiers[0]!.getSync!(key);
+    // The common hit: the first tier holds the key and no Vary variants, or
+    // holds the very variant the caller wants (a Vary hit need not read the
+    // lower tiers for the others).
     if (first.length > 0 && first.every((entry) => entry.meta.variant === '')) {
       for (let i = 1; i < this.#tiers.length; i++) this.#tiers[i]!.touch?.(key, '');
+      return first;
+    }
+    const hit = wanted && first.find(wanted);
+    if (hit) {
+      for (let i = 1; i < this.#tiers.length; i++) this.#tiers[i]!.touch?.(key, hit.meta.variant);
       return first;
     }
     const found = new Map<string, CacheEntry>();

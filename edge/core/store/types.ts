@@ -142,7 +142,7 @@ export interface CacheStore {
    * (memory, LMDB): lets a runtime answer a fresh hit without awaiting.
    * Promotions between tiers it triggers happen in the background.
    */
-  getSync?(key: string): CacheEntry[];
+  getSync?(key: string, wanted?: (entry: CacheEntry) => boolean): CacheEntry[];
   /** Start writing one variant of a key; see {@link CacheWriter}. */
   createWriter(key: string, variant: string, expectedSize?: number): CacheWriter;
   /** Replace an entry's metadata (e.g. after a 304); false if the entry is gone. */
