@@ -423,6 +423,24 @@ describe('background re-compression', () => {
     expect(node!.coded.filter((line) => line === 'encode br 11')).toHaveLength(1);
   });
 
+  it('another coding filled meanwhile does not stop it', async () => {
+    let release!: () => void;
+    await start({ brotliLevel: 1, brotliBackgroundLevel: 11 }, new Promise<void>((resolve) => (release = resolve)));
+    node!.origin.set('/two.css', cssSpec());
+    await get('/two.css');
+    await settle();
+    const filled = await get('/two.css', ae('br'));
+    await settle();
+    await get('/two.css', ae('br'));
+    // While the br pass is held, the gzip variant of the same URL is filled.
+    expect((await get('/two.css', ae('gzip'))).headers['content-encoding']).toBe('gzip');
+    release();
+    await settle();
+    const later = await get('/two.css', ae('br'));
+    expect(later.body.length).toBeLessThan(filled.body.length);
+    expect(brotliDecompressSync(later.body).equals(CSS)).toBe(true);
+  });
+
   it('is not applied over a newer version stored meanwhile', async () => {
     let release!: () => void;
     await start({ brotliLevel: 1, brotliBackgroundLevel: 11 }, new Promise<void>((resolve) => (release = resolve)));

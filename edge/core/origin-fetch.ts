@@ -279,7 +279,7 @@ export class OriginFetch {
     // A status without a body has none to store, whatever Content-Length says
     // (RFC 9110 8.6); a recoded body's length is known at its end.
     const expectedSize = bodyless ? 0 : coding.recode ? undefined : contentLength;
-    this.recoder.noteFill(pull.key);
+    this.recoder.noteFill(pull.key, variant);
     const writer = store.createWriter(pull.key, variant, expectedSize);
     const body = originBody ?? new ReadableStream<Uint8Array>({ start: (c) => c.close() });
     const fill = this.purges.begin();

@@ -125,7 +125,7 @@ export class Recoder {
     };
     delete meta.pushed;
     if (target.sourceKey !== undefined) meta.sourceKey = target.sourceKey;
-    this.noteFill(target.key);
+    this.noteFill(target.key, target.variant);
     const writer = store.createWriter(target.key, target.variant, plan.recode ? undefined : source.body.size);
     const fill = purges.begin();
     const body = fillWhileStreaming(this.body(source.body.stream(), plan), {
@@ -149,9 +149,9 @@ export class Recoder {
     return { meta, body };
   }
 
-  /** A fill of `key` begins: background work on an older version of it must not land. */
-  noteFill(key: string): void {
-    const jobs = this.#pending.get(key);
+  /** A fill of one variant of `key` begins: background work on an older version of it must not land. */
+  noteFill(key: string, variant: string): void {
+    const jobs = this.#pending.get(`${key}\u0000${variant}`);
     if (jobs) for (const job of jobs) job.aborted = true;
   }
 
@@ -175,15 +175,16 @@ export class Recoder {
     this.#tried.add(id);
     const target = this.#deps.options.brotliBackgroundLevel;
     const job: RecompressJob = { key: meta.key, variant: meta.variant, storedAt: meta.storedAt, aborted: false };
-    const jobs = this.#pending.get(job.key) ?? [];
+    const slot = `${job.key}\u0000${job.variant}`;
+    const jobs = this.#pending.get(slot) ?? [];
     jobs.push(job);
-    this.#pending.set(job.key, jobs);
+    this.#pending.set(slot, jobs);
     this.#queued++;
     const run = this.#running.then(() => this.#recompress(job, target).catch(() => {})).finally(() => {
       this.#queued--;
-      const left = this.#pending.get(job.key)?.filter((other) => other !== job) ?? [];
-      if (left.length === 0) this.#pending.delete(job.key);
-      else this.#pending.set(job.key, left);
+      const left = this.#pending.get(slot)?.filter((other) => other !== job) ?? [];
+      if (left.length === 0) this.#pending.delete(slot);
+      else this.#pending.set(slot, left);
     });
     this.#running = run;
   }
