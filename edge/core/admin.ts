@@ -9,6 +9,10 @@
  * | `DELETE /_edge/push/<path>`   | removes it (204, 404 if absent)                              |
  * | `POST /_edge/purge`           | `{urls}`, `{prefixes}`, `{tags}` or `{all}`, optional `soft` |
  * | `GET /_edge/objects`          | lists stored objects, paginated                              |
+ * | `GET /_edge/origins`          | origin, shield and fleet-peer health                         |
+ *
+ * With `--peers`, a purge is also sent to every other node of the fleet,
+ * shields before edges (`fleet-purge.ts`).
  *
  * Models: the Cloudflare purge API (URL, prefix, tag, everything), Fastly
  * surrogate keys and soft purge (mark stale instead of deleting).
@@ -17,6 +21,7 @@ import type { Context, Hono } from 'hono';
 import { z } from 'zod';
 import { keyPath, keysOfPathPrefix, MAX_KEY_LENGTH, parseCacheKey, pushedKey, type PulledCacheKey } from './cache-key.js';
 import { EdgeError, isEdgeError } from './errors.js';
+import { AppliedPurges, FleetPurge, fleetPeers, parsePeers, PURGE_ID, PURGE_ID_HEADER, type FleetPeer, type PeerResult } from './fleet-purge.js';
 import { splitList } from './headers.js';
 import type { EdgeOptions } from './options.js';
 import { parseCacheControl, type PolicyFactory } from './policy.js';
@@ -40,6 +45,54 @@ export interface AdminDeps {
   waitUntil: (promise: Promise<unknown>) => void;
   /** Health of origin pool members and shields, for `GET /_edge/origins`. */
   originStatus?: () => unknown;
+  /** The fleet's other nodes now (Node: re-read from the `--peers @file`); else `--peers` as a list. */
+  peers?: () => readonly FleetPeer[];
+  /** Aborted when the node closes: stops purge replays to peers. */
+  signal?: AbortSignal;
+}
+
+/** Purge state shared by the routes of one node. */
+interface PurgeState {
+  /** Ids applied here, for idempotent copies and retries. */
+  applied: AppliedPurges;
+  /** Sends purges to the fleet; undefined without `--peers`. */
+  fleet?: FleetPurge;
+}
+
+function createFleet(deps: AdminDeps, token: string): FleetPurge | undefined {
+  const { options } = deps;
+  let listed = deps.peers;
+  if (!listed) {
+    if (options.peers === undefined) return undefined;
+    if (options.peers.startsWith('@')) {
+      throw new TypeError(`--peers ${options.peers}: a peers file needs an adapter that reads files (Node); give the peers as a comma-separated list here.`);
+    }
+    const { peers } = parsePeers(options.peers, 'list');
+    listed = () => peers;
+  }
+  const source = listed;
+  const shields = options.shield ?? [];
+  // Recomputed only when the adapter hands over a new list.
+  let last: readonly FleetPeer[] | undefined;
+  let merged: FleetPeer[] = [];
+  return new FleetPurge({
+    token,
+    peers: () => {
+      const now = source();
+      if (now !== last) {
+        last = now;
+        merged = fleetPeers(shields, now);
+      }
+      return merged;
+    },
+    concurrency: options.peerConcurrency,
+    queue: options.peerQueue,
+    outbox: options.peerOutbox,
+    retryMs: options.peerRetry,
+    timeoutMs: options.peerTimeout,
+    now: deps.now,
+    signal: deps.signal,
+  });
 }
 
 const PUSH_PREFIX = '/_edge/push';
@@ -112,14 +165,17 @@ export function mountAdminApi(app: Hono, deps: AdminDeps): void {
   });
 
   for (const path of [PUSH_PREFIX, `${PUSH_PREFIX}/*`, '/_edge/purge', '/_edge/objects', '/_edge/origins']) app.use(path, auth);
+  const purges: PurgeState = { applied: new AppliedPurges(), fleet: createFleet(deps, token) };
 
   app.put(PUSH_PREFIX, (c) => Promise.reject(closingIfBodyUnread(c, badKey('empty path: use PUT /_edge/push/<path>, e.g. /_edge/push/assets/app.css'))));
   app.put(`${PUSH_PREFIX}/*`, (c) => push(c, deps));
   app.delete(PUSH_PREFIX, () => Promise.reject(badKey('empty path: use DELETE /_edge/push/<path>')));
   app.delete(`${PUSH_PREFIX}/*`, (c) => unpush(c, deps));
-  app.post('/_edge/purge', (c) => purge(c, deps));
+  app.post('/_edge/purge', (c) => purge(c, deps, purges));
   app.get('/_edge/objects', (c) => listObjects(c, deps));
-  app.get('/_edge/origins', (c) => c.json({ origin: deps.options.origin ?? null, status: deps.originStatus?.() ?? null, shields: deps.options.shield ?? [] }));
+  app.get('/_edge/origins', (c) =>
+    c.json({ origin: deps.options.origin ?? null, status: deps.originStatus?.() ?? null, shields: deps.options.shield ?? [], peers: purges.fleet?.status() ?? [] }),
+  );
 
   const notAllowed = (allow: string) => () => {
     throw new EdgeError('EDGE_METHOD_NOT_ALLOWED', `Use ${allow} here.`, { headers: { allow } });
@@ -461,7 +517,11 @@ const purgeSchema = z
     all: z.literal(true).optional(),
     /** Mark as stale (revalidate on next use) instead of deleting. @default false */
     soft: z.boolean().optional(),
-    /** Also send this purge to the origin shields (`--shield`), with the same admin token. @default false */
+    /**
+     * Send this purge on. With `--peers`: to the whole fleet, shields first
+     * (default true; false purges this node only). Without: to the origin
+     * shields (`--shield`), with the same admin token (default false).
+     */
     forward: z.boolean().optional(),
   })
   .strict()
@@ -479,7 +539,7 @@ type PurgeRequest = z.output<typeof purgeSchema>;
 
 function describeIssue(issue: z.core.$ZodIssue): string {
   if (issue.code === 'unrecognized_keys') {
-    return `unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `"${k}"`).join(', ')} (allowed: urls, prefixes, tags, all, soft)`;
+    return `unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `"${k}"`).join(', ')} (allowed: urls, prefixes, tags, all, soft, forward)`;
   }
   const where = issue.path.length > 0 ? issue.path.map((p) => (typeof p === 'number' ? `[${p}]` : String(p))).join('.').replace(/\.\[/g, '[') + ': ' : '';
   return where + issue.message;
@@ -648,9 +708,9 @@ function purgeMatcher(request: PurgeRequest, pull: PullCache): PurgeMatcher {
   };
 }
 
-async function purge(c: Context, deps: AdminDeps): Promise<Response> {
+/** Apply a purge to this node's store; resolves with the number of entries purged. */
+async function applyPurge(request: PurgeRequest, deps: AdminDeps): Promise<number> {
   const { store, pull } = deps;
-  const request = await parsePurge(c);
   // First, so that a fill landing while the purge runs is not stored either.
   if (!request.soft) pull.purges.record(purgeMatcher(request, pull));
   const selected = await selectForPurge(request, deps);
@@ -675,22 +735,74 @@ async function purge(c: Context, deps: AdminDeps): Promise<Response> {
     }
     if (request.all) pull.pushedPaths.clear();
   }
-  if (!request.forward) return c.json({ purged });
-  return c.json({ purged, shields: await forwardPurge(request, deps) });
+  return purged;
 }
 
 /**
- * Repeat a purge at every shield, so one call clears both tiers. Paths and
- * prefixes match every host there too; shields share the admin token.
+ * `POST /_edge/purge`. An `Edge-Purge-Id` already applied here is answered
+ * `duplicate` without purging or sending anything again. With `--peers`
+ * (and unless `"forward": false`), the purge is admitted into every peer's
+ * queue first (503 when one is full: nothing purged), applied here, then
+ * sent to the shields and, once they answered, to the edges.
  */
-async function forwardPurge(request: PurgeRequest, deps: AdminDeps): Promise<{ shield: string; status: number; purged?: number; error?: string }[]> {
-  const { forward: _forward, ...body } = request;
+async function purge(c: Context, deps: AdminDeps, state: PurgeState): Promise<Response> {
+  const given = c.req.header(PURGE_ID_HEADER);
+  if (given !== undefined && !PURGE_ID.test(given)) {
+    throw new EdgeError('EDGE_BAD_REQUEST', `${PURGE_ID_HEADER}: expected 1 to 128 letters, digits or . : @ + = - _ characters.`);
+  }
+  const request = await parsePurge(c);
+  const fleet = request.forward !== false ? state.fleet : undefined;
+  const id = given ?? (fleet ? crypto.randomUUID() : undefined);
+  if (id !== undefined) {
+    const earlier = state.applied.get(id);
+    if (earlier) return c.json({ purged: await earlier, id, duplicate: true });
+  }
+  // Before anything is purged: a refused purge can simply be sent again.
+  const ticket = fleet?.admit();
+  const work = applyPurge(request, deps);
+  if (id !== undefined) state.applied.set(id, work);
+  let purged: number;
+  try {
+    purged = await work;
+  } catch (error) {
+    ticket?.cancel();
+    throw error;
+  }
+  if (fleet && ticket) {
+    const { forward: _forward, ...body } = request;
+    const peers = await fleet.send(ticket, { id: id!, body });
+    return c.json({ purged, id, peers: peers.map(publicResult) });
+  }
+  const answer: Record<string, unknown> = { purged };
+  if (given !== undefined) answer.id = given;
+  if (request.forward && !state.fleet) answer.shields = await forwardPurge(request, deps, id);
+  return c.json(answer);
+}
+
+/** A peer result in the answer: `url, role, status, purged` first, then what applies. */
+function publicResult(result: PeerResult): PeerResult {
+  const { url, role, status, purged, ...rest } = result;
+  return { url, role, status, ...(purged === undefined ? {} : { purged }), ...rest };
+}
+
+/**
+ * Repeat a purge at every shield, so one call clears both tiers (`"forward":
+ * true` without `--peers`). Paths and prefixes match every host there too;
+ * shields share the admin token. No queue or replay: see fleet-purge.ts.
+ */
+async function forwardPurge(
+  request: PurgeRequest,
+  deps: AdminDeps,
+  id: string = crypto.randomUUID(),
+): Promise<{ shield: string; status: number; purged?: number; error?: string }[]> {
+  // A copy is applied where it lands and never sent on (the shield may have --peers of its own).
+  const body = { ...request, forward: false };
   return Promise.all(
     (deps.options.shield ?? []).map(async (shield) => {
       try {
         const response = await fetch(new URL('/_edge/purge', shield), {
           method: 'POST',
-          headers: { authorization: `Bearer ${deps.options.adminToken}`, 'content-type': 'application/json' },
+          headers: { authorization: `Bearer ${deps.options.adminToken}`, 'content-type': 'application/json', [PURGE_ID_HEADER]: id },
           body: JSON.stringify(body),
           signal: AbortSignal.timeout(deps.options.originTimeout),
         });

@@ -23,6 +23,7 @@ import type { EdgeOptions } from './options.js';
 import type { OriginClient } from './origin/types.js';
 import { createPolicyFactory } from './policy.js';
 import type { Described } from './describe.js';
+import type { FleetPeer } from './fleet-purge.js';
 import { PullCache, type IncomingRequest, type RequestContext, type RequestLog } from './pull.js';
 import { answerError, toResponse, type Answer } from './responder.js';
 import type { CacheStore } from './store/types.js';
@@ -97,6 +98,14 @@ export interface EdgeAppDeps {
   writeAnswer?: (env: unknown, answer: Answer, done: (bytes: number) => void) => Response | undefined;
   /** API keys as they stand now (Node: re-read from `--api-keys-file`); the same array until they change. See `access/gate.ts`. */
   apiKeys?: () => readonly ApiKey[];
+  /**
+   * The other nodes of the fleet for fleet purges, as they stand now (Node:
+   * re-read from `--peers @file`). Without it, `--peers` is read as a
+   * comma-separated list. Called per purge: return the same array until the list changes.
+   */
+  peers?: () => readonly FleetPeer[];
+  /** Aborted when the node shuts down: stops background work that outlives requests (purge replays to peers). */
+  signal?: AbortSignal;
 }
 
 /** What an adapter gets back from {@link EdgeApp.answerFreshHit}. */
@@ -236,7 +245,18 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
     return c.body(await deps.metrics(), 200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' });
   });
 
-  mountAdminApi(app, { options, store: deps.store, pull, policies, now, createHasher: deps.createHasher, waitUntil: track, originStatus: deps.originStatus });
+  mountAdminApi(app, {
+    options,
+    store: deps.store,
+    pull,
+    policies,
+    now,
+    createHasher: deps.createHasher,
+    waitUntil: track,
+    originStatus: deps.originStatus,
+    peers: deps.peers,
+    signal: deps.signal,
+  });
 
   // Everything under /_edge/ belongs to the node and is never forwarded.
   app.all('/_edge/*', () => {

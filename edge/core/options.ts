@@ -14,6 +14,7 @@ import { z } from 'zod';
 import { DEFAULT_COMPRESS_TYPES, isTypePattern } from './compression.js';
 import { widthsFromRange } from './image/params.js';
 import { durationMs, durationSeconds, originsConfigSchema, parseDuration } from './routes.js';
+import { parsePeers } from './fleet-purge.js';
 import { denyRulesSchema } from './access/deny.js';
 import { rateLimitSchema } from './access/route-access.js';
 import { parseSigningKeys } from './access/signing.js';
@@ -83,6 +84,18 @@ const originList = z.string().refine((value) => value.split(',').every((part) =>
   message: 'expected an http://, https:// or s3://bucket URL (or a comma-separated list), e.g. http://127.0.0.1:9000',
 });
 
+/** `--peers`: `[shield=|edge=]url` entries, comma-separated, or `@/path/to/file` (read by the Node adapter). */
+const peerList = z.string().superRefine((value, ctx) => {
+  if (value.startsWith('@')) {
+    if (value.length === 1) ctx.addIssue({ code: 'custom', message: 'expected a file after @, e.g. @/etc/edge/peers' });
+    return;
+  }
+  const { problems } = parsePeers(value, 'list');
+  if (problems.length > 0) {
+    ctx.addIssue({ code: 'custom', message: `${problems.join('; ')}; expected [shield=|edge=]http(s)://host:port entries, comma-separated, or @/path/to/file` });
+  }
+});
+
 const shieldList = list.refine((urls) => urls.every((url) => isOriginUrl(url) && !url.startsWith('s3:')), {
   message: 'expected http(s):// URLs of origin shields, comma-separated',
 });
@@ -92,6 +105,20 @@ export const edgeOptionsSchema = z
     origin: originList.optional().describe('Upstream origin URL, or a comma-separated pool (http://, https://, s3://bucket/prefix?region=...&endpoint=...). Unset on Node, and no origins in the config file: the embedded demo origin is started.'),
     origins: originsConfigSchema.optional().describe('Origin groups and route rules (config file only; see README "Origin pools").'),
     shield: shieldList.optional().describe('Origin shield URL(s), comma-separated: misses go to the shield chosen for the key by rendezvous hashing. (default unset)'),
+    peers: peerList
+      .optional()
+      .describe('Admin URLs of the other nodes of the fleet for fleet purges: comma-separated [shield=|edge=]http(s)://host:port entries (a bare URL is an edge; --shield URLs count as shields), or @/path/to/file with one entry per line and # comments, re-read when it changes and on SIGHUP. A purge received here is applied here, then at every shield, then at every edge (README "Fleet purge"). (default unset)'),
+    peerTimeout: durationMs('10s')
+      .default(10_000)
+      .describe('A peer has this long to answer a purge copy; then it counts as down and the copy waits in its outbox; a duration (a bare number is seconds). (default 10s)'),
+    peerRetry: durationMs('1s')
+      .default(1000)
+      .describe('First delay before replaying the purges a down peer missed; doubles after each failed attempt, up to 1m (or this value if longer); a duration (a bare number is seconds). (default 1s)'),
+    peerConcurrency: int(1, 64).default(4).describe('Purge copies sent to one peer at once. (default 4)'),
+    peerQueue: int(0, 10_000).default(64).describe('Purges waiting per peer beyond those in flight; a purge that would exceed it is refused with 503 and Retry-After before anything is purged. (default 64)'),
+    peerOutbox: int(1, 100_000)
+      .default(1000)
+      .describe('Missed purges kept in memory per down peer for replay (lost on restart); past it the oldest are dropped and the peer stays stale until an {"all":true} purge reaches it. (default 1000)'),
     port: int(0, 65535).default(8080).describe('Port to listen on; 0 picks a free one. (default 8080)'),
     host: z.string().min(1).default('0.0.0.0').describe('Address to listen on. (default 0.0.0.0)'),
     workers: int(0, 256)

@@ -134,6 +134,10 @@ export async function runNode(program: NodeProgram, argv: string[]): Promise<voi
     process.exit(2);
   }
 
+  if (options.peers !== undefined && options.adminToken === undefined) {
+    console.error(`${tag}: ${optionFlag('peers')} (${optionEnv('peers')}): fleet purges go through the admin API: set --admin-token (EDGE_ADMIN_TOKEN), the same on every node`);
+    process.exit(2);
+  }
   // Certificates checked before anything starts, like the data dir: one line naming the option, exit 2.
   if (options.tlsCert !== undefined && options.tlsKey !== undefined) {
     try {
@@ -191,6 +195,8 @@ export async function runNode(program: NodeProgram, argv: string[]): Promise<voi
   };
   process.on('SIGINT', () => void stop('SIGINT'));
   process.on('SIGTERM', () => void stop('SIGTERM'));
+  // Only with a peers file: otherwise SIGHUP keeps its default (stop).
+  if (options.peers?.startsWith('@')) process.on('SIGHUP', () => server.reloadPeers());
 }
 
 /** Entry-point wrapper: run, and turn a start-up failure into one line and exit 1 (2 for an unusable --data-dir). */

@@ -22,6 +22,7 @@ import type { CacheStore } from '../core/store/types.js';
 import { LmdbCacheStore } from './lmdb-store.js';
 import type { ClusterWorker } from './cluster.js';
 import { openApiKeysFile } from './api-keys-file.js';
+import { openPeersFile } from './peers-file.js';
 import { ShieldOriginClient } from '../core/origin/shield.js';
 import { createOriginClient } from './origin-pool.js';
 import { createEdgeMetrics } from './metrics.js';
@@ -63,6 +64,8 @@ export interface EdgeServer {
   redirect?: { server: Server; port: number };
   /** With TLS: the certificate in use, and a reload from the files now (what SIGHUP does). */
   tls?: { certificate(): TlsCertificate; reload(trigger?: TlsReloadEvent['trigger']): TlsReloadEvent };
+  /** Read the `--peers @file` again now (what SIGHUP does); a no-op without one. */
+  reloadPeers(): void;
   close(): Promise<void>;
 }
 
@@ -242,6 +245,15 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
         else console.error(`${options.name}: ${problem}`);
       })
     : undefined;
+  // Read before the store opens: a peers file that cannot be used stops the start naming --peers.
+  // The controller is aborted on close: it stops purge replays to peers.
+  const lifetime = new AbortController();
+  const peersFile = options.peers?.startsWith('@')
+    ? openPeersFile(options.peers.slice(1), (problem) => {
+        if (logger) logger.warn(problem);
+        else console.error(`${options.name}: ${problem}`);
+      })
+    : undefined;
   const store = overrides.cluster?.createStore(options, now) ?? createTieredStore(options, now);
   const origin = overrides.origin ?? createUpstream(options, originTls);
   const metrics = createEdgeMetrics(store);
@@ -286,6 +298,8 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
     },
     metrics: overrides.cluster ? overrides.cluster.metrics : () => metrics.render(),
     health: overrides.cluster?.health,
+    peers: peersFile?.current,
+    signal: lifetime.signal,
     writeAnswer: (env, answer, done) => {
       const outgoing = (env as Bindings | undefined)?.outgoing;
       if (!outgoing) return undefined;
@@ -390,9 +404,12 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
     server,
     redirect,
     tls: reloader ? { certificate: () => reloader.current, reload: (trigger = 'manual') => reloader.reload(trigger) } : undefined,
+    reloadPeers: () => peersFile?.reload(),
     close() {
       // Idempotent: a supervisor and a signal handler may both ask.
       closing ??= (async () => {
+        lifetime.abort();
+        peersFile?.close();
         apiKeysFile?.close();
         reloader?.close();
         const closed = [server, ...(redirect ? [redirect.server] : [])].map(
