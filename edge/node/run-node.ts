@@ -215,7 +215,8 @@ export function main(program: NodeProgram): void {
  */
 async function runClustered(program: NodeProgram, options: EdgeOptions, workers: number, demo: { url: string; close(): Promise<void> } | undefined): Promise<void> {
   const tag = program.name;
-  const reloads = options.tlsCert !== undefined && options.tlsKey !== undefined;
+  const peersFile = options.peers?.startsWith('@') ?? false;
+  const reloads = (options.tlsCert !== undefined && options.tlsKey !== undefined) || peersFile;
   if (cluster.isPrimary) {
     await runPrimary({
       name: tag,
@@ -255,4 +256,5 @@ async function runClustered(program: NodeProgram, options: EdgeOptions, workers:
     const tls = server.tls;
     process.on('SIGHUP', () => void tls.reload('signal'));
   }
+  if (peersFile) process.on('SIGHUP', () => server.reloadPeers());
 }
