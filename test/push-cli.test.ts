@@ -62,7 +62,7 @@ describe('edge push', () => {
     await writeSite(files);
 
     expect(await push('--prefix', '/assets', '--concurrency', '3')).toBe(0);
-    expect(summary()).toMatch(/^edge push: uploaded 8, skipped 0, failed 0 \(/);
+    expect(summary()).toMatch(/^edge push: uploaded 8, updated 0, deleted 0, skipped 0, failed 0 \(/);
     const progress = lines.slice(0, -1);
     expect(progress).toHaveLength(8);
     expect(progress.map((l) => /^\[(\d+)\/8\]/.exec(l)?.[1])).toEqual(['1', '2', '3', '4', '5', '6', '7', '8']);
@@ -75,7 +75,7 @@ describe('edge push', () => {
       ['css/app.css', '/assets/css/app.css', 'text/css; charset=utf-8'],
       ['img/logo@2x.png', '/assets/img/logo@2x.png', 'image/png'],
       ['fonts/Inter Var.woff2', '/assets/fonts/Inter%20Var.woff2', 'font/woff2'],
-      ['data/café.json', '/assets/data/caf%C3%A9.json', 'application/json'],
+      ['data/café.json', '/assets/data/caf%C3%A9.json', 'application/json; charset=utf-8'],
       ['.well-known/security.txt', '/assets/.well-known/security.txt', 'text/plain; charset=utf-8'],
     ] as const) {
       const res = await t.get(url);
@@ -90,20 +90,20 @@ describe('edge push', () => {
 
     lines = [];
     expect(await push('--prefix', '/assets')).toBe(0);
-    expect(summary()).toMatch(/^edge push: uploaded 0, skipped 8, failed 0 /);
+    expect(summary()).toMatch(/^edge push: uploaded 0, updated 0, deleted 0, skipped 8, failed 0 /);
     expect(lines.slice(0, -1).every((l) => / skipped .* \(unchanged\)$/.test(l))).toBe(true);
 
     await writeFile(join(dir, 'css/app.css'), 'body { margin: 1px }');
     lines = [];
     expect(await push('--prefix', '/assets')).toBe(0);
-    expect(summary()).toMatch(/^edge push: uploaded 1, skipped 7, failed 0 /);
+    expect(summary()).toMatch(/^edge push: uploaded 1, updated 0, deleted 0, skipped 7, failed 0 /);
     expect(lines.filter((l) => l.endsWith('] uploaded assets/css/app.css (20 B)'))).toHaveLength(1);
     expect(await (await t.get('/assets/css/app.css')).text()).toBe('body { margin: 1px }');
 
     // Another prefix is another set of objects: nothing there yet.
     lines = [];
     expect(await push('--prefix', 'v2/')).toBe(0);
-    expect(summary()).toMatch(/^edge push: uploaded 8, skipped 0, failed 0 /);
+    expect(summary()).toMatch(/^edge push: uploaded 8, updated 0, deleted 0, skipped 0, failed 0 /);
     expect(await (await t.get('/v2/deep/a/b/c/d.txt')).text()).toBe('deep');
     expect(t.origin.requests).toEqual([]);
   });
@@ -116,7 +116,7 @@ describe('edge push', () => {
     expect(del.status).toBe(204);
     lines = [];
     expect(await push()).toBe(0);
-    expect(summary()).toMatch(/^edge push: uploaded 1, skipped 1, failed 0 /);
+    expect(summary()).toMatch(/^edge push: uploaded 1, updated 0, deleted 0, skipped 1, failed 0 /);
   });
 
   it('stores --cache-control and --tag with every object', async () => {
@@ -138,7 +138,7 @@ describe('edge push', () => {
     t = await startTestEdge({ adminToken: TOKEN, maxUploadSize: 1024 });
     await writeSite({ 'small.txt': 'ok', 'big.bin': randomBytes(4096), 'bad\\name.txt': 'backslash' });
     expect(await push()).toBe(1);
-    expect(summary()).toMatch(/^edge push: uploaded 1, skipped 0, failed 2 /);
+    expect(summary()).toMatch(/^edge push: uploaded 1, updated 0, deleted 0, skipped 0, failed 2 /);
     expect(lines.find((l) => l.includes('failed big.bin'))).toMatch(/413 EDGE_PAYLOAD_TOO_LARGE/);
     expect(lines.find((l) => l.includes('failed bad%5Cname.txt'))).toMatch(/400 EDGE_BAD_KEY: .*backslash/);
     expect(await (await t.get('/small.txt')).text()).toBe('ok');

@@ -10,9 +10,17 @@
  * origin and fills the cache as a side effect, and a pulled copy with a
  * coincidentally equal ETag would be mistaken for a pushed one.
  *
+ * A run first makes a plan (upload, update, delete, skip) and then carries
+ * it out; `--dry-run` prints the plan only. An unchanged file whose metadata
+ * (content type, tags, `--cache-control`) differs is uploaded again, as the
+ * push API has no metadata-only update. `--delete` removes pushed objects
+ * under the prefix that are no longer in the folder, after every upload
+ * succeeded.
+ *
  * Uploads stream each file (never read whole into memory), a few at a time,
- * with one progress line per file on stderr and a summary at the end.
- * Exit code: 0 when every file was uploaded or skipped, 1 when any failed,
+ * with one line per file on stderr (or, on a terminal, one progress line
+ * with bytes and ETA) and a summary at the end.
+ * Exit code: 0 when every step succeeded, 1 when any failed,
  * 2 for bad arguments.
  */
 import { createHash } from 'node:crypto';
@@ -21,6 +29,7 @@ import { readdir, stat } from 'node:fs/promises';
 import { extname, join, relative, sep } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { parseArgs } from 'node:util';
+import { contentType as mimeContentType } from 'mime-types';
 import { Agent, request, type Dispatcher } from 'undici';
 
 /** Where output goes and where the token may come from (tests inject both). */
@@ -29,6 +38,15 @@ export interface PushIo {
   log?: (line: string) => void;
   /** Environment read for EDGE_ADMIN_TOKEN. @default process.env */
   env?: NodeJS.ProcessEnv;
+  /**
+   * Show one progress line rewritten in place (bytes and ETA) instead of a
+   * line per file. @default process.stderr.isTTY
+   */
+  tty?: boolean;
+  /** Receives the in-place progress line's raw text (with `\r`). @default process.stderr.write */
+  write?: (text: string) => void;
+  /** The clock for rates and ETA, ms. @default Date.now */
+  now?: () => number;
 }
 
 interface PushOptions {
@@ -40,66 +58,29 @@ interface PushOptions {
   concurrency: number;
   cacheControl?: string;
   tags: string[];
+  /** Delete pushed objects under the prefix that are no longer in the folder. */
+  delete: boolean;
+  /** Print the plan, change nothing. */
+  dryRun: boolean;
 }
-
-/**
- * Content types for the files a web deploy holds. A small table instead of
- * a dependency: `mime-types` is only in node_modules as a dev tool's
- * transitive dependency, and these few dozen types cover static sites;
- * anything else is sent as application/octet-stream.
- */
-const CONTENT_TYPES: Record<string, string> = {
-  '.html': 'text/html; charset=utf-8',
-  '.htm': 'text/html; charset=utf-8',
-  '.css': 'text/css; charset=utf-8',
-  '.js': 'text/javascript; charset=utf-8',
-  '.mjs': 'text/javascript; charset=utf-8',
-  '.cjs': 'text/javascript; charset=utf-8',
-  '.json': 'application/json',
-  '.map': 'application/json',
-  '.webmanifest': 'application/manifest+json',
-  '.xml': 'application/xml',
-  '.txt': 'text/plain; charset=utf-8',
-  '.md': 'text/markdown; charset=utf-8',
-  '.csv': 'text/csv; charset=utf-8',
-  '.svg': 'image/svg+xml',
-  '.png': 'image/png',
-  '.jpg': 'image/jpeg',
-  '.jpeg': 'image/jpeg',
-  '.gif': 'image/gif',
-  '.webp': 'image/webp',
-  '.avif': 'image/avif',
-  '.ico': 'image/x-icon',
-  '.bmp': 'image/bmp',
-  '.tif': 'image/tiff',
-  '.tiff': 'image/tiff',
-  '.woff': 'font/woff',
-  '.woff2': 'font/woff2',
-  '.ttf': 'font/ttf',
-  '.otf': 'font/otf',
-  '.eot': 'application/vnd.ms-fontobject',
-  '.mp4': 'video/mp4',
-  '.webm': 'video/webm',
-  '.ogv': 'video/ogg',
-  '.mp3': 'audio/mpeg',
-  '.ogg': 'audio/ogg',
-  '.wav': 'audio/wav',
-  '.m4a': 'audio/mp4',
-  '.pdf': 'application/pdf',
-  '.zip': 'application/zip',
-  '.gz': 'application/gzip',
-  '.wasm': 'application/wasm',
-};
 
 /** Version-control and desktop litter: never published (a pushed `.git/` would expose the source). */
 const SKIPPED_NAMES = new Set(['.git', '.hg', '.svn', '.DS_Store', 'Thumbs.db']);
 
 const MAX_CONCURRENCY = 64;
-/** Attempts per upload for failures worth retrying (network errors, 502/503/504). */
+/** Attempts per request for failures worth retrying (network errors, 502/503/504). */
 const ATTEMPTS = 3;
 
+/**
+ * Content type from the file's extension, with the charset for text types
+ * (`mime-types`, the mime-db table: HLS/DASH playlists and segments, JPEG XL,
+ * HEIC, feeds, JSON-LD, YAML and the rest). `.ts` is an MPEG transport
+ * stream segment there, which is what a pushed folder holds (TypeScript
+ * sources are not deployed). Anything unknown is application/octet-stream.
+ */
 export function contentTypeFor(file: string): string {
-  return CONTENT_TYPES[extname(file).toLowerCase()] ?? 'application/octet-stream';
+  const ext = extname(file).toLowerCase();
+  return (ext && mimeContentType(ext)) || 'application/octet-stream';
 }
 
 /**
@@ -137,6 +118,8 @@ export function pushHelpText(): string {
     '  --concurrency <n>        Uploads at a time, 1-64 (default 8)',
     '  --cache-control <value>  Cache-Control stored with every object (default: the node\'s, public, max-age=--push-ttl)',
     '  --tag <tag>              Cache-Tag for every object, for purge by tag; repeatable',
+    '  --delete                 Delete pushed objects under the prefix that are no longer in <dir>',
+    '  --dry-run                Print the plan (upload, update, delete, skip) and change nothing',
     '  --help                   Show this text',
   ].join('\n');
 }
@@ -157,6 +140,8 @@ function parsePushArgs(argv: string[], env: NodeJS.ProcessEnv): PushOptions | 'h
         concurrency: { type: 'string' },
         'cache-control': { type: 'string' },
         tag: { type: 'string', multiple: true },
+        delete: { type: 'boolean' },
+        'dry-run': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
     });
@@ -188,7 +173,7 @@ function parsePushArgs(argv: string[], env: NodeJS.ProcessEnv): PushOptions | 'h
     throw new UsageError(`--concurrency: expected a whole number from 1 to ${MAX_CONCURRENCY}, got "${values.concurrency}"`);
   }
   const tags = (values.tag ?? []).flatMap((t) => t.split(',')).map((t) => t.trim()).filter(Boolean);
-  return { dir: positionals[0]!, edge, token, prefix, concurrency, cacheControl: values['cache-control'], tags };
+  return { dir: positionals[0]!, edge, token, prefix, concurrency, cacheControl: values['cache-control'], tags, delete: values.delete ?? false, dryRun: values['dry-run'] ?? false };
 }
 
 interface LocalFile {
@@ -241,10 +226,18 @@ async function describeFailure(statusCode: number, body: Dispatcher.ResponseData
   return `HTTP ${statusCode}${text ? `: ${text.slice(0, 200)}` : ''}`;
 }
 
-/** Pushed objects under the prefix that are still served: path → ETag. */
-async function pushedEtags(options: PushOptions, dispatcher: Dispatcher): Promise<Map<string, string>> {
-  const etags = new Map<string, string>();
-  const now = Date.now();
+/** A pushed object as `GET /_edge/objects?pushed=true` shows it. */
+interface RemoteObject {
+  etag: string | null;
+  contentType: string | null;
+  tags: string[];
+  /** Still served: not invalidated, not expired. */
+  live: boolean;
+}
+
+/** Pushed objects under the prefix: path → what the node holds (one entry per path; the identity copy wins over coded variants). */
+async function pushedObjects(options: PushOptions, dispatcher: Dispatcher, now: number): Promise<Map<string, RemoteObject>> {
+  const objects = new Map<string, RemoteObject>();
   let cursor: string | null = null;
   do {
     const url = new URL('/_edge/objects', options.edge);
@@ -255,19 +248,87 @@ async function pushedEtags(options: PushOptions, dispatcher: Dispatcher): Promis
     const res = await request(url, { dispatcher, headers: { authorization: `Bearer ${options.token}` } });
     if (res.statusCode !== 200) throw new Error(await describeFailure(res.statusCode, res.body));
     const page = (await res.body.json()) as {
-      objects: { path: string; etag: string | null; invalidated: boolean; expiresAt: string | null }[];
+      objects: { path: string; variant?: unknown; etag: string | null; contentType: string | null; tags?: string[]; invalidated: boolean; expiresAt: string | null }[];
       next: string | null;
     };
     for (const object of page.objects) {
       const expires = object.expiresAt ? Date.parse(object.expiresAt) : 0;
-      if (object.etag && !object.invalidated && expires > now) etags.set(object.path, object.etag);
+      const live = Boolean(object.etag) && !object.invalidated && expires > now;
+      if (objects.has(object.path) && object.variant) continue;
+      objects.set(object.path, { etag: object.etag, contentType: object.contentType, tags: object.tags ?? [], live });
     }
     cursor = page.next;
   } while (cursor);
-  return etags;
+  return objects;
 }
 
-type Outcome = { kind: 'uploaded'; size: number } | { kind: 'skipped' } | { kind: 'failed'; reason: string };
+/** One step of a push, decided before anything changes (so `--dry-run` prints exactly what a run would do). */
+type Action =
+  | { kind: 'upload'; file: LocalFile; size: number; reason: 'new' | 'changed' }
+  /** Same bytes, other metadata: the push API has no metadata-only update, so the file is uploaded again. */
+  | { kind: 'update'; file: LocalFile; size: number; changed: string[] }
+  | { kind: 'skip'; file: LocalFile }
+  | { kind: 'delete'; path: string }
+  | { kind: 'unreadable'; file: LocalFile; reason: string };
+
+const normaliseType = (value: string | null) => (value ?? '').toLowerCase().replace(/\s+/g, '');
+const sameTags = (a: readonly string[], b: readonly string[]) => {
+  const left = [...new Set(a)].sort();
+  const right = [...new Set(b)].sort();
+  return left.length === right.length && left.every((tag, i) => tag === right[i]);
+};
+
+/** What differs between the pushed copy's metadata and what this run would store; [] when nothing does. */
+async function metadataChanges(file: LocalFile, remote: RemoteObject, options: PushOptions, dispatcher: Dispatcher): Promise<string[]> {
+  const changed: string[] = [];
+  if (normaliseType(remote.contentType) !== normaliseType(contentTypeFor(file.absolute))) changed.push('content-type');
+  if (!sameTags(remote.tags, options.tags)) changed.push('tags');
+  // The listing does not carry Cache-Control; the pushed copy's answer does
+  // (a HEAD on a pushed path is answered from the node, never the origin).
+  // Without --cache-control the node's default applies and is not compared.
+  if (options.cacheControl !== undefined) {
+    const res = await request(new URL(file.path, options.edge), { method: 'HEAD', dispatcher });
+    await res.body.dump();
+    const stored = res.headers['cache-control'];
+    if (res.statusCode !== 200 || (Array.isArray(stored) ? stored.join(', ') : stored ?? '') !== options.cacheControl) changed.push('cache-control');
+  }
+  return changed;
+}
+
+async function plan(files: LocalFile[], remote: Map<string, RemoteObject>, options: PushOptions, dispatcher: Dispatcher): Promise<Action[]> {
+  const actions: Action[] = new Array(files.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < files.length) {
+      const index = next++;
+      const file = files[index]!;
+      try {
+        const { size } = await stat(file.absolute);
+        const etag = `"${await sha256File(file.absolute)}"`;
+        const pushed = remote.get(file.path);
+        if (!pushed || !pushed.live || pushed.etag !== etag) {
+          actions[index] = { kind: 'upload', file, size, reason: pushed?.live ? 'changed' : 'new' };
+          continue;
+        }
+        const changed = await metadataChanges(file, pushed, options, dispatcher);
+        actions[index] = changed.length > 0 ? { kind: 'update', file, size, changed } : { kind: 'skip', file };
+      } catch (error) {
+        actions[index] = { kind: 'unreadable', file, reason: (error as Error).message };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(options.concurrency, Math.max(files.length, 1)) }, worker));
+  if (options.delete) {
+    const local = new Set(files.map((file) => file.path));
+    for (const path of [...remote.keys()].sort()) if (!local.has(path)) actions.push({ kind: 'delete', path });
+  }
+  return actions;
+}
+
+type Outcome =
+  | { kind: 'uploaded' | 'updated'; size: number }
+  | { kind: 'skipped' | 'deleted' }
+  | { kind: 'failed'; reason: string };
 
 async function upload(file: LocalFile, size: number, options: PushOptions, dispatcher: Dispatcher): Promise<Outcome> {
   const url = new URL(`/_edge/push${file.path}`, options.edge);
@@ -278,22 +339,71 @@ async function upload(file: LocalFile, size: number, options: PushOptions, dispa
   };
   if (options.cacheControl) headers['cache-control'] = options.cacheControl;
   if (options.tags.length > 0) headers['cache-tag'] = options.tags.join(', ');
+  return withRetries(async () => {
+    const res = await request(url, { method: 'PUT', dispatcher, headers, body: createReadStream(file.absolute) });
+    if (res.statusCode === 201) {
+      await res.body.dump();
+      return { kind: 'uploaded', size };
+    }
+    return { retry: [502, 503, 504].includes(res.statusCode), reason: await describeFailure(res.statusCode, res.body) };
+  });
+}
+
+async function remove(path: string, options: PushOptions, dispatcher: Dispatcher): Promise<Outcome> {
+  const url = new URL(`/_edge/push${path}`, options.edge);
+  return withRetries(async () => {
+    const res = await request(url, { method: 'DELETE', dispatcher, headers: { authorization: `Bearer ${options.token}` } });
+    // 404: gone already (another deploy, a purge), which is what was wanted.
+    if (res.statusCode === 204 || res.statusCode === 200 || res.statusCode === 404) {
+      await res.body.dump();
+      return { kind: 'deleted' };
+    }
+    return { retry: [502, 503, 504].includes(res.statusCode), reason: await describeFailure(res.statusCode, res.body) };
+  });
+}
+
+/** Attempts for failures worth retrying (network errors, 502/503/504), with a short back-off. */
+async function withRetries(attempt: () => Promise<Outcome | { retry: boolean; reason: string }>): Promise<Outcome> {
   let lastFailure = '';
-  for (let attempt = 1; attempt <= ATTEMPTS; attempt++) {
+  for (let n = 1; n <= ATTEMPTS; n++) {
     try {
-      const res = await request(url, { method: 'PUT', dispatcher, headers, body: createReadStream(file.absolute) });
-      if (res.statusCode === 201) {
-        await res.body.dump();
-        return { kind: 'uploaded', size };
-      }
-      lastFailure = await describeFailure(res.statusCode, res.body);
-      if (![502, 503, 504].includes(res.statusCode)) break;
+      const result = await attempt();
+      if ('kind' in result) return result;
+      lastFailure = result.reason;
+      if (!result.retry) break;
     } catch (error) {
       lastFailure = (error as Error).message;
     }
-    if (attempt < ATTEMPTS) await new Promise((resolve) => setTimeout(resolve, 250 * attempt));
+    if (n < ATTEMPTS) await new Promise((resolve) => setTimeout(resolve, 250 * n));
   }
   return { kind: 'failed', reason: lastFailure };
+}
+
+export function formatDuration(seconds: number): string {
+  if (!Number.isFinite(seconds)) return '?';
+  const s = Math.max(0, Math.round(seconds));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
+  return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
+}
+
+const shown = (path: string) => path.slice(1);
+const actionPath = (action: Action) => shown(action.kind === 'delete' ? action.path : action.file.path);
+
+/** The plan as `--dry-run` prints it: one line per step. */
+function describeAction(action: Action): string {
+  switch (action.kind) {
+    case 'upload':
+      return `upload ${actionPath(action)} (${formatSize(action.size)}, ${action.reason})`;
+    case 'update':
+      return `update ${actionPath(action)} (${action.changed.join(', ')} changed; re-uploads ${formatSize(action.size)})`;
+    case 'skip':
+      return `skip ${actionPath(action)} (unchanged)`;
+    case 'delete':
+      return `delete ${actionPath(action)} (not in the folder)`;
+    case 'unreadable':
+      return `fail ${actionPath(action)}: ${action.reason}`;
+  }
 }
 
 /**
@@ -302,6 +412,9 @@ async function upload(file: LocalFile, size: number, options: PushOptions, dispa
  */
 export async function runPush(argv: string[], io: PushIo = {}): Promise<number> {
   const log = io.log ?? ((line: string) => void process.stderr.write(line + '\n'));
+  const write = io.write ?? ((text: string) => void process.stderr.write(text));
+  const tty = io.tty ?? (io.log === undefined && process.stderr.isTTY === true);
+  const clock = io.now ?? Date.now;
   let options: PushOptions;
   try {
     const parsed = parsePushArgs(argv, io.env ?? process.env);
@@ -326,58 +439,127 @@ export async function runPush(argv: string[], io: PushIo = {}): Promise<number> 
     return 2;
   }
 
-  const started = Date.now();
+  const started = clock();
   const dispatcher = new Agent({ connections: options.concurrency });
   try {
-    let remote: Map<string, string>;
+    let remote: Map<string, RemoteObject>;
     try {
-      remote = await pushedEtags(options, dispatcher);
+      remote = await pushedObjects(options, dispatcher, Date.now());
     } catch (error) {
       log(`edge push: cannot list the objects pushed to ${options.edge.origin}: ${(error as Error).message}`);
       return 1;
     }
+    const actions = await plan(files, remote, options, dispatcher);
+    const count = (kind: Action['kind']) => actions.filter((a) => a.kind === kind).length;
+    const bytesPlanned = actions.reduce((sum, a) => sum + (a.kind === 'upload' || a.kind === 'update' ? a.size : 0), 0);
 
-    const counts = { uploaded: 0, skipped: 0, failed: 0, bytes: 0 };
+    if (options.dryRun) {
+      for (const action of actions) log(`would ${describeAction(action)}`);
+      log(
+        `edge push: dry run, nothing changed: would upload ${count('upload')}, update ${count('update')}, delete ${count('delete')},` +
+          ` skip ${count('skip')} (${formatSize(bytesPlanned)} to ${options.edge.origin})`,
+      );
+      return count('unreadable') > 0 ? 1 : 0;
+    }
+
+    const counts = { uploaded: 0, updated: 0, deleted: 0, skipped: 0, failed: 0, bytes: 0 };
     let done = 0;
-    let next = 0;
-    const total = files.length;
-    const shown = (file: LocalFile) => file.path.slice(1);
-
-    const handle = async (file: LocalFile): Promise<Outcome> => {
-      try {
-        const { size } = await stat(file.absolute);
-        const etag = `"${await sha256File(file.absolute)}"`;
-        if (remote.get(file.path) === etag) return { kind: 'skipped' };
-        return await upload(file, size, options, dispatcher);
-      } catch (error) {
-        return { kind: 'failed', reason: (error as Error).message };
-      }
+    const total = actions.length;
+    let lastDraw = -Infinity;
+    const draw = (force = false) => {
+      if (!tty) return;
+      const now = clock();
+      if (!force && now - lastDraw < 100) return;
+      lastDraw = now;
+      const elapsed = (now - started) / 1000;
+      const rate = elapsed > 0 ? counts.bytes / elapsed : 0;
+      const eta = rate > 0 ? formatDuration((bytesPlanned - counts.bytes) / rate) : '?';
+      write(`\r\x1b[K[${done}/${total}] ${formatSize(counts.bytes)} of ${formatSize(bytesPlanned)}, ${formatSize(rate)}/s, ETA ${eta}`);
     };
-
-    const worker = async () => {
-      while (next < files.length) {
-        const file = files[next++]!;
-        const outcome = await handle(file);
-        done++;
-        const position = `[${done}/${total}]`;
-        if (outcome.kind === 'uploaded') {
+    /** A line that stays: on a TTY, printed over the progress line, which is then drawn again below it. */
+    const say = (line: string, always = false) => {
+      if (!tty) return log(line);
+      if (!always) return;
+      write('\r\x1b[K');
+      log(line);
+      draw(true);
+    };
+    const record = (action: Action, outcome: Outcome) => {
+      done++;
+      const position = `[${done}/${total}]`;
+      const path = actionPath(action);
+      switch (outcome.kind) {
+        case 'uploaded':
           counts.uploaded++;
           counts.bytes += outcome.size;
-          log(`${position} uploaded ${shown(file)} (${formatSize(outcome.size)})`);
-        } else if (outcome.kind === 'skipped') {
+          say(`${position} uploaded ${path} (${formatSize(outcome.size)})`);
+          break;
+        case 'updated':
+          counts.updated++;
+          counts.bytes += outcome.size;
+          say(`${position} updated ${path} (${action.kind === 'update' ? action.changed.join(', ') : 'metadata'} changed; re-uploaded ${formatSize(outcome.size)})`);
+          break;
+        case 'skipped':
           counts.skipped++;
-          log(`${position} skipped ${shown(file)} (unchanged)`);
-        } else {
+          say(`${position} skipped ${path} (unchanged)`);
+          break;
+        case 'deleted':
+          counts.deleted++;
+          say(`${position} deleted ${path}`);
+          break;
+        case 'failed':
           counts.failed++;
-          log(`${position} failed ${shown(file)}: ${outcome.reason}`);
+          say(`${position} failed ${path}: ${outcome.reason}`, true);
+          break;
+      }
+      draw();
+    };
+
+    const run = async (action: Action): Promise<Outcome> => {
+      switch (action.kind) {
+        case 'skip':
+          return { kind: 'skipped' };
+        case 'unreadable':
+          return { kind: 'failed', reason: action.reason };
+        case 'upload':
+          return upload(action.file, action.size, options, dispatcher);
+        case 'update': {
+          const outcome = await upload(action.file, action.size, options, dispatcher);
+          return outcome.kind === 'uploaded' ? { kind: 'updated', size: outcome.size } : outcome;
         }
+        case 'delete':
+          return remove(action.path, options, dispatcher);
       }
     };
-    await Promise.all(Array.from({ length: Math.min(options.concurrency, Math.max(files.length, 1)) }, worker));
+    const pool = async (list: Action[]) => {
+      let next = 0;
+      const worker = async () => {
+        while (next < list.length) {
+          const action = list[next++]!;
+          record(action, await run(action));
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(options.concurrency, Math.max(list.length, 1)) }, worker));
+    };
 
-    const seconds = ((Date.now() - started) / 1000).toFixed(1);
+    draw(true);
+    await pool(actions.filter((a) => a.kind !== 'delete'));
+    // Deletions last, and only after a complete upload: a deploy that failed
+    // half-way keeps the old files the pages still being served link to.
+    const deletions = actions.filter((a) => a.kind === 'delete');
+    if (deletions.length > 0 && counts.failed > 0) {
+      say(`edge push: ${deletions.length} deletion${deletions.length === 1 ? '' : 's'} not done because an upload failed`, true);
+    } else {
+      await pool(deletions);
+    }
+    if (tty) {
+      draw(true);
+      write('\r\x1b[K');
+    }
+
+    const seconds = ((clock() - started) / 1000).toFixed(1);
     log(
-      `edge push: uploaded ${counts.uploaded}, skipped ${counts.skipped}, failed ${counts.failed}` +
+      `edge push: uploaded ${counts.uploaded}, updated ${counts.updated}, deleted ${counts.deleted}, skipped ${counts.skipped}, failed ${counts.failed}` +
         ` (${formatSize(counts.bytes)} to ${options.edge.origin} in ${seconds}s)`,
     );
     return counts.failed > 0 ? 1 : 0;
