@@ -29,8 +29,12 @@ export interface BodyCoder {
   readonly encodes: readonly ContentCoding[];
   /** Codings this runtime can decode. */
   readonly decodes: readonly ContentCoding[];
-  /** A stream pair (for `pipeThrough`) that compresses with `coding`; `level` is 0-11 for br, 1-9 for gzip. */
-  encoder(coding: ContentCoding, level: number): ReadableWritablePair<Uint8Array, Uint8Array>;
+  /**
+   * A stream pair (for `pipeThrough`) that compresses with `coding`; `level`
+   * is 0-11 for br, 1-9 for gzip. `sizeHint`, the input's length when known,
+   * lets brotli size its window and tables to it (less memory and CPU).
+   */
+  encoder(coding: ContentCoding, level: number, sizeHint?: number): ReadableWritablePair<Uint8Array, Uint8Array>;
   decoder(coding: ContentCoding): ReadableWritablePair<Uint8Array, Uint8Array>;
 }
 

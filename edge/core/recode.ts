@@ -96,7 +96,10 @@ export class Recoder {
     const coder = this.#deps.coder!;
     let out = expectedLength === undefined ? body : body.pipeThrough(lengthCheck(expectedLength));
     if (plan.from !== 'identity') out = out.pipeThrough(coder.decoder(plan.from as ContentCoding));
-    if (plan.to !== 'identity') out = out.pipeThrough(coder.encoder(plan.to as ContentCoding, fillLevel(this.#deps.options, plan.to as ContentCoding)));
+    if (plan.to !== 'identity') {
+      const sizeHint = plan.from === 'identity' ? expectedLength : undefined;
+      out = out.pipeThrough(coder.encoder(plan.to as ContentCoding, fillLevel(this.#deps.options, plan.to as ContentCoding), sizeHint));
+    }
     return out;
   }
 
@@ -128,7 +131,7 @@ export class Recoder {
     this.noteFill(target.key, target.variant);
     const writer = store.createWriter(target.key, target.variant, plan.recode ? undefined : source.body.size);
     const fill = purges.begin();
-    const body = fillWhileStreaming(this.body(source.body.stream(), plan), {
+    const body = fillWhileStreaming(this.body(source.body.stream(), plan, plan.recode && plan.from === 'identity' ? source.body.size : undefined), {
       writer,
       maxBytes: options.maxObjectSize,
       expectedSize: plan.recode ? undefined : source.body.size,

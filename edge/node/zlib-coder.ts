@@ -13,16 +13,30 @@ import { EdgeError } from '../core/errors.js';
 /** Output is handed on in pieces of at most this size (zlib's default is 16 KiB). */
 const CHUNK_SIZE = 64 * 1024;
 
+/**
+ * Input is handed to zlib in pieces of at least this size (the last may be
+ * smaller): each write is a trip to the thread pool, and a body arriving in
+ * 1 KB socket reads cost brotli 5 about four times the CPU of the same body
+ * in 64 KB pieces (bench, 160 KB of JavaScript).
+ */
+const INPUT_BATCH = 64 * 1024;
+
 export function createZlibCoder(): BodyCoder {
   return {
     encodes: ['br', 'gzip'],
     decodes: ['br', 'gzip'],
-    encoder(coding: ContentCoding, level: number) {
+    encoder(coding: ContentCoding, level: number, sizeHint?: number) {
       if (coding === 'br') {
-        const options: BrotliOptions = {
-          chunkSize: CHUNK_SIZE,
-          params: { [constants.BROTLI_PARAM_QUALITY]: Math.min(11, Math.max(0, level)), [constants.BROTLI_PARAM_MODE]: constants.BROTLI_MODE_TEXT },
+        const params: Record<number, number> = {
+          [constants.BROTLI_PARAM_QUALITY]: Math.min(11, Math.max(0, level)),
+          [constants.BROTLI_PARAM_MODE]: constants.BROTLI_MODE_TEXT,
         };
+        if (sizeHint !== undefined && sizeHint > 0) {
+          params[constants.BROTLI_PARAM_SIZE_HINT] = Math.min(sizeHint, 2 ** 30);
+          // A window as large as the body (not the default 4 MB) loses nothing and allocates less.
+          params[constants.BROTLI_PARAM_LGWIN] = Math.min(22, Math.max(16, Math.ceil(Math.log2(sizeHint + 1))));
+        }
+        const options: BrotliOptions = { chunkSize: CHUNK_SIZE, params };
         return zlibStream(() => createBrotliCompress(options), coding, 'encode');
       }
       const options: ZlibOptions = { chunkSize: CHUNK_SIZE, level: Math.min(9, Math.max(1, level)) };
@@ -42,6 +56,14 @@ export function createZlibCoder(): BodyCoder {
 function zlibStream(create: () => Transform, coding: ContentCoding, direction: 'encode' | 'decode'): TransformStream<Uint8Array, Uint8Array> {
   let engine: Transform;
   let failure: unknown;
+  let batch: Uint8Array[] = [];
+  let batched = 0;
+  const take = (): Buffer => {
+    const input = batch.length === 1 ? Buffer.from(batch[0]!.buffer, batch[0]!.byteOffset, batch[0]!.byteLength) : Buffer.concat(batch, batched);
+    batch = [];
+    batched = 0;
+    return input;
+  };
   const fail = (error: unknown) =>
     direction === 'decode'
       ? new EdgeError('EDGE_ORIGIN_BAD_RESPONSE', `The ${coding} body could not be decoded (corrupt or cut short).`, { cause: error })
@@ -72,12 +94,17 @@ function zlibStream(create: () => Transform, coding: ContentCoding, direction: '
       });
     },
     transform(chunk) {
+      batch.push(chunk);
+      batched += chunk.byteLength;
+      if (batched < INPUT_BATCH) return;
+      const input = take();
       // A failed engine may never call the write back: its 'error' settles the write too.
-      return settled((resolve, reject) => engine.write(chunk, (error) => (error || failure ? reject(failure ?? fail(error)) : resolve())));
+      return settled((resolve, reject) => engine.write(input, (error) => (error || failure ? reject(failure ?? fail(error)) : resolve())));
     },
     flush() {
       return settled((resolve, reject) => {
         engine.once('end', () => (failure ? reject(failure) : resolve()));
+        if (batched > 0) engine.write(take());
         engine.end();
       });
     },
