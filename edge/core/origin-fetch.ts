@@ -67,6 +67,13 @@ export class OriginFetch {
     const { described } = pull;
     const headers = originRequestHeaders(described.upstream, described.headers, described.forwarding);
     for (const name of FILL_STRIPPED_REQUEST_FIELDS) headers.delete(name);
+    if (plan.forwardRange) {
+      // Nothing will be stored: the origin sends only the range (its 206 or 416 passes as it is).
+      for (const name of ['range', 'if-range']) {
+        const value = described.headers[name];
+        if (value !== undefined) headers.set(name, value);
+      }
+    }
     const stale = plan.stale;
     if (stale) {
       // The origin's validators, not those of a coding the node made from its answer.
@@ -271,6 +278,14 @@ export class OriginFetch {
         await response.body?.cancel();
         return answer(null);
       }
+      // A Range request for what will not be stored (too large, say): the
+      // client gets its range, and the origin is read no further than its end.
+      const ranged = originBody && this.rangeOf(pull, status, stored, contentLength, coding);
+      if (ranged) {
+        if (ranged.kind === 'partial') return partialAnswer(answer, sliceAndStop(originBody, ranged.start, ranged.end), ranged, contentLength!);
+        await originBody.cancel();
+        return unsatisfiableAnswer(answer, contentLength!);
+      }
       return answer(originBody);
     }
 
@@ -330,27 +345,90 @@ export class OriginFetch {
       return { ...full, status: 304, headers: notModifiedHeaders(full.headers) };
     }
     // A Range request that misses: the origin sent the whole object (it fills
-    // the cache); the client gets its range from that stream. A body being
-    // recoded has no known length yet: the whole of it (RFC 9110 14.2).
-    if (status === 200 && requestHeaders.range !== undefined && contentLength !== undefined && !coding.recode) {
-      const range = decideRange(requestHeaders, stored, contentLength);
-      if (range.kind === 'unsatisfiable') {
-        void filled.cancel();
-        const out = answer(null, 416);
-        out.headers['content-range'] = `bytes */${contentLength}`;
-        delete out.headers['content-length'];
-        return out;
-      }
-      if (range.kind === 'partial') {
-        const out = answer(sliceFill(filled, range.start, range.end, pull.ctx.waitUntil), 206);
-        out.headers['content-range'] = `bytes ${range.start}-${range.end}/${contentLength}`;
-        out.headers['content-length'] = String(range.end - range.start + 1);
-        return out;
-      }
+    // the cache); the client gets its range from that stream.
+    const ranged = this.rangeOf(pull, status, stored, contentLength, coding);
+    if (ranged?.kind === 'unsatisfiable') {
+      void filled.cancel();
+      return unsatisfiableAnswer(answer, contentLength!);
     }
+    if (ranged?.kind === 'partial') return partialAnswer(answer, sliceFill(filled, ranged.start, ranged.end, pull.ctx.waitUntil), ranged, contentLength!);
     return answer(filled);
   }
 
+  /**
+   * The client's range of a whole 200 the origin sent (RFC 9110 14.2), or
+   * undefined for the whole body: no Range, no known length, or a body
+   * being recoded (its length is known only at its end).
+   */
+  private rangeOf(
+    pull: PullRequest,
+    status: number,
+    stored: Record<string, string>,
+    contentLength: number | undefined,
+    coding: CodingPlan,
+  ): { kind: 'partial'; start: number; end: number } | { kind: 'unsatisfiable' } | undefined {
+    const requestHeaders = pull.described.headers;
+    if (status !== 200 || requestHeaders.range === undefined || contentLength === undefined || coding.recode) return undefined;
+    const range = decideRange(requestHeaders, stored, contentLength);
+    return range.kind === 'full' ? undefined : range;
+  }
+
+}
+
+type OriginAnswer = (body: ReadableStream<Uint8Array> | null, status?: number) => Answer;
+
+/** A 206 of `body`, the range `[start, end]` of a representation of `size` bytes. */
+function partialAnswer(answer: OriginAnswer, body: ReadableStream<Uint8Array>, range: { start: number; end: number }, size: number): Answer {
+  const out = answer(body, 206);
+  out.headers['content-range'] = `bytes ${range.start}-${range.end}/${size}`;
+  out.headers['content-length'] = String(range.end - range.start + 1);
+  return out;
+}
+
+/** A 416 for a representation of `size` bytes (RFC 9110 15.5.17). */
+function unsatisfiableAnswer(answer: OriginAnswer, size: number): Answer {
+  const out = answer(null, 416);
+  out.headers['content-range'] = `bytes */${size}`;
+  delete out.headers['content-length'];
+  return out;
+}
+
+/**
+ * The inclusive byte range `[start, end]` of an origin body that will not be
+ * stored. Unlike `sliceFill` (whose rest fills the cache) the origin body is
+ * cancelled once the range is sent, so the rest of a large object never
+ * crosses the network. A body that ends before `end` fails the answer
+ * rather than cut it short of its Content-Length.
+ */
+function sliceAndStop(source: ReadableStream<Uint8Array>, start: number, end: number): ReadableStream<Uint8Array> {
+  const reader = source.getReader();
+  let position = 0;
+  return new ReadableStream<Uint8Array>(
+    {
+      async pull(controller) {
+        for (;;) {
+          const { done, value } = await reader.read();
+          if (done) {
+            controller.error(new EdgeError('EDGE_ORIGIN_UNREACHABLE', "The origin's body broke off before its end."));
+            return;
+          }
+          const chunkStart = position;
+          position += value.byteLength;
+          if (position <= start) continue;
+          controller.enqueue(value.subarray(Math.max(0, start - chunkStart), Math.min(value.byteLength, end + 1 - chunkStart)));
+          if (position > end) {
+            controller.close();
+            reader.cancel().catch(() => {});
+          }
+          return;
+        }
+      },
+      cancel(reason) {
+        return reader.cancel(reason);
+      },
+    },
+    { highWaterMark: 0 },
+  );
 }
 
 /**

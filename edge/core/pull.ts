@@ -263,6 +263,10 @@ export class PullCache {
       // Straight to the origin, no queue; a HEAD is sent as HEAD (its answer will not be stored).
       const reason = entries.length > 0 ? 'vary-miss' : 'uri-miss';
       if (pull.isHead) return this.origin.fetch(pull, { reason, method: 'HEAD' }, false);
+      // A range of what cannot be stored: the origin sends only the range. Such
+      // a pass does not renew the memory (Varnish's hit-for-miss neither): once it
+      // lapses, a whole fetch finds out whether the object may be stored now.
+      if (pull.described.headers.range !== undefined) return this.origin.fetch(pull, { reason, forwardRange: true }, false);
       return this.origin.fetch(pull, { reason, land: this.remembering(pull.key, () => {}) });
     }
     // Private requests never lead or follow a shared flight: their answer is theirs.

@@ -72,6 +72,11 @@ export interface OriginFetchPlan {
   /** `HEAD` for a HEAD request whose answer will not be stored (it is passed); otherwise a GET fills the cache. */
   method?: 'HEAD';
   reason: ForwardReason;
+  /**
+   * Send the client's `Range` and `If-Range` to the origin, and pass its
+   * answer (206, 416 or 200) unstored: for keys known to be uncacheable.
+   */
+  forwardRange?: boolean;
   /** The stale entry being revalidated, if any. */
   stale?: { entry: CacheEntry; policy: EdgePolicy };
   /** Lands the collapsing flight this request leads. */
