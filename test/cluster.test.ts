@@ -160,10 +160,10 @@ describe('--workers 2', () => {
 
   it('counts every request once in /_edge/metrics, summed over the workers', async () => {
     origin.set('/cluster/counted.txt', { headers: { 'cache-control': 'max-age=600' }, body: 'counted' });
-    const before = requestsCounted((await send(`${node.url}/_edge/metrics`)).body.toString());
+    const before = requestsCounted((await send(`${node.url}/_edge/metrics`, { headers: AUTH })).body.toString());
     const answers = await Promise.all(Array.from({ length: 40 }, () => send(`${node.url}/cluster/counted.txt`)));
     expect(new Set(answers.map(worker)).size).toBe(2);
-    const after = requestsCounted((await send(`${node.url}/_edge/metrics`)).body.toString());
+    const after = requestsCounted((await send(`${node.url}/_edge/metrics`, { headers: AUTH })).body.toString());
     // The 40 requests and the first scrape.
     expect(after - before).toBe(41);
   });

@@ -13,6 +13,7 @@ import { Hono } from 'hono';
 import { createAccessGate, type AccessGrant } from './access/gate.js';
 import type { ApiKey } from './access/api-keys.js';
 import { mountAdminApi, type ContentHasher } from './admin.js';
+import { createBearerCheck } from './bearer-token.js';
 import { formatCacheStatus } from './cache-status.js';
 import type { BodyCoder } from './compression.js';
 import { EdgeError, errorResponse } from './errors.js';
@@ -236,12 +237,15 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
   const app = new Hono();
   app.onError((err) => errorResponse(err));
 
-  app.get('/_edge/health', (c) =>
-    c.json({ status: 'ok', name: options.name, origin: deps.origin.label, store: deps.store.stats(), ...deps.health?.() }),
-  );
+  // Public: readiness and store figures only. Origins, pool members and S3
+  // buckets are the admin token holder's to see (`GET /_edge/origins`).
+  app.get('/_edge/health', (c) => c.json({ status: 'ok', name: options.name, store: deps.store.stats(), ...deps.health?.() }));
 
+  // Metrics name origins and routes: with an admin token set, only its holder may scrape them.
+  const checkMetricsToken = options.adminToken ? createBearerCheck(options.adminToken, 'GET /_edge/metrics') : undefined;
   app.get('/_edge/metrics', async (c) => {
     if (!deps.metrics) throw new EdgeError('EDGE_NOT_FOUND', 'Metrics are not enabled on this node.');
+    await checkMetricsToken?.(c.req.header('authorization'));
     return c.body(await deps.metrics(), 200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' });
   });
 
