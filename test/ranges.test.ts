@@ -152,6 +152,32 @@ describe('a range of an object too large to store (issue 14)', () => {
   }, 120_000);
 });
 
+describe('the hit-for-miss memory and ranges', () => {
+  it('forwarded ranges do not renew it: once it lapses, one whole fetch checks the object again', async () => {
+    t = await startTestEdge({ maxObjectSize: '1MB' });
+    const four = big.subarray(0, 4 * 1024 * 1024);
+    const origin = rangeOrigin(four, { 'cache-control': 'max-age=60', etag: ETAG });
+    t.origin.route('/four.bin', origin.handler);
+    const slice = async (range: string, start: number, end: number) => {
+      const res = await t!.get('/four.bin', { headers: { range } });
+      expect(res.status).toBe(206);
+      expect(res.headers.get('content-range')).toBe(`bytes ${start}-${end}/${four.length}`);
+      expect(Buffer.from(await res.arrayBuffer()).equals(four.subarray(start, end + 1))).toBe(true);
+    };
+
+    await slice('bytes=100-199', 100, 199);
+    await slice('bytes=2000000-2000099', 2_000_000, 2_000_099);
+    t.clock.advance(9_000);
+    await slice('bytes=300-399', 300, 399);
+    t.clock.advance(1_001);
+    await slice('bytes=400-499', 400, 499);
+    await slice('bytes=500-599', 500, 599);
+    await Promise.all(origin.served.map((served) => served.ended));
+    expect(origin.served.map((served) => served.range)).toEqual([undefined, 'bytes=2000000-2000099', 'bytes=300-399', undefined, 'bytes=500-599']);
+    expect(origin.served[1]!.bytes).toBe(100);
+  });
+});
+
 describe('a range of a storable object that misses', () => {
   it('still fills the cache from a whole, unranged origin request', async () => {
     t = await startTestEdge();
