@@ -13,7 +13,7 @@ import sharp from 'sharp';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { RequestRecord } from '../edge/core/app.js';
 import { formatCacheKey, normaliseHost, normaliseQuery, parseCacheKey, type CacheKey } from '../edge/core/cache-key.js';
-import { normaliseAcceptEncoding } from '../edge/core/headers.js';
+import { negotiateCoding } from '../edge/core/compression.js';
 import { resolveEdgeOptions } from '../edge/core/options.js';
 import { startEdgeServer, type EdgeServer } from '../edge/node/server.js';
 import { createTestClock } from './helpers/clock.js';
@@ -123,12 +123,12 @@ describe('the cache key is one typed value', () => {
     expect(normaliseQuery('?id=2&id=1', drop, true).keyed).toBe('?id=2&id=1');
   });
 
-  it('reduces Accept-Encoding to the codings that matter', () => {
-    expect(normaliseAcceptEncoding('gzip, deflate, br, zstd')).toBe('br, gzip');
-    expect(normaliseAcceptEncoding('br;q=0, gzip;q=0.5')).toBe('gzip');
-    expect(normaliseAcceptEncoding('*')).toBe('br, gzip');
-    expect(normaliseAcceptEncoding('*;q=0, identity')).toBe('');
-    expect(normaliseAcceptEncoding('x-gzip')).toBe('gzip');
+  it('reduces Accept-Encoding to the one coding it negotiates (the key never holds the raw string)', () => {
+    expect(negotiateCoding('gzip, deflate, br, zstd')).toBe('br');
+    expect(negotiateCoding('br;q=0, gzip;q=0.5')).toBe('gzip');
+    expect(negotiateCoding('*')).toBe('br');
+    expect(negotiateCoding('*;q=0, identity')).toBe('identity');
+    expect(negotiateCoding('x-gzip')).toBe('gzip');
   });
 
   it('purge by URL removes an entry stored under a route with keyHeaders (every tenant)', async () => {

@@ -138,33 +138,6 @@ export function originRequestHeaders(upstream: Record<string, string>, client: R
   return out;
 }
 
-const CODINGS = ['br', 'gzip'] as const;
-
-/**
- * `Accept-Encoding` reduced to the codings this node and its origins
- * produce, in a fixed order (`br, gzip`, `gzip`, or '' for identity only):
- * q-values honoured, `q=0` excluded, `*` understood (RFC 9110 12.5.3).
- */
-export function normaliseAcceptEncoding(value: string): string {
-  const q = new Map<string, number>();
-  for (const member of value.split(',')) {
-    const [rawName, ...params] = member.split(';');
-    const name = rawName!.trim().toLowerCase();
-    if (name === '') continue;
-    let weight = 1;
-    for (const param of params) {
-      const [k, v] = param.split('=');
-      if (k?.trim().toLowerCase() === 'q') {
-        const parsed = Number(v?.trim());
-        weight = Number.isFinite(parsed) ? parsed : 0;
-      }
-    }
-    q.set(name === 'x-gzip' ? 'gzip' : name, weight);
-  }
-  const star = q.get('*');
-  return CODINGS.filter((coding) => (q.get(coding) ?? star ?? 0) > 0).join(', ');
-}
-
 /** Append `1.1 <pseudonym>` to `Via` (RFC 9110 7.6.3). */
 export function appendVia(headers: Headers, pseudonym: string): void {
   const prior = headers.get('via');
