@@ -5,6 +5,8 @@
  * here and compared byte for byte. Compressions are counted by wrapping the
  * real zlib coder, and stored codings by the admin listing.
  */
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { request as httpRequest } from 'node:http';
 import { tmpdir } from 'node:os';
@@ -228,6 +230,42 @@ describe('negotiation and one compression per object and coding', () => {
     }
     expect(node!.origin.count('/a.css')).toBe(1);
     expect((await listing('/a.css')).length).toBe(3);
+  });
+});
+
+/** curl's answer (`-i`): the header block, lower case, and the body as curl decoded it. */
+function curl(args: string[]): Promise<{ headers: string; body: Buffer }> {
+  return new Promise((resolve, reject) => {
+    execFile('curl', ['-s', '-S', '-i', ...args], { encoding: 'buffer', maxBuffer: 1 << 24 }, (error, stdout) => {
+      if (error) return reject(error);
+      const end = stdout.indexOf('\r\n\r\n');
+      resolve({ headers: stdout.subarray(0, end).toString().toLowerCase(), body: stdout.subarray(end + 4) });
+    });
+  });
+}
+
+const CURL = ['/usr/bin/curl', '/usr/local/bin/curl'].some((path) => existsSync(path));
+
+describe.skipIf(!CURL)('curl', () => {
+  it('--compressed (deflate, gzip, br, zstd) gets br and decodes it to the origin bytes; plain curl gets identity', async () => {
+    await start();
+    node!.origin.set('/curl.css', cssSpec());
+    const url = `${node!.edge.url}/curl.css`;
+    const compressed = await curl(['--compressed', url]);
+    expect(compressed.headers).toMatch(/^content-encoding: br\r?$/m);
+    expect(compressed.body.equals(CSS)).toBe(true);
+    await settle();
+    const gzip = await curl(['--compressed', '-H', 'Accept-Encoding: gzip', url]);
+    expect(gzip.headers).toMatch(/^content-encoding: gzip\r?$/m);
+    expect(gzip.body.equals(CSS)).toBe(true);
+    const plain = await curl([url]);
+    expect(plain.headers).not.toMatch(/^content-encoding:/m);
+    expect(plain.body.equals(CSS)).toBe(true);
+    await settle();
+    const again = await curl(['--compressed', url]);
+    expect(again.headers).toMatch(/^cache-status: edge; hit/m);
+    expect(again.body.equals(CSS)).toBe(true);
+    expect(node!.origin.count('/curl.css')).toBe(1);
   });
 });
 
