@@ -20,6 +20,7 @@
 import type { Context, Hono } from 'hono';
 import { z } from 'zod';
 import { keyPath, keysOfPathPrefix, MAX_KEY_LENGTH, parseCacheKey, pushedKey, type PulledCacheKey } from './cache-key.js';
+import { createBearerCheck } from './bearer-token.js';
 import { EdgeError, isEdgeError } from './errors.js';
 import { AppliedPurges, FleetPurge, fleetPeers, parsePeers, PURGE_ID, PURGE_ID_HEADER, type FleetPeer, type PeerResult } from './fleet-purge.js';
 import { splitList } from './headers.js';
@@ -137,7 +138,7 @@ export function mountAdminApi(app: Hono, deps: AdminDeps): void {
     return;
   }
 
-  const checkToken = createAuthorizer(token);
+  const checkToken = createBearerCheck(token, 'The admin API');
   const authorize = async (c: Context) => {
     try {
       await checkToken(c.req.header('authorization'));
@@ -190,32 +191,6 @@ export function mountAdminApi(app: Hono, deps: AdminDeps): void {
 // ---------------------------------------------------------------------------
 // Authentication
 
-/**
- * Bearer-token check in constant time: both values are hashed with SHA-256
- * and the digests compared with an XOR loop, so neither the position of the
- * first differing byte nor the token's length shows in the timing.
- */
-function createAuthorizer(token: string): (header: string | undefined) => Promise<void> {
-  const encoder = new TextEncoder();
-  const expected = crypto.subtle.digest('SHA-256', encoder.encode(token)).then((d) => new Uint8Array(d));
-  return async (header) => {
-    const match = header === undefined ? null : /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(header);
-    if (!match) {
-      throw new EdgeError('EDGE_UNAUTHORIZED', 'The admin API needs an `Authorization: Bearer <token>` header.', {
-        headers: { 'www-authenticate': 'Bearer realm="edge-admin"' },
-      });
-    }
-    const given = new Uint8Array(await crypto.subtle.digest('SHA-256', encoder.encode(match[1])));
-    const wanted = await expected;
-    let diff = 0;
-    for (let i = 0; i < wanted.length; i++) diff |= wanted[i]! ^ given[i]!;
-    if (diff !== 0) {
-      throw new EdgeError('EDGE_UNAUTHORIZED', 'The admin token is wrong.', {
-        headers: { 'www-authenticate': 'Bearer realm="edge-admin", error="invalid_token"' },
-      });
-    }
-  };
-}
 
 // ---------------------------------------------------------------------------
 // Push keys
