@@ -6,6 +6,7 @@
  * | route                         | does                                                        |
  * | ----------------------------- | ----------------------------------------------------------- |
  * | `PUT /_edge/push/<path>`      | stores the body as the object served at `<path>` (201)       |
+ * | `POST /_edge/push-urls`       | a presigned upload URL: one PUT without the token (`access/presigned.ts`) |
  * | `DELETE /_edge/push/<path>`   | removes it (204, 404 if absent)                              |
  * | `POST /_edge/purge`           | `{urls}`, `{prefixes}`, `{tags}` or `{all}`, optional `soft` |
  * | `GET /_edge/objects`          | lists stored objects, paginated                              |
@@ -21,13 +22,16 @@ import type { Context, Hono } from 'hono';
 import { z } from 'zod';
 import { keyPath, keysOfPathPrefix, MAX_KEY_LENGTH, parseCacheKey, pushedKey, type PulledCacheKey } from './cache-key.js';
 import { createBearerCheck } from './bearer-token.js';
+import { UploadSigner, UsedNonces, uploadNonce, uploadRefused, type UploadGrant } from './access/presigned.js';
+import { parseSigningKeys } from './access/signing.js';
 import { EdgeError, isEdgeError } from './errors.js';
 import { AppliedPurges, FleetPurge, fleetPeers, parsePeers, PURGE_ID, PURGE_ID_HEADER, type FleetPeer, type PeerResult } from './fleet-purge.js';
 import { splitList } from './headers.js';
-import type { EdgeOptions } from './options.js';
+import { parseSize, type EdgeOptions } from './options.js';
 import { parseCacheControl, type PolicyFactory } from './policy.js';
 import type { PullCache } from './pull.js';
 import type { PurgeMatcher } from './purge-log.js';
+import { parseDuration } from './routes.js';
 import type { CacheEntryMeta, CacheStore } from './store/types.js';
 
 /** Incremental hash: `update` per chunk, `digest` once at the end (hex). */
@@ -132,6 +136,7 @@ export function mountAdminApi(app: Hono, deps: AdminDeps): void {
   if (!token) {
     app.all('/_edge/push', disabled);
     app.all('/_edge/push/*', disabled);
+    app.all('/_edge/push-urls', disabled);
     app.all('/_edge/purge', disabled);
     app.all('/_edge/objects', disabled);
     app.all('/_edge/origins', disabled);
@@ -147,8 +152,13 @@ export function mountAdminApi(app: Hono, deps: AdminDeps): void {
     }
   };
   const auth = async (c: Context, next: () => Promise<void>) => {
-    await authorize(c);
+    // A presigned upload carries its own authority: push() checks its token.
+    if (!isPresignedPut(c)) await authorize(c);
     await next();
+  };
+  const uploads: UploadState = {
+    signer: new UploadSigner(deps.options.urlSigningKey ? parseSigningKeys(deps.options.urlSigningKey).map((k) => k.secret) : [token]),
+    nonces: new UsedNonces(),
   };
 
   // URL parsing resolves `..` and `%2e%2e` before routing, so a traversal
@@ -165,11 +175,12 @@ export function mountAdminApi(app: Hono, deps: AdminDeps): void {
     await next();
   });
 
-  for (const path of [PUSH_PREFIX, `${PUSH_PREFIX}/*`, '/_edge/purge', '/_edge/objects', '/_edge/origins']) app.use(path, auth);
+  for (const path of [PUSH_PREFIX, `${PUSH_PREFIX}/*`, '/_edge/push-urls', '/_edge/purge', '/_edge/objects', '/_edge/origins']) app.use(path, auth);
   const purges: PurgeState = { applied: new AppliedPurges(), fleet: createFleet(deps, token) };
 
   app.put(PUSH_PREFIX, (c) => Promise.reject(closingIfBodyUnread(c, badKey('empty path: use PUT /_edge/push/<path>, e.g. /_edge/push/assets/app.css'))));
-  app.put(`${PUSH_PREFIX}/*`, (c) => push(c, deps));
+  app.put(`${PUSH_PREFIX}/*`, (c) => push(c, deps, isPresignedPut(c) ? uploads : undefined));
+  app.post('/_edge/push-urls', (c) => createUploadUrl(c, deps, uploads));
   app.delete(PUSH_PREFIX, () => Promise.reject(badKey('empty path: use DELETE /_edge/push/<path>')));
   app.delete(`${PUSH_PREFIX}/*`, (c) => unpush(c, deps));
   app.post('/_edge/purge', (c) => purge(c, deps, purges));
@@ -183,6 +194,7 @@ export function mountAdminApi(app: Hono, deps: AdminDeps): void {
   };
   app.all(PUSH_PREFIX, notAllowed('PUT, DELETE'));
   app.all(`${PUSH_PREFIX}/*`, notAllowed('PUT, DELETE'));
+  app.all('/_edge/push-urls', notAllowed('POST'));
   app.all('/_edge/purge', notAllowed('POST'));
   app.all('/_edge/objects', notAllowed('GET'));
   app.all('/_edge/origins', notAllowed('GET'));
@@ -247,16 +259,22 @@ function rawTargetPath(c: Context): string {
  * every query of its path), the reserved `/_edge/` space, and paths longer
  * than {@link MAX_PUSH_PATH_LENGTH}.
  */
-function pushPath(c: Context): string {
+function pushPath(c: Context, presigned = false): string {
   const url = new URL(c.req.url);
   const raw = rawTargetPath(c);
   // Routing decodes the path, so /_edge/%70ush/x lands here too; the key is cut from the literal spelling only.
   if (!raw.startsWith(PUSH_PREFIX + '/')) throw badKey('spell the route /_edge/push/ literally, without escapes');
-  const rawPath = raw.slice(PUSH_PREFIX.length);
-  if (rawPath === '/') throw badKey('empty path: use /_edge/push/<path>, e.g. /_edge/push/assets/app.css');
-  if (c.req.url.includes('?')) {
+  // A presigned upload's URL carries exactly one query parameter, its token.
+  const onlyToken = presigned && [...url.searchParams.keys()].join() === 'upload';
+  if (c.req.url.includes('?') && !onlyToken) {
     throw badKey('a query string: a pushed object answers every query string of its path, so push the path alone');
   }
+  return checkedPushPath(raw.slice(PUSH_PREFIX.length), url.pathname.slice(PUSH_PREFIX.length));
+}
+
+/** {@link pushPath} on a path as sent (`rawPath`) and as the URL parser leaves it (`path`). */
+function checkedPushPath(rawPath: string, path: string): string {
+  if (rawPath === '/') throw badKey('empty path: use /_edge/push/<path>, e.g. /_edge/push/assets/app.css');
   if (rawPath.includes('\0') || /%00/.test(rawPath)) throw badKey('NUL byte');
   if (rawPath.includes('\\') || /%5c/i.test(rawPath)) throw badKey('backslash (raw or %5C)');
   if (/%2f/i.test(rawPath)) throw badKey('encoded slash (%2F) inside a segment: use a literal /');
@@ -276,7 +294,6 @@ function pushPath(c: Context): string {
     if (/[\u0000-\u001f\u007f]/.test(decoded)) throw badKey('control character');
   });
 
-  const path = url.pathname.slice(PUSH_PREFIX.length);
   const decodedPath = decodeURIComponent(path);
   // Routing matches decoded paths: /%5Fedge/x would be answered by the node's own routes, never by the object.
   if (decodedPath === '/_edge' || decodedPath.startsWith('/_edge/')) throw badKey('/_edge/ is reserved for the node itself');
@@ -329,8 +346,8 @@ function pushTags(c: Context): string[] {
   return tags;
 }
 
-function tooLarge(limit: number, detail: string): EdgeError {
-  return new EdgeError('EDGE_PAYLOAD_TOO_LARGE', `The upload is larger than --max-upload-size (${limit} bytes)${detail}; nothing was stored.`, {
+function tooLarge(limit: number, detail: string, what = '--max-upload-size'): EdgeError {
+  return new EdgeError('EDGE_PAYLOAD_TOO_LARGE', `The upload is larger than ${what} (${limit} bytes)${detail}; nothing was stored.`, {
     // The rest of the body is not read: close instead of draining it for keep-alive.
     headers: { connection: 'close' },
   });
@@ -356,33 +373,63 @@ function insufficientStorage(deps: AdminDeps, budget: number, size: number, deta
   );
 }
 
-async function push(c: Context, deps: AdminDeps): Promise<Response> {
+async function push(c: Context, deps: AdminDeps, uploads?: UploadState): Promise<Response> {
+  let claimed: string | undefined;
   try {
-    return await storePush(c, deps);
+    if (!uploads) return await storePush(c, deps);
+    const path = pushPath(c, true);
+    const grant = await uploads.signer.verify(new URL(c.req.url).searchParams.get('upload') ?? '');
+    if (!grant) throw uploadRefused('bad-signature');
+    const nowSeconds = Math.floor(deps.now() / 1000);
+    if (grant.e <= nowSeconds) throw uploadRefused('expired');
+    if (grant.p !== path) throw uploadRefused('wrong-path');
+    if (!uploads.nonces.claim(grant.n, grant.e, nowSeconds)) throw uploadRefused('used');
+    claimed = grant.n;
+    const response = await storePush(c, deps, grant);
+    claimed = undefined;
+    return response;
   } catch (error) {
+    // Nothing was stored: the URL may be tried again (until it expires).
+    if (claimed !== undefined) uploads?.nonces.release(claimed);
     throw closingIfBodyUnread(c, error);
   }
 }
 
-async function storePush(c: Context, deps: AdminDeps): Promise<Response> {
+/** The media type of a Content-Type value, lower case, without parameters. */
+function mediaType(value: string | undefined): string | undefined {
+  const type = value?.split(';')[0]!.trim().toLowerCase();
+  return type || undefined;
+}
+
+async function storePush(c: Context, deps: AdminDeps, grant?: UploadGrant): Promise<Response> {
   const { options, store, policies, now } = deps;
-  const path = pushPath(c);
+  const path = pushPath(c, grant !== undefined);
   const key = pushedKey(path);
-  const limit = options.maxUploadSize;
+  const grantLimit = grant?.m !== undefined && grant.m < options.maxUploadSize;
+  const limit = grantLimit ? grant.m! : options.maxUploadSize;
+  const limitName = grantLimit ? 'the upload URL\'s maxSize' : '--max-upload-size';
 
   const lengthHeader = c.req.header('content-length');
   let declared: number | undefined;
   if (lengthHeader !== undefined) {
     if (!/^\d+$/.test(lengthHeader.trim())) throw new EdgeError('EDGE_BAD_REQUEST', `Content-Length "${lengthHeader}" is not a number.`);
     declared = Number(lengthHeader.trim());
-    if (declared > limit) throw tooLarge(limit, `: Content-Length is ${declared}`);
+    if (declared > limit) throw tooLarge(limit, `: Content-Length is ${declared}`, limitName);
   }
   const budget = pushBudget(deps);
   // Refused before the body is read when it could never fit; otherwise the commit decides, knowing what it replaces.
   if (budget !== undefined && declared !== undefined && declared > budget) throw insufficientStorage(deps, budget, declared, '');
 
-  const tags = pushTags(c);
+  const tags = grant ? (grant.g ?? []) : pushTags(c);
   const headers = pushHeaders(c, options, now());
+  if (grant?.t !== undefined) {
+    const sent = mediaType(c.req.header('content-type'));
+    // Without a Content-Type the URL's type is the object's.
+    if (sent === undefined) headers['content-type'] = grant.t;
+    else if (sent !== grant.t) {
+      throw new EdgeError('EDGE_UNSUPPORTED_MEDIA_TYPE', `The upload URL is for ${grant.t}, not ${sent}; nothing was stored.`);
+    }
+  }
   // Checked before reading the body: an object that is never fresh would never be served.
   const provisional = policies.fromResponse({ url: path, method: 'GET', headers: {} }, { status: 200, headers });
   if (!provisional.storable() || provisional.freshnessLifetime() <= 0) {
@@ -411,7 +458,7 @@ async function storePush(c: Context, deps: AdminDeps): Promise<Response> {
         size += result.value.byteLength;
         if (size > limit) {
           reader.releaseLock();
-          throw tooLarge(limit, '');
+          throw tooLarge(limit, '', limitName);
         }
         hasher?.update(result.value);
         writer.write(result.value);
@@ -457,6 +504,83 @@ async function storePush(c: Context, deps: AdminDeps): Promise<Response> {
   // Image variants were made from the previous version.
   await deleteDerived(store, new Set([key]));
   return c.json({ key, path, size, etag: headers.etag }, 201);
+}
+
+// ---------------------------------------------------------------------------
+// POST /_edge/push-urls (presigned uploads)
+
+/** Signing key and used nonces of this node's presigned uploads (one set per process). */
+interface UploadState {
+  signer: UploadSigner;
+  nonces: UsedNonces;
+}
+
+/** Longest life of a presigned upload URL (its nonce is remembered that long). */
+const MAX_UPLOAD_URL_SECONDS = 7 * 86_400;
+const MAX_UPLOAD_URL_BODY = 64 * 1024;
+
+/** A PUT that rides an upload URL: an `upload` parameter and no Authorization header. */
+function isPresignedPut(c: Context): boolean {
+  return c.req.method === 'PUT' && c.req.header('authorization') === undefined && new URL(c.req.url).searchParams.has('upload');
+}
+
+const uploadUrlSchema = z
+  .object({
+    path: z.string().min(2).max(MAX_PUSH_PATH_LENGTH).startsWith('/', 'expected a path starting with /'),
+    expiresIn: z.union([z.number(), z.string()]).transform((value, ctx) => {
+      const ms = parseDuration(value);
+      if (ms === undefined || ms < 1000 || ms > MAX_UPLOAD_URL_SECONDS * 1000) {
+        ctx.addIssue({ code: 'custom', message: 'expected a duration from 1s to 7d, such as 10m or 1h (a bare number is seconds)' });
+        return z.NEVER;
+      }
+      return Math.ceil(ms / 1000);
+    }),
+    maxSize: z
+      .union([z.number(), z.string()])
+      .transform((value, ctx) => {
+        const bytes = parseSize(value);
+        if (bytes === undefined || bytes < 1) {
+          ctx.addIssue({ code: 'custom', message: 'expected a size such as 50MB (bytes, or with KB/MB/GB)' });
+          return z.NEVER;
+        }
+        return bytes;
+      })
+      .optional(),
+    contentType: z
+      .string()
+      .regex(/^[a-z0-9!#$&^_.+-]+\/[a-z0-9!#$&^_.+-]+$/i, 'expected a media type such as video/mp4')
+      .transform((t) => t.toLowerCase())
+      .optional(),
+    tags: z.array(z.string().min(1).max(MAX_TAG_LENGTH)).max(MAX_TAGS_PER_OBJECT).optional(),
+  })
+  .strict();
+
+async function createUploadUrl(c: Context, deps: AdminDeps, uploads: UploadState): Promise<Response> {
+  const text = await readLimitedText(c.req.raw.body, MAX_UPLOAD_URL_BODY);
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (error) {
+    throw new EdgeError('EDGE_BAD_REQUEST', `Malformed JSON in the upload URL request: ${(error as Error).message}.`);
+  }
+  const result = uploadUrlSchema.safeParse(json);
+  if (!result.success) {
+    throw new EdgeError('EDGE_BAD_REQUEST', `Bad upload URL request: ${result.error.issues.map((issue) => describeIssue(issue, 'path, expiresIn, maxSize, contentType, tags')).join('; ')}.`);
+  }
+  const request = result.data;
+  if (/[?#]/.test(request.path)) throw badKey('a query string or fragment: a pushed object answers every query string of its path');
+  const path = checkedPushPath(request.path, new URL(PURGE_BASE + PUSH_PREFIX + request.path).pathname.slice(PUSH_PREFIX.length));
+  const expires = Math.floor(deps.now() / 1000) + request.expiresIn;
+  const grant: UploadGrant = {
+    p: path,
+    e: expires,
+    ...(request.maxSize !== undefined ? { m: request.maxSize } : {}),
+    ...(request.contentType !== undefined ? { t: request.contentType } : {}),
+    ...(request.tags !== undefined ? { g: [...new Set(request.tags)] } : {}),
+    n: uploadNonce(),
+  };
+  const token = await uploads.signer.sign(grant);
+  return c.json({ url: `${PUSH_PREFIX}${path}?upload=${token}`, expires });
 }
 
 // ---------------------------------------------------------------------------
@@ -512,9 +636,9 @@ const purgeSchema = z
 
 type PurgeRequest = z.output<typeof purgeSchema>;
 
-function describeIssue(issue: z.core.$ZodIssue): string {
+function describeIssue(issue: z.core.$ZodIssue, allowed = 'urls, prefixes, tags, all, soft, forward'): string {
   if (issue.code === 'unrecognized_keys') {
-    return `unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `"${k}"`).join(', ')} (allowed: urls, prefixes, tags, all, soft, forward)`;
+    return `unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `"${k}"`).join(', ')} (allowed: ${allowed})`;
   }
   const where = issue.path.length > 0 ? issue.path.map((p) => (typeof p === 'number' ? `[${p}]` : String(p))).join('.').replace(/\.\[/g, '[') + ': ' : '';
   return where + issue.message;
@@ -556,7 +680,7 @@ async function parsePurge(c: Context): Promise<PurgeRequest> {
   }
   const result = purgeSchema.safeParse(json);
   if (!result.success) {
-    throw new EdgeError('EDGE_BAD_REQUEST', `Bad purge request: ${result.error.issues.map(describeIssue).join('; ')}.`);
+    throw new EdgeError('EDGE_BAD_REQUEST', `Bad purge request: ${result.error.issues.map((issue) => describeIssue(issue)).join('; ')}.`);
   }
   return result.data;
 }
