@@ -91,6 +91,13 @@ export interface EdgeAppDeps {
   /** Extra readiness facts for `GET /_edge/health`. */
   health?: () => Record<string, unknown>;
   /**
+   * With a separate admin listener (Node's `--admin-listen`): which listener a
+   * request came in on. `public` answers content and `/_edge/health` only
+   * (the rest of `/_edge/` is the same 404 as an unknown endpoint); `admin`
+   * answers `/_edge/` only. Unset: one listener answers everything.
+   */
+  listener?: (env: unknown) => 'public' | 'admin';
+  /**
    * Write a content answer with the runtime's own writer (Node: straight to
    * `ServerResponse`, as the fresh-hit path does), so every content answer
    * leaves the same way; returns what the router must return instead
@@ -237,6 +244,16 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
   const app = new Hono();
   app.onError((err) => errorResponse(err));
 
+  // With an admin listener, the public one keeps only health under /_edge/
+  // (Hono's own path matching, so every spelling that would reach a route is caught).
+  const listener = deps.listener;
+  if (listener) {
+    app.use('/_edge/*', async (c, next) => {
+      if (c.req.path !== '/_edge/health' && listener(c.env) === 'public') throw new EdgeError('EDGE_NOT_FOUND', 'No such endpoint under /_edge/.');
+      await next();
+    });
+  }
+
   // Public: readiness and store figures only. Origins, pool members and S3
   // buckets are the admin token holder's to see (`GET /_edge/origins`).
   app.get('/_edge/health', (c) => c.json({ status: 'ok', name: options.name, store: deps.store.stats(), ...deps.health?.() }));
@@ -268,6 +285,8 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
   });
 
   app.all('*', async (c) => {
+    // The admin listener is the node's alone: no content there.
+    if (listener?.(c.env) === 'admin') throw new EdgeError('EDGE_NOT_FOUND', 'This listener serves /_edge/ only.');
     const request = c.req.raw as Tagged;
     const state = request[PENDING] ?? begin(deps.requestHeaders?.(c.env) ?? headersToRecord(request.headers));
     // Only runtimes with waitUntil have an execution context; Hono throws (an

@@ -134,6 +134,11 @@ export const edgeOptionsSchema = z
     httpRedirectPort: int(0, 65535)
       .optional()
       .describe('With TLS: also listen on this port for plain HTTP and answer 308 to https:// (same host, the HTTPS port), except /_edge/health. (default unset)'),
+    adminListen: z
+      .string()
+      .refine((value) => parseListenAddress(value) !== undefined, { error: 'expected host:port, e.g. 127.0.0.1:9090 or [::1]:9090' })
+      .optional()
+      .describe('A second, plain HTTP listener (host:port, e.g. 127.0.0.1:9090) serving everything under /_edge/ (admin API, metrics, origins, health); the public port then answers content and GET /_edge/health only, 404 for the rest of /_edge/. The admin token still applies there. (default unset: /_edge/ on the public port)'),
     dataDir: z
       .string()
       .min(1)
@@ -284,10 +289,24 @@ export const edgeOptionsSchema = z
     if (options.tlsCa !== undefined && options.tlsCert === undefined) problem('tlsCa', 'only used with --tls-cert and --tls-key');
     if (options.httpRedirectPort !== undefined && options.tlsCert === undefined) problem('httpRedirectPort', 'redirects to HTTPS: set --tls-cert and --tls-key');
     if (options.httpRedirectPort !== undefined && options.httpRedirectPort !== 0 && options.httpRedirectPort === options.port) problem('httpRedirectPort', 'must differ from --port');
+    const admin = options.adminListen === undefined ? undefined : parseListenAddress(options.adminListen);
+    if (admin && admin.port !== 0 && admin.port === options.port) problem('adminListen', 'must use another port than --port');
     if (options.urlSigningKey === undefined && (options.signedPaths.length > 0 || options.origins?.routes.some((route) => route.access?.signed))) {
       problem('urlSigningKey', 'required with --signed-paths or a route with access.signed');
     }
   });
+
+/**
+ * `--admin-listen`'s `host:port`: a name or IPv4 address, or a bracketed
+ * IPv6 literal, and a port from 0 to 65535. Undefined when it is not one.
+ */
+export function parseListenAddress(value: string): { host: string; port: number } | undefined {
+  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9._-]+)):(\d{1,5})$/.exec(value);
+  if (!match) return undefined;
+  const port = Number(match[3]);
+  if (port > 65535) return undefined;
+  return { host: match[1] ?? match[2]!, port };
+}
 
 export type EdgeOptionsInput = z.input<typeof edgeOptionsSchema>;
 export type EdgeOptions = z.output<typeof edgeOptionsSchema>;

@@ -35,6 +35,8 @@ export interface WorkerReady {
   url: string;
   tls: boolean;
   redirectPort?: number;
+  /** With `--admin-listen`: the admin listener's `http://host:port` (every worker listens there too, sharing the socket). */
+  adminUrl?: string;
 }
 
 /** One worker as `/_edge/health` lists it. */

@@ -177,6 +177,7 @@ export async function runNode(program: NodeProgram, argv: string[]): Promise<voi
   const protocols = server.tls ? ' (HTTP/2 and HTTP/1.1)' : '';
   console.error(`${tag}: listening on ${where}${protocols} in front of ${upstreamLabel(options)}${demo ? ' (embedded demo origin)' : ''}`);
   if (server.redirect) console.error(`${tag}: redirecting http://${listenHost}:${server.redirect.port} to https (308), /_edge/health answered there too`);
+  if (server.adminUrl) console.error(`${tag}: /_edge/ (admin API, metrics, origins) on ${server.adminUrl}; the public port answers content and /_edge/health only`);
   if (demo) console.error(`${tag}: try  curl -i ${server.tls ? '-k ' : ''}${where}/data/products.json  (twice: MISS, then HIT)`);
   // SIGHUP re-reads the certificate files (they are watched too); without TLS it keeps its default (exit).
   if (server.tls) {
@@ -231,6 +232,7 @@ async function runClustered(program: NodeProgram, options: EdgeOptions, workers:
         const protocols = ready.tls ? ' (HTTP/2 and HTTP/1.1)' : '';
         console.error(`${tag}: listening on ${where}${protocols} in front of ${upstreamLabel(options)}${demo ? ' (embedded demo origin)' : ''}, ${workers} workers`);
         if (ready.redirectPort !== undefined) console.error(`${tag}: redirecting http://${listenHost}:${ready.redirectPort} to https (308), /_edge/health answered there too`);
+        if (ready.adminUrl !== undefined) console.error(`${tag}: /_edge/ (admin API, metrics, origins) on ${ready.adminUrl}; the public port answers content and /_edge/health only`);
         if (demo) console.error(`${tag}: try  curl -i ${ready.tls ? '-k ' : ''}${where}/data/products.json  (twice: MISS, then HIT)`);
       },
     });
@@ -240,7 +242,7 @@ async function runClustered(program: NodeProgram, options: EdgeOptions, workers:
   const transformConcurrency = Math.max(1, Math.floor((options.transformConcurrency || availableParallelism()) / workers));
   const member = joinCluster();
   const server = await startEdgeServer({ ...options, transformConcurrency }, { cluster: member });
-  await member.ready({ port: server.port, url: server.url, tls: server.tls !== undefined, redirectPort: server.redirect?.port });
+  await member.ready({ port: server.port, url: server.url, tls: server.tls !== undefined, redirectPort: server.redirect?.port, adminUrl: server.adminUrl });
   let stopping = false;
   const stop = async () => {
     if (stopping) return;

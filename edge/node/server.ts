@@ -14,7 +14,7 @@ import { Response as PlainResponse } from 'undici';
 import type { Logger } from 'pino';
 import { createAccessLog } from './access-log.js';
 import { createEdgeApp, type EdgeApp, type RequestRecord } from '../core/app.js';
-import type { EdgeOptions } from '../core/options.js';
+import { parseListenAddress, type EdgeOptions } from '../core/options.js';
 import type { OriginClient } from '../core/origin/types.js';
 import { MemoryCacheStore } from '../core/store/memory.js';
 import { TieredCacheStore } from '../core/store/tiered.js';
@@ -62,6 +62,10 @@ export interface EdgeServer {
   server: Server | Http2SecureServer;
   /** With `--http-redirect-port`: the plain HTTP server answering 308 to https://, and its port. */
   redirect?: { server: Server; port: number };
+  /** With `--admin-listen`: the plain HTTP server answering `/_edge/`, its port and `http://host:port`. */
+  admin?: { server: Server; port: number; url: string };
+  /** With `--admin-listen`: `http://host:port` of the admin listener (`admin.url`). */
+  adminUrl?: string;
   /** With TLS: the certificate in use, and a reload from the files now (what SIGHUP does). */
   tls?: { certificate(): TlsCertificate; reload(trigger?: TlsReloadEvent['trigger']): TlsReloadEvent };
   /** Read the `--peers @file` again now (what SIGHUP does); a no-op without one. */
@@ -254,6 +258,7 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
         else console.error(`${options.name}: ${problem}`);
       })
     : undefined;
+  const adminAddress = options.adminListen === undefined ? undefined : parseListenAddress(options.adminListen);
   const store = overrides.cluster?.createStore(options, now) ?? createTieredStore(options, now);
   const origin = overrides.origin ?? createUpstream(options, originTls);
   const metrics = createEdgeMetrics(store);
@@ -296,6 +301,8 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
       if (accessLog) accessLog.write(record);
       else if (logger) logger.info(record, 'request');
     },
+    // With --admin-listen: requests the admin server took in are marked; the rest came in on the public port.
+    listener: adminAddress ? (env) => ((env as Bindings | undefined)?.incoming as AdminMarked | undefined)?.[ADMIN_REQUEST] ? 'admin' : 'public' : undefined,
     metrics: overrides.cluster ? overrides.cluster.metrics : () => metrics.render(),
     health: overrides.cluster?.health,
     peers: peersFile?.current,
@@ -395,6 +402,27 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
     redirect = { server: redirectServer, port: (redirectServer.address() as AddressInfo).port };
   }
 
+  let admin: EdgeServer['admin'];
+  if (adminAddress) {
+    const adminServer = createAdminServer(general);
+    adminServer.keepAliveTimeout = KEEP_ALIVE_MS;
+    await new Promise<void>((resolve, reject) => {
+      adminServer.once('error', reject);
+      adminServer.listen(adminAddress.port, adminAddress.host, () => {
+        adminServer.off('error', reject);
+        resolve();
+      });
+    }).catch(async (error: unknown) => {
+      reloader?.close();
+      await new Promise((resolve) => server.close(resolve));
+      if (redirect) await new Promise((resolve) => redirect!.server.close(resolve));
+      throw error;
+    });
+    const adminPort = (adminServer.address() as AddressInfo).port;
+    const adminHost = adminAddress.host === '0.0.0.0' || adminAddress.host === '::' ? '127.0.0.1' : adminAddress.host;
+    admin = { server: adminServer, port: adminPort, url: `http://${adminHost.includes(':') ? `[${adminHost}]` : adminHost}:${adminPort}` };
+  }
+
   let closing: Promise<void> | undefined;
   return {
     url: `${scheme}://${host.includes(':') ? `[${host}]` : host}:${port}`,
@@ -403,6 +431,8 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
     store,
     server,
     redirect,
+    admin,
+    adminUrl: admin?.url,
     tls: reloader ? { certificate: () => reloader.current, reload: (trigger = 'manual') => reloader.reload(trigger) } : undefined,
     reloadPeers: () => peersFile?.reload(),
     close() {
@@ -412,7 +442,7 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
         peersFile?.close();
         apiKeysFile?.close();
         reloader?.close();
-        const closed = [server, ...(redirect ? [redirect.server] : [])].map(
+        const closed = [server, ...(redirect ? [redirect.server] : []), ...(admin ? [admin.server] : [])].map(
           (listener) =>
             new Promise<void>((resolve) => {
               listener.close(() => resolve());
@@ -425,6 +455,7 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
         const force = setTimeout(() => {
           if (!certificate) (server as Server).closeAllConnections();
           redirect?.server.closeAllConnections();
+          admin?.server.closeAllConnections();
           for (const session of sessions) session.destroy();
           for (const socket of sockets) socket.destroy();
         }, 2000);
@@ -448,6 +479,26 @@ const KEEP_ALIVE_MS = 65_000;
 
 /** What @hono/node-server hands the app as `env`, on either protocol. */
 type Bindings = HttpBindings | Http2Bindings;
+
+/** Marks a request taken in by the `--admin-listen` server (`EdgeAppDeps.listener` reads it). */
+const ADMIN_REQUEST = Symbol('edge.adminRequest');
+type AdminMarked = IncomingMessage & { [ADMIN_REQUEST]?: true };
+
+/**
+ * `--admin-listen`: plain HTTP answering `/_edge/` through the same app
+ * (the admin token still applies); the app refuses content here and, on
+ * the public port, every `/_edge/` path but health.
+ */
+function createAdminServer(general: (req: IncomingMessage, res: ServerResponse) => unknown): Server {
+  return createServer((req, res) => {
+    if (!hasOneHost(req)) {
+      writeAnswer(res, answerError(new EdgeError('EDGE_BAD_REQUEST', 'A request must carry exactly one Host header (RFC 9112 3.2).')), () => {});
+      return;
+    }
+    (req as AdminMarked)[ADMIN_REQUEST] = true;
+    void general(req, res);
+  });
+}
 
 /** A Host header that can go into a Location unchanged: a name or IPv4 address, or a bracketed IPv6 literal, and a port. */
 const REDIRECT_HOST = /^(?:[a-z0-9._-]+|\[[0-9a-f:.]+\])(?::\d{1,5})?$/i;
