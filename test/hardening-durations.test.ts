@@ -69,7 +69,7 @@ describe('durations', () => {
   const durationOptions = Object.entries(edgeOptionsSchema.shape)
     .filter(([, schema]) => /a duration/.test(schema.description ?? ''))
     .map(([name]) => name);
-  const msOptions = ['transformTimeout', 'connectTimeout', 'originTimeout', 'bodyTimeout', 'collapseTimeout'];
+  const msOptions = ['transformTimeout', 'connectTimeout', 'originTimeout', 'bodyTimeout', 'collapseTimeout', 'peerTimeout', 'peerRetry'];
   const secondOptions = ['pushTtl', 'staleGrace', 'heuristicMaxAge', 'defaultTtl'];
 
   it('every duration option says so in its description (the README table and --help come from it)', () => {
