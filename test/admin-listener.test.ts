@@ -4,7 +4,15 @@
  * answers content and `GET /_edge/health` only, and every other `/_edge/`
  * path there is the same 404 as an endpoint that does not exist.
  */
+import { spawn } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer, request } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 import { afterEach, describe, expect, it } from 'vitest';
+import { startTestOrigin } from './helpers/origin.js';
 import { Agent, fetch as undiciFetch } from 'undici';
 import { resolveEdgeOptions, EdgeOptionsError } from '../edge/core/options.js';
 import { startTestEdge, type TestEdge } from './helpers/edge.js';
@@ -165,4 +173,71 @@ describe('--admin-listen', () => {
     }
     expect(() => resolveEdgeOptions({ origin: 'http://o.test', port: 9090, adminListen: '127.0.0.1:9090' })).toThrow(EdgeOptionsError);
   });
+});
+
+/** One request on its own connection (so the cluster spreads them over its workers). */
+function send(url: string, headers: Record<string, string> = {}): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, { agent: false, headers: { connection: 'close', ...headers } }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => (body += chunk));
+      res.on('end', () => resolve({ status: res.statusCode!, body }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+describe('--admin-listen with --workers 2', () => {
+  it('every worker listens on the admin address too (one shared socket)', async () => {
+    const origin = await startTestOrigin();
+    const dir = await mkdtemp(join(tmpdir(), 'edge-admin-cluster-'));
+    // A fixed free port: with port 0, node:cluster does not share a worker's second listener.
+    const probe = createServer();
+    await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
+    const adminPort = (probe.address() as AddressInfo).port;
+    await new Promise((resolve) => probe.close(resolve));
+    const child = spawn(
+      process.execPath,
+      ['--import', 'tsx', 'edge/node/cli.ts', '--workers', '2', '--origin', origin.url, '--port', '0', '--host', '127.0.0.1', '--data-dir', dir, '--admin-token', TOKEN, '--admin-listen', `127.0.0.1:${adminPort}`],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
+    const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+    try {
+      const lines: string[] = [];
+      const urls = await new Promise<{ url: string; adminUrl: string }>((resolve, reject) => {
+        let url: string | undefined;
+        createInterface({ input: child.stderr! }).on('line', (line) => {
+          lines.push(line);
+          url ??= /listening on (http:\/\/\S+) .*2 workers/.exec(line)?.[1];
+          const adminUrl = /\/_edge\/ \(admin API, metrics, origins\) on (http:\/\/\S+);/.exec(line)?.[1];
+          if (url && adminUrl) resolve({ url, adminUrl });
+        });
+        void exited.then((code) => reject(new Error(`edge exited with ${code}: ${lines.join('\n')}`)));
+      });
+      const processes = new Set<string>(); // health's pid: the worker that answered
+      for (let i = 0; i < 8; i++) {
+        const metrics = await send(`${urls.adminUrl}/_edge/metrics`, AUTH);
+        expect(metrics.status).toBe(200);
+        expect(metrics.body).toMatch(/edge_requests_total/);
+        expect((await send(`${urls.url}/_edge/metrics`, AUTH)).status).toBe(404);
+        expect((await send(`${urls.url}/_edge/health`)).status).toBe(200);
+      }
+      // Health alone, one connection each (round-robin): each answer names its worker.
+      for (let i = 0; i < 6; i++) {
+        const health = await send(`${urls.adminUrl}/_edge/health`);
+        expect(health.status).toBe(200);
+        processes.add(String((JSON.parse(health.body) as { pid: number }).pid));
+      }
+      // Both workers answered on the admin address.
+      expect(processes.size).toBe(2);
+    } finally {
+      child.kill('SIGTERM');
+      await exited;
+      await rm(dir, { recursive: true, force: true });
+      await origin.close();
+    }
+  }, 60_000);
 });
