@@ -149,6 +149,29 @@ describe('--admin-listen', () => {
     expect(t.origin.count('/page')).toBe(1);
   });
 
+  it('accepts a presigned upload on the public port (its only /_edge/ route there), never the admin push', async () => {
+    await start();
+    const grant = await admin('/_edge/push-urls', {
+      method: 'POST',
+      headers: { ...AUTH, 'content-type': 'application/json' },
+      body: JSON.stringify({ path: '/uploads/u.txt', expiresIn: '10m' }),
+    });
+    expect(grant.status).toBe(200);
+    const { url } = (await grant.json()) as { url: string };
+    // The token holder's own push stays off the public port...
+    const adminPush = await t.get('/_edge/push/uploads/x.txt', { method: 'PUT', headers: AUTH, body: 'x' });
+    expect(adminPush.status).toBe(404);
+    await adminPush.text();
+    // ...and so does a presigned URL carrying an Authorization header.
+    const withAuth = await t.get(url, { method: 'PUT', headers: AUTH, body: 'x' });
+    expect(withAuth.status).toBe(404);
+    await withAuth.text();
+    const upload = await t.get(url, { method: 'PUT', headers: { 'content-type': 'text/plain' }, body: 'uploaded' });
+    expect(upload.status).toBe(201);
+    await upload.text();
+    expect(await (await t.get('/uploads/u.txt')).text()).toBe('uploaded');
+  });
+
   it('with a pool of origins, public health names none of them', async () => {
     const first = await startTestEdge();
     const pool = `${first.origin.url},http://127.0.0.1:9`;

@@ -249,7 +249,10 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
   const listener = deps.listener;
   if (listener) {
     app.use('/_edge/*', async (c, next) => {
-      if (c.req.path !== '/_edge/health' && listener(c.env) === 'public') throw new EdgeError('EDGE_NOT_FOUND', 'No such endpoint under /_edge/.');
+      // A presigned upload is the one admin route meant for clients without the
+      // token: its signed URL (and no Authorization header) is accepted here too.
+      const presignedUpload = c.req.method === 'PUT' && c.req.path.startsWith('/_edge/push/') && c.req.query('upload') !== undefined && !c.req.header('authorization');
+      if (c.req.path !== '/_edge/health' && !presignedUpload && listener(c.env) === 'public') throw new EdgeError('EDGE_NOT_FOUND', 'No such endpoint under /_edge/.');
       await next();
     });
   }
