@@ -150,6 +150,19 @@ describe('purge by URLs', () => {
     }
   });
 
+  it('refuses the same targets in a soft purge', async () => {
+    t = await startTestEdge({ adminToken: TOKEN });
+    const soft: [unknown, RegExp][] = [
+      [{ urls: ['/ok', 'relative.css'], soft: true }, /^Bad purge request: urls\[1\]: "relative\.css" is neither a path starting with \/ nor an absolute URL\.$/],
+      [{ prefixes: ['ftp://example.com/'], soft: true }, /^Bad purge request: prefixes\[0\]: "ftp:\/\/example\.com\/" is not an http\(s\) URL\.$/],
+    ];
+    for (const [body, message] of soft) {
+      const { status, json } = await purge(body);
+      expect(status, JSON.stringify(body)).toBe(400);
+      expect(json.message).toMatch(message);
+    }
+  });
+
   it('`//a` is a path, not a host', async () => {
     t = await startTestEdge({ adminToken: TOKEN });
     t.origin.set('//a', cacheable('double'));
@@ -167,8 +180,9 @@ describe('purge by prefixes', () => {
     expect(await cacheStatus('/p1/a')).toMatch(/fwd=uri-miss/);
     expect(await cacheStatus('/p2/b')).toMatch(/^edge; hit/);
     expect(await cacheStatus('/p3/c')).toMatch(/fwd=uri-miss/);
-    // Keys sort their parameters: `?a=2&b=1` is stored, `?b=1` is no prefix of it.
+    // Keys sort their parameters: `?a=2&b=1` is stored; a prefix is not reordered, so `?b=1&a=2` is no prefix of it.
     expect(await purged({ prefixes: ['/s?b=1'] })).toBe(0);
+    expect(await purged({ prefixes: ['/s?b=1&a=2'] })).toBe(0);
     expect(await purged({ prefixes: ['/s?a=2'] })).toBe(1);
   });
 
@@ -181,5 +195,18 @@ describe('purge by prefixes', () => {
     expect(await purged({ prefixes: ['http://other.example/d/'] })).toBe(1);
     expect(await cacheStatus('/d/x')).toMatch(/^edge; hit/);
     expect(await purged({ prefixes: ['/d/'] })).toBe(1);
+  });
+
+  it('an absolute prefix takes pushed objects under it along (they answer on every host)', async () => {
+    t = await startTestEdge({ adminToken: TOKEN });
+    t.origin.set('/assets/pulled.css', cacheable('pulled'));
+    await warm('/assets/pulled.css');
+    expect((await pushObject('/assets/pushed.css', 'pushed')).status).toBe(201);
+    expect((await pushObject('/other/pushed.css', 'other')).status).toBe(201);
+    expect(await purged({ prefixes: ['http://other.example/assets/'] })).toBe(1);
+    expect((await t.get('/assets/pushed.css')).status).toBe(404);
+    expect(await cacheStatus('/assets/pulled.css')).toMatch(/^edge; hit/);
+    expect(await purged({ prefixes: [`http://127.0.0.1:${t.edge.port}/assets/`] })).toBe(1);
+    expect((await t.get('/other/pushed.css')).status).toBe(200);
   });
 });

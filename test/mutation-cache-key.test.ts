@@ -34,6 +34,8 @@ describe('formatCacheKey / parseCacheKey', () => {
       { kind: 'pulled', path: '/p.jpg', scheme: 'http', host: 'example.com', derived: { kind: 'image', params: 'w=400;h=;fit=inside;q=75;f=webp;pos=centre;e=0' } },
     ],
     ['/a.css push:', { kind: 'pushed', path: '/a.css' }],
+    ['/a.css push:#enc:br', { kind: 'pushed', path: '/a.css', derived: { kind: 'coding', coding: 'br' } }],
+    ['/a.css http://example.com#enc:gzip', { kind: 'pulled', path: '/a.css', scheme: 'http', host: 'example.com', derived: { kind: 'coding', coding: 'gzip' } }],
     ['/p.jpg push:#img:w=10;h=;fit=inside;q=75;f=png;pos=centre;e=0', { kind: 'pushed', path: '/p.jpg', derived: { kind: 'image', params: 'w=10;h=;fit=inside;q=75;f=png;pos=centre;e=0' } }],
   ];
 
@@ -182,6 +184,27 @@ describe('varyNames / variantFor', () => {
     expect(variantFor(['x-flavour', 'x-size'], { 'x-flavour': '  salt \t and   pepper ', 'x-size': 'l' })).toBe('x-flavour:salt and pepper\nx-size:l');
     expect(variantFor(['x-flavour'], { 'x-flavour': 'saltandpepper' })).toBe('x-flavour:saltandpepper');
     expect(variantFor(['x-flavour'], {})).toBe('x-flavour:');
+    // Other fields keep their order and case.
+    expect(variantFor(['x-flavour'], { 'x-flavour': 'B, a' })).toBe('x-flavour:B, a');
+  });
+
+  it.each(['accept', 'accept-language', 'accept-charset', 'accept-encoding'])(
+    'variantFor: %s is a list whose member order, case and spacing carry no meaning',
+    (name) => {
+      const one = variantFor([name], { [name]: 'en-US, fr;q=0.5' });
+      expect(one).toBe(`${name}:en-us,fr;q=0.5`);
+      expect(variantFor([name], { [name]: 'fr ; Q=0.5,EN-us' })).toBe(one);
+      expect(variantFor([name], { [name]: ' ,fr;;q=0.5, ,en-US,' })).toBe(one);
+      // Weights still count.
+      expect(variantFor([name], { [name]: 'en-US;q=0.5, fr' })).not.toBe(one);
+      // The same value again (remembered) gives the same answer.
+      expect(variantFor([name], { [name]: 'en-US, fr;q=0.5' })).toBe(one);
+    },
+  );
+
+  it('variantFor: list values stay right however many different ones were seen', () => {
+    for (let i = 0; i < 1100; i++) expect(variantFor(['accept-language'], { 'accept-language': `x${i}, a` })).toBe(`accept-language:a,x${i}`);
+    expect(variantFor(['accept-language'], { 'accept-language': 'x5, a' })).toBe('accept-language:a,x5');
     expect(variantFor(['a', 'b'], { a: 'x', b: 'y' })).not.toBe(variantFor(['a'], { a: 'x\nb:y' }));
   });
 });
