@@ -80,3 +80,81 @@ describe('--honor-request-cache-control false', () => {
     expect(t.origin.count('/p.jpg')).toBe(1);
   });
 });
+
+/** `edge_requests_total` for one outcome, 2xx answers. */
+async function answered(outcome: string): Promise<number> {
+  const text = await (await t.get('/_edge/metrics')).text();
+  const line = text.split('\n').find((l) => l.startsWith(`edge_requests_total{outcome="${outcome}",status="2xx"}`));
+  return line ? Number(line.split(' ').at(-1)) : 0;
+}
+
+describe('PullCache.decide', () => {
+  it('counts a stale answer as stale, whether the client allowed it (max-stale) or stale-while-revalidate did', async () => {
+    await start();
+    set('/ms', { headers: { 'cache-control': 'max-age=10', etag: '"m"' }, body: 'm' });
+    set('/swr', [
+      { headers: { 'cache-control': 'max-age=10, stale-while-revalidate=600', etag: '"s1"' }, body: 's1' },
+      { headers: { 'cache-control': 'max-age=10, stale-while-revalidate=600', etag: '"s2"' }, body: 's2' },
+    ]);
+    await get('/ms');
+    await get('/swr');
+    await t.settle();
+    advance(20);
+    const before = { stale: await answered('stale'), hit: await answered('hit') };
+    const allowed = await get('/ms', { 'cache-control': 'max-stale=60' });
+    expect(allowed.cacheStatus).toBe('edge; hit; ttl=-10');
+    const swr = await get('/swr');
+    expect(swr.cacheStatus).toBe('edge; hit; ttl=-10; detail=stale-while-revalidate');
+    await t.settle();
+    expect(await answered('stale')).toBe(before.stale + 2);
+    expect(await answered('hit')).toBe(before.hit);
+  });
+
+  it('a request with cookies for an entry not explicitly shared goes forward alone: fwd=request, unconditional, the shared copy kept', async () => {
+    await start();
+    t.origin.route('/c', (req, res) => {
+      res.setHeader('date', new Date(t.clock.now()).toUTCString());
+      res.setHeader('cache-control', 'max-age=60');
+      res.setHeader('etag', '"c1"');
+      res.end(`for ${req.headers.cookie ?? 'anyone'}`);
+    });
+    expect((await get('/c')).body).toBe('for anyone');
+    await t.settle();
+    const withCookie = await get('/c', { cookie: 'session=s' });
+    expect(withCookie.body).toBe('for session=s');
+    expect(withCookie.cacheStatus).toMatch(/^edge; fwd=request(;|$)/);
+    const forwarded = t.origin.requests.at(-1)!;
+    expect(forwarded.headers.cookie).toBe('session=s');
+    expect(forwarded.headers['if-none-match']).toBeUndefined();
+    await t.settle();
+    const shared = await get('/c');
+    expect(shared.body).toBe('for anyone');
+    expect(shared.cacheStatus).toMatch(/^edge; hit/);
+  });
+});
+
+describe('PullCache.selectVariant', () => {
+  it('when Vary changed over time, the most recent matching response answers', async () => {
+    await start({ forwardHeaders: ['x-flavour'] });
+    set('/v', [
+      { headers: { 'cache-control': 'max-age=10', vary: 'X-Flavour', etag: '"v1"' }, body: 'with vary' },
+      { headers: { 'cache-control': 'max-age=600', etag: '"v2"' }, body: 'without vary' },
+    ]);
+    expect((await get('/v', { 'x-flavour': 'a' })).body).toBe('with vary');
+    await t.settle();
+    advance(20);
+    // Stale: asked again, the origin no longer varies. Both responses are stored now, and both match.
+    expect((await get('/v', { 'x-flavour': 'a', 'cache-control': 'no-cache' })).body).toBe('without vary');
+    await t.settle();
+    advance(1);
+    const latest = await get('/v', { 'x-flavour': 'a' });
+    expect(latest.body).toBe('without vary');
+    expect(latest.cacheStatus).toMatch(/^edge; hit/);
+    // Also when the store lists them in another order (the disk tier sorts variants).
+    await t.restart();
+    const fromDisk = await get('/v', { 'x-flavour': 'a' });
+    expect(fromDisk.body).toBe('without vary');
+    expect(fromDisk.cacheStatus).toMatch(/^edge; hit/);
+    expect(t.origin.count('/v')).toBe(2);
+  });
+});
