@@ -108,6 +108,14 @@ describe('parseHttpDate / formatHttpDate', () => {
     ['Thu, 29 Feb 2024 00:00:00 GMT', at(2024, 1, 29)],
     ['Tue, 29 Feb 2000 00:00:00 GMT', at(2000, 1, 29)],
     ['Tue, 28 Feb 2023 00:00:00 GMT', at(2023, 1, 28)],
+    ['Tue, 31 Mar 2026 00:00:00 GMT', at(2026, 2, 31)],
+    ['Sun, 31 May 2026 00:00:00 GMT', at(2026, 4, 31)],
+    ['Tue, 30 Jun 2026 00:00:00 GMT', at(2026, 5, 30)],
+    ['Fri, 31 Jul 2026 00:00:00 GMT', at(2026, 6, 31)],
+    ['Mon, 31 Aug 2026 00:00:00 GMT', at(2026, 7, 31)],
+    ['Wed, 30 Sep 2026 00:00:00 GMT', at(2026, 8, 30)],
+    ['Sat, 31 Oct 2026 00:00:00 GMT', at(2026, 9, 31)],
+    ['Mon, 30 Nov 2026 00:00:00 GMT', at(2026, 10, 30)],
     // A leap second counts as the last second of its minute.
     ['Wed, 31 Dec 2016 23:59:60 GMT', at(2016, 11, 31, 23, 59, 59)],
   ])('%j', (text, expected) => {
@@ -127,6 +135,9 @@ describe('parseHttpDate / formatHttpDate', () => {
     ['Sun, 29 Feb 2026 00:00:00 GMT'],
     ['Mon, 29 Feb 2100 00:00:00 GMT'],
     ['Thu, 31 Apr 2026 00:00:00 GMT'],
+    ['Wed, 31 Jun 2026 00:00:00 GMT'],
+    ['Thu, 31 Sep 2026 00:00:00 GMT'],
+    ['Tue, 31 Nov 2026 00:00:00 GMT'],
     ['Thu, 32 Jan 2026 00:00:00 GMT'],
     ['Thu, 00 Jan 2026 00:00:00 GMT'],
     ['Thu, 01 Jan 2026 24:00:00 GMT'],
@@ -218,6 +229,11 @@ describe('parseSfDictionary (RFC 9651)', () => {
     });
   });
 
+  it('strings and display strings take every printable character, ~ included', () => {
+    expect(parseSfDictionary('a="~ !#"')?.get('a')?.value).toEqual({ type: 'string', value: '~ !#' });
+    expect(parseSfDictionary('a=%"~ x"')?.get('a')?.value).toEqual({ type: 'displaystring', value: '~ x' });
+  });
+
   it('an empty field is an empty dictionary', () => {
     expect(parseSfDictionary('')?.size).toBe(0);
   });
@@ -257,6 +273,11 @@ describe('parseSfDictionary (RFC 9651)', () => {
     ['a=(1 2', 'an unterminated inner list'],
     ['a=(1,2)', 'a comma inside an inner list'],
     ['a=(1"x")', 'inner list items not separated by a space'],
+    ['a=!"x"', 'a display string needs %'],
+    ['a=%x"', 'a display string without its opening quote'],
+    ['a=-,b=1', 'a minus sign without digits'],
+    ['a="del\x7f"', 'DEL in a string'],
+    ['a=%"del\x7f"', 'DEL in a display string'],
   ])('%j fails (%s)', (value) => {
     expect(parseSfDictionary(value)).toBeUndefined();
   });
@@ -287,6 +308,12 @@ describe('parseTargetedField (RFC 9213 2.1)', () => {
     expect(read('max-age=-1')).toEqual({});
     expect(read('max-age')).toEqual({});
     expect(read('max-age=(60)')).toEqual({});
+    for (const name of ['s-maxage', 'stale-while-revalidate', 'stale-if-error']) {
+      expect(read(`${name}=-1`), name).toEqual({});
+      expect(read(`${name}=1.5`), name).toEqual({});
+      expect(read(`${name}="5"`), name).toEqual({});
+      expect(read(`${name}=99999999999`), name).toEqual({ [name]: String(2 ** 31) });
+    }
   });
 
   it('restrictive directives apply whatever their value; no-cache and private with a String name fields', () => {
@@ -303,6 +330,12 @@ describe('parseTargetedField (RFC 9213 2.1)', () => {
   it('public, immutable, no-transform and must-understand only as Boolean true', () => {
     expect(read('public, immutable, no-transform, must-understand')).toEqual({ public: true, immutable: true, 'no-transform': true, 'must-understand': true });
     expect(read('public=?0, immutable=1, no-transform="yes", must-understand=tok')).toEqual({});
+    for (const name of ['public', 'immutable', 'no-transform', 'must-understand']) {
+      expect(read(`${name}=1`), name).toEqual({});
+      expect(read(`${name}=tok`), name).toEqual({});
+      // An Inner List is no Boolean either (and no crash).
+      expect(read(`${name}=(1 2)`), name).toEqual({});
+    }
   });
 
   it('keeps other directives as Cache-Control would spell them; parameters and byte sequences are ignored', () => {
@@ -363,6 +396,10 @@ describe('notModifiedSelects (RFC 9111 4.3.4)', () => {
     ['an invalid stored Last-Modified is none', { 'last-modified': 'yesterday' }, { 'last-modified': LM }, false],
     ['a weak ETag and a Last-Modified, both agreeing', { etag: '"x"', 'last-modified': LM }, { etag: 'W/"x"', 'last-modified': LM_850 }, true],
     ['a Last-Modified agreeing, the stored ETag not named', { etag: '"x"', 'last-modified': LM }, { 'last-modified': LM }, true],
+    ['a weak ETag agreeing, the stored Last-Modified not named', { etag: '"x"', 'last-modified': LM }, { etag: 'W/"x"' }, true],
+    ['a weak ETag agreeing, with a Last-Modified the stored response lacks', { etag: '"x"' }, { etag: 'W/"x"', 'last-modified': LM }, true],
+    ['a weak ETag when nothing is stored', {}, { etag: 'W/"x"' }, false],
+    ['a Last-Modified when nothing is stored', {}, { 'last-modified': LM }, false],
   ];
   it.each(cases)('%s: %s', (_, stored, notModified, expected) => {
     expect(notModifiedSelects(stored, notModified, Date.UTC(2026, 0, 1))).toBe(expected);
@@ -392,6 +429,7 @@ describe('EdgePolicy stale windows', () => {
     // With a validator it stays for revalidation at least that long.
     expect(policyFor('max-age=10', { etag: '"v"' }).policy.usefulUntil(0, 3600)).toBe(T0 + 3_610_000);
     expect(policyFor('max-age=10').policy.usefulUntil(0, 3600)).toBe(T0 + 10_000);
+    expect(policyFor('max-age=10', { 'last-modified': formatHttpDate(T0 - 1000) }).policy.usefulUntil(0, 3600)).toBe(T0 + 3_610_000);
     // Never in the past.
     const late = policyFor('max-age=10');
     late.advance(100);
@@ -418,5 +456,167 @@ describe('EdgePolicy stale windows', () => {
     const qualified = policyFor('max-age=10, no-cache="set-cookie"');
     qualified.advance(11);
     expect(qualified.policy.canServeStaleOnError(600)).toBe(true);
+  });
+});
+
+describe('EdgePolicy.evaluate (RFC 9111 4.2, 5.2.1)', () => {
+  const T0 = Date.UTC(2026, 0, 1);
+  /** A stored response with `cacheControl`, `age` seconds old, asked for with request Cache-Control `req`. */
+  function freshness(cacheControl: string, age: number, req: Record<string, string> = {}, honour = true): string {
+    let now = T0;
+    const factory = createPolicyFactory({ heuristicFraction: 0.1, heuristicMaxAge: 86_400, defaultTtl: 0, targetedFields: TARGETED, now: () => now });
+    const policy = factory.fromResponse({ url: '/x', method: 'GET', headers: {} }, { status: 200, headers: { date: formatHttpDate(T0), 'cache-control': cacheControl } });
+    now += age * 1000;
+    return policy.evaluate({ url: '/x', method: 'GET', headers: req }, honour);
+  }
+
+  it('fresh, stale-while-revalidate, then revalidate, at the window edges', () => {
+    expect(freshness('max-age=10', 9)).toBe('fresh');
+    expect(freshness('max-age=10', 10)).toBe('revalidate');
+    expect(freshness('max-age=10, stale-while-revalidate=30', 10)).toBe('stale-while-revalidate');
+    expect(freshness('max-age=10, stale-while-revalidate=30', 39)).toBe('stale-while-revalidate');
+    expect(freshness('max-age=10, stale-while-revalidate=30', 40)).toBe('revalidate');
+    expect(freshness('max-age=10, stale-while-revalidate=0', 10)).toBe('revalidate');
+    expect(freshness('max-age=10, must-revalidate, stale-while-revalidate=30', 11)).toBe('revalidate');
+  });
+
+  it('request no-cache, and Pragma: no-cache only without Cache-Control', () => {
+    expect(freshness('max-age=600', 1, { 'cache-control': 'no-cache' })).toBe('revalidate');
+    expect(freshness('max-age=600', 1, { pragma: 'no-cache' })).toBe('revalidate');
+    expect(freshness('max-age=600', 1, { pragma: 'No-Cache' })).toBe('revalidate');
+    expect(freshness('max-age=600', 1, { pragma: 'no-cache', 'cache-control': 'max-age=600' })).toBe('fresh');
+    expect(freshness('max-age=600', 1, { pragma: 'x' })).toBe('fresh');
+  });
+
+  it('request max-age: an age equal to it is still acceptable', () => {
+    expect(freshness('max-age=600', 10, { 'cache-control': 'max-age=10' })).toBe('fresh');
+    expect(freshness('max-age=600', 10, { 'cache-control': 'max-age=9' })).toBe('revalidate');
+    expect(freshness('max-age=600', 10, { 'cache-control': 'max-age=abc' })).toBe('fresh');
+  });
+
+  it('request min-fresh: exactly that much freshness left is enough', () => {
+    expect(freshness('max-age=60', 10, { 'cache-control': 'min-fresh=50' })).toBe('fresh');
+    expect(freshness('max-age=60', 10, { 'cache-control': 'min-fresh=51' })).toBe('revalidate');
+    expect(freshness('max-age=60', 10, { 'cache-control': 'min-fresh=x' })).toBe('fresh');
+  });
+
+  it('request max-stale: from the moment it is stale, up to and including the limit', () => {
+    expect(freshness('max-age=10', 10, { 'cache-control': 'max-stale=0' })).toBe('stale-allowed');
+    expect(freshness('max-age=10', 15, { 'cache-control': 'max-stale=5' })).toBe('stale-allowed');
+    expect(freshness('max-age=10', 15, { 'cache-control': 'max-stale=4' })).toBe('revalidate');
+    expect(freshness('max-age=10', 1000, { 'cache-control': 'max-stale' })).toBe('stale-allowed');
+    expect(freshness('max-age=10', 15, { 'cache-control': 'max-stale=abc' })).toBe('revalidate');
+    // Fresh stays fresh; stale is not allowed when the response forbids it.
+    expect(freshness('max-age=10', 5, { 'cache-control': 'max-stale' })).toBe('fresh');
+    expect(freshness('max-age=10, must-revalidate', 15, { 'cache-control': 'max-stale' })).toBe('revalidate');
+    expect(freshness('max-age=10, stale-while-revalidate=60', 15, { 'cache-control': 'max-stale=100' })).toBe('stale-allowed');
+  });
+
+  it('not honoured, request directives change nothing', () => {
+    expect(freshness('max-age=600', 10, { 'cache-control': 'no-cache' }, false)).toBe('fresh');
+    expect(freshness('max-age=600', 10, { 'cache-control': 'max-age=0' }, false)).toBe('fresh');
+    expect(freshness('max-age=600', 10, { pragma: 'no-cache' }, false)).toBe('fresh');
+    expect(freshness('max-age=10', 15, { 'cache-control': 'max-stale' }, false)).toBe('revalidate');
+  });
+});
+
+describe('createPolicyFactory', () => {
+  const T0 = Date.UTC(2026, 0, 1);
+  function factoryAt(options: { defaultTtl?: number; heuristicFraction?: number } = {}) {
+    let now = T0;
+    const factory = createPolicyFactory({
+      heuristicFraction: options.heuristicFraction ?? 0.1,
+      heuristicMaxAge: 86_400,
+      defaultTtl: options.defaultTtl ?? 0,
+      targetedFields: TARGETED,
+      now: () => now,
+    });
+    const response = (headers: Record<string, string>, status = 200, request: { method?: string; headers?: Record<string, string> } = {}) =>
+      factory.fromResponse({ url: '/x', method: request.method ?? 'GET', headers: request.headers ?? {} }, { status, headers: { date: formatHttpDate(T0), ...headers } });
+    return { factory, response, advance: (seconds: number) => (now += seconds * 1000) };
+  }
+
+  it('caps delta-seconds at 2^31 for Cache-Control as for targeted fields', () => {
+    const { response } = factoryAt();
+    expect(response({ 'cache-control': 'max-age=99999999999' }).freshnessLifetime()).toBe(2 ** 31);
+    expect(response({ 'cache-control': 's-maxage=99999999999' }).freshnessLifetime()).toBe(2 ** 31);
+    expect(response({ 'cache-control': 'max-age=60' }).freshnessLifetime()).toBe(60);
+  });
+
+  it('reads the first Age value, spaces aside', () => {
+    const { response } = factoryAt();
+    expect(response({ 'cache-control': 'max-age=600', age: '12 , 13' }).age()).toBe(12);
+    expect(response({ 'cache-control': 'max-age=600', age: '12abc' }).age()).toBe(0);
+  });
+
+  it('storable: only GET (HEAD as GET), final statuses but 206 and 304, never against a request no-store', () => {
+    const { response } = factoryAt();
+    const cc = { 'cache-control': 'max-age=60' };
+    expect(response(cc).storable()).toBe(true);
+    expect(response(cc, 200, { method: 'HEAD' }).storable()).toBe(true);
+    expect(response(cc, 200, { method: 'POST' }).storable()).toBe(false);
+    expect(response(cc, 200, { headers: { 'cache-control': 'no-store' } }).storable()).toBe(false);
+    for (const status of [200, 203, 302, 404, 500, 599]) expect(response(cc, status).storable(), String(status)).toBe(true);
+    for (const status of [100, 199, 206, 304, 600]) expect(response(cc, status).storable(), String(status)).toBe(false);
+    // Nothing explicit, not public, not heuristically cacheable: not stored.
+    expect(response({}, 302).storable()).toBe(false);
+    expect(response({ expires: formatHttpDate(T0 + 60_000) }, 302).storable()).toBe(true);
+  });
+
+  it('heuristics only for heuristically cacheable statuses (or public); the default TTL only for responses that say nothing', () => {
+    const lastModified = formatHttpDate(T0 - 100_000);
+    expect(factoryAt().response({ 'last-modified': lastModified }).freshnessLifetime()).toBe(10);
+    expect(factoryAt({ heuristicFraction: 0.2 }).response({ 'last-modified': lastModified }).freshnessLifetime()).toBe(20);
+    expect(factoryAt().response({ 'last-modified': lastModified }, 302).freshnessLifetime()).toBe(0);
+    expect(factoryAt().response({ 'last-modified': lastModified, 'cache-control': 'public' }, 302).freshnessLifetime()).toBe(10);
+    const withDefault = factoryAt({ defaultTtl: 30 });
+    expect(withDefault.response({}).freshnessLifetime()).toBe(30);
+    expect(withDefault.response({ 'last-modified': lastModified }).freshnessLifetime()).toBe(10);
+    expect(withDefault.response({ 'cache-control': 'no-cache' }).freshnessLifetime()).toBe(0);
+    expect(withDefault.response({ 'cache-control': 'max-age=5' }).freshnessLifetime()).toBe(5);
+    expect(factoryAt().response({}).freshnessLifetime()).toBe(0);
+  });
+
+  it('freshen: a 304 updates the stored fields, never those describing the stored bytes; its Date or now', () => {
+    const { factory, response, advance } = factoryAt();
+    const storedHeaders = {
+      date: formatHttpDate(T0),
+      'cache-control': 'max-age=10',
+      etag: '"v"',
+      age: '3',
+      'content-length': '1000',
+      'content-encoding': 'br',
+      'content-range': 'bytes 0-999/1000',
+      'transfer-encoding': 'chunked',
+      'x-old': 'kept',
+    };
+    const stored = response(storedHeaders);
+    advance(20);
+    const notModified = {
+      etag: '"v"',
+      'cache-control': 'max-age=60',
+      'content-length': '0',
+      'content-encoding': 'gzip',
+      'content-range': 'bytes */0',
+      'transfer-encoding': 'identity',
+      'x-new': 'added',
+    };
+    const freshened = factory.freshen(stored, storedHeaders, 200, { url: '/x', method: 'GET', headers: {} }, { status: 304, headers: notModified })!;
+    expect(freshened.headers).toEqual({
+      date: formatHttpDate(T0 + 20_000),
+      'cache-control': 'max-age=60',
+      etag: '"v"',
+      'content-length': '1000',
+      'content-encoding': 'br',
+      'content-range': 'bytes 0-999/1000',
+      'transfer-encoding': 'chunked',
+      'x-old': 'kept',
+      'x-new': 'added',
+    });
+    expect(freshened.policy.freshnessLifetime()).toBe(60);
+    const dated = factory.freshen(stored, storedHeaders, 200, { url: '/x', method: 'GET', headers: {} }, { status: 304, headers: { etag: '"v"', date: formatHttpDate(T0 + 15_000) } })!;
+    expect(dated.headers.date).toBe(formatHttpDate(T0 + 15_000));
+    // Not selected: nothing to apply.
+    expect(factory.freshen(stored, storedHeaders, 200, { url: '/x', method: 'GET', headers: {} }, { status: 304, headers: { etag: '"w"' } })).toBeNull();
   });
 });
