@@ -10,6 +10,7 @@ import { describe, expect, it } from 'vitest';
 
 import { isEdgeError } from '../edge/core/errors.js';
 import {
+  IMAGE_CONTENT_TYPES,
   IMAGE_PARAM_NAMES,
   IMAGE_SIGNATURE_PARAM,
   hasImageParams,
@@ -90,8 +91,15 @@ describe('positions', () => {
     ['  Top__Left  ', 'left top'],
     ['_top', 'top'],
     ['top_', 'top'],
+    ['center', 'centre'],
     ['north', 'top'],
+    ['northeast', 'right top'],
+    ['east', 'right'],
+    ['southeast', 'right bottom'],
+    ['south', 'bottom'],
     ['southwest', 'left bottom'],
+    ['west', 'left'],
+    ['northwest', 'left top'],
     ['RIGHT', 'right'],
   ])('position=%j is %j', (value, expected) => {
     expect(parse(`fit=cover&w=10&h=10&position=${encodeURIComponent(value)}`)!.position).toBe(expected);
@@ -294,7 +302,35 @@ describe('resolveImageParams', () => {
   });
 });
 
+describe('output content types', () => {
+  it('one per output format', () => {
+    expect({ ...IMAGE_CONTENT_TYPES }).toEqual({ avif: 'image/avif', webp: 'image/webp', jpeg: 'image/jpeg', png: 'image/png' });
+  });
+});
+
 describe('signatures', () => {
+  it('an empty (or missing) key is a configuration error, named as such', async () => {
+    const message = 'image signing key must be a non-empty string';
+    await expect(signImagePath('', '/p.jpg', new URLSearchParams('w=1'))).rejects.toThrow(new TypeError(message));
+    await expect(verifyImageSignature('', '/p.jpg', new URLSearchParams('w=1&sig=x'))).rejects.toThrow(new TypeError(message));
+    await expect(signImagePath(undefined as unknown as string, '/p.jpg', new URLSearchParams('w=1'))).rejects.toThrow(new TypeError(message));
+  });
+
+  it('takes the signature in base64url only, unpadded, of exactly 32 bytes; anything else is false, never an error', async () => {
+    const params = new URLSearchParams('w=100');
+    const sig = await signImagePath('k', '/p.jpg', params);
+    expect(sig).toMatch(/^[A-Za-z0-9_-]{43}$/);
+    const check = (value: string) => verifyImageSignature('k', '/p.jpg', new URLSearchParams(`w=100&sig=${encodeURIComponent(value)}`));
+    expect(await check(sig)).toBe(true);
+    const standard = sig.replace(/-/g, '+').replace(/_/g, '/');
+    expect(await check(`${standard}=`)).toBe(false);
+    expect(await check(`${sig}=`)).toBe(false);
+    expect(await check('***')).toBe(false);
+    expect(await check('abcde')).toBe(false);
+    expect(await check(sig.slice(0, 40))).toBe(false);
+    expect(await check(`${sig}AAAA`)).toBe(false);
+  });
+
   it('sorts the payload by name, then by value', () => {
     expect(imageSignaturePayload('/p.jpg', new URLSearchParams('w=2&a=2&a=1&b=1&sig=x'))).toBe('/p.jpg\na=1&a=2&b=1&w=2');
     expect(imageSignaturePayload('/p.jpg', new URLSearchParams('a=1&a=2'))).toBe(imageSignaturePayload('/p.jpg', new URLSearchParams('a=2&a=1')));
