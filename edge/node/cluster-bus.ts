@@ -175,6 +175,13 @@ export class PrimaryBus {
         else pending.reject(new ClusterBusError('EDGE_CLUSTER_FAILED', message.error));
       }
     });
+    // A message written as the worker dies fails with EPIPE (or a closed channel) on the Worker
+    // object, and an 'error' event without a listener would take the primary down with it; the
+    // worker's exit is handled below, and a delivery it never answers times out.
+    worker.on('error', (error: NodeJS.ErrnoException) => {
+      if (error.code === 'EPIPE' || error.code === 'ERR_IPC_CHANNEL_CLOSED' || error.code === 'ECONNRESET') return;
+      console.error(`edge: worker ${worker.process.pid}: ${error.message}`);
+    });
     // Whatever it was asked, a worker that has exited has nothing left to forget.
     worker.once('exit', () => {
       this.#workers.delete(worker.id);
