@@ -22,7 +22,7 @@ import type { Context, Hono } from 'hono';
 import { z } from 'zod';
 import { keyPath, keysOfPathPrefix, MAX_KEY_LENGTH, parseCacheKey, pushedKey, type PulledCacheKey } from './cache-key.js';
 import { createBearerCheck } from './bearer-token.js';
-import { UploadSigner, UsedNonces, uploadNonce, uploadRefused, type UploadGrant } from './access/presigned.js';
+import { UploadSigner, UsedNonces, uploadNonce, uploadRefused, type UploadGrant, type UploadNonces } from './access/presigned.js';
 import { parseSigningKeys } from './access/signing.js';
 import { EdgeError, isEdgeError } from './errors.js';
 import { AppliedPurges, FleetPurge, fleetPeers, parsePeers, PURGE_ID, PURGE_ID_HEADER, type FleetPeer, type PeerResult } from './fleet-purge.js';
@@ -54,6 +54,8 @@ export interface AdminDeps {
   peers?: () => readonly FleetPeer[];
   /** Aborted when the node closes: stops purge replays to peers. */
   signal?: AbortSignal;
+  /** Used presigned-upload nonces. @default this process's own set */
+  uploadNonces?: UploadNonces;
 }
 
 /** Purge state shared by the routes of one node. */
@@ -158,7 +160,7 @@ export function mountAdminApi(app: Hono, deps: AdminDeps): void {
   };
   const uploads: UploadState = {
     signer: new UploadSigner(deps.options.urlSigningKey ? parseSigningKeys(deps.options.urlSigningKey).map((k) => k.secret) : [token]),
-    nonces: new UsedNonces(),
+    nonces: deps.uploadNonces ?? new UsedNonces(),
   };
 
   // URL parsing resolves `..` and `%2e%2e` before routing, so a traversal
@@ -383,7 +385,7 @@ async function push(c: Context, deps: AdminDeps, uploads?: UploadState): Promise
     const nowSeconds = Math.floor(deps.now() / 1000);
     if (grant.e <= nowSeconds) throw uploadRefused('expired');
     if (grant.p !== path) throw uploadRefused('wrong-path');
-    if (!uploads.nonces.claim(grant.n, grant.e, nowSeconds)) throw uploadRefused('used');
+    if (!(await uploads.nonces.claim(grant.n, grant.e, nowSeconds))) throw uploadRefused('used');
     claimed = grant.n;
     const response = await storePush(c, deps, grant);
     claimed = undefined;
@@ -509,10 +511,10 @@ async function storePush(c: Context, deps: AdminDeps, grant?: UploadGrant): Prom
 // ---------------------------------------------------------------------------
 // POST /_edge/push-urls (presigned uploads)
 
-/** Signing key and used nonces of this node's presigned uploads (one set per process). */
+/** Signing key and used nonces of this node's presigned uploads (one set per process, or the cluster's). */
 interface UploadState {
   signer: UploadSigner;
-  nonces: UsedNonces;
+  nonces: UploadNonces;
 }
 
 /** Longest life of a presigned upload URL (its nonce is remembered that long). */

@@ -12,9 +12,12 @@
 import { Hono } from 'hono';
 import { createAccessGate, type AccessGrant } from './access/gate.js';
 import type { ApiKey } from './access/api-keys.js';
+import type { UploadNonces } from './access/presigned.js';
+import type { RateCounters } from './access/rate-limit.js';
 import { mountAdminApi, type ContentHasher } from './admin.js';
 import { createBearerCheck } from './bearer-token.js';
 import { formatCacheStatus } from './cache-status.js';
+import type { FillCoordinator } from './collapse.js';
 import type { BodyCoder } from './compression.js';
 import { EdgeError, errorResponse } from './errors.js';
 import { headersToRecord } from './headers.js';
@@ -114,6 +117,15 @@ export interface EdgeAppDeps {
   peers?: () => readonly FleetPeer[];
   /** Aborted when the node shuts down: stops background work that outlives requests (purge replays to peers). */
   signal?: AbortSignal;
+  /**
+   * State shared with other processes of one node (Node's `--workers`: held
+   * by the cluster primary, `edge/node/cluster.ts`): fill leases for request
+   * collapsing, rate-limit counters, used presigned-upload nonces.
+   * @default each kept in this process alone
+   */
+  fills?: FillCoordinator;
+  rateCounters?: RateCounters;
+  uploadNonces?: UploadNonces;
 }
 
 /** What an adapter gets back from {@link EdgeApp.answerFreshHit}. */
@@ -169,7 +181,7 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
     targetedFields: [options.targetedCacheControl, 'cdn-cache-control'],
     now,
   });
-  const pull = new PullCache({ options, store: deps.store, origin: deps.origin, policies, now, coder: deps.coder });
+  const pull = new PullCache({ options, store: deps.store, origin: deps.origin, policies, now, coder: deps.coder, fills: deps.fills });
   const images = options.images ? new ImageVariants({ options, store: deps.store, pull, policies, transformer: deps.imageTransformer, now }) : undefined;
 
   const pending = new Set<Promise<unknown>>();
@@ -280,6 +292,7 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
     originStatus: deps.originStatus,
     peers: deps.peers,
     signal: deps.signal,
+    uploadNonces: deps.uploadNonces,
   });
 
   // Everything under /_edge/ belongs to the node and is never forwarded.
@@ -336,7 +349,7 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
     !RESERVED_PATH.test(described.pathname) && !(images && described.search !== '' && images.applies(described.pathname));
 
   /** Deny rules, signatures, API keys, rate limits (`access/gate.ts`): undefined when none is configured. */
-  const access = createAccessGate({ options, now, apiKeys: deps.apiKeys });
+  const access = createAccessGate({ options, now, apiKeys: deps.apiKeys, rateCounters: deps.rateCounters });
 
   /** The one dispatch of content requests: the access check, then image variants or the pull path. */
   async function dispatch(request: IncomingRequest, ctx: RequestContext): Promise<Answer> {

@@ -99,3 +99,37 @@ export async function waitForFlight(flight: Flight, timeoutMs: number): Promise<
     clearTimeout(timer);
   }
 }
+
+/**
+ * Request collapsing beyond this process: before a process's flight leader
+ * goes to the origin, it asks for the key's fill lease. With one process
+ * (`--workers 1`, Workers) there is nobody to ask: {@link SOLE_PROCESS_FILLS}
+ * grants every lease at once, synchronously, with no message sent. Node's
+ * cluster workers ask the primary (`edge/node/cluster-fills.ts`).
+ *
+ * Hits never get here: only a miss (or a revalidation) that leads its
+ * in-process flight asks.
+ */
+export interface FillCoordinator {
+  /**
+   * Ask for the fill lease of `key` (a flight key). Synchronous when no
+   * other process can hold it; a Promise when one must be asked. Never
+   * rejects: when the coordinator cannot be reached, the caller goes alone.
+   */
+  acquire(key: string): FillLease | Promise<FillLease>;
+}
+
+export type FillLease =
+  /** Fetch from the origin; call `land` exactly once with the outcome (others wait on it). */
+  | { role: 'lead'; land(outcome: FlightOutcome): void }
+  /** Another process filled (or failed): act on its outcome as an in-process follower would. */
+  | { role: 'follow'; outcome: FlightOutcome }
+  /** Waited past the bound twice (or the coordinator is gone): fetch alone, nobody waits on it. */
+  | { role: 'alone' };
+
+const SOLE_LEASE: FillLease = { role: 'lead', land: () => {} };
+
+/** One process: every lease is granted at once (no IPC, no allocation). */
+export const SOLE_PROCESS_FILLS: FillCoordinator = {
+  acquire: () => SOLE_LEASE,
+};

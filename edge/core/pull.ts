@@ -13,7 +13,7 @@
  */
 import { formatCacheStatus, type CacheStatusFields, type ForwardReason } from './cache-status.js';
 import { derivedKey, keyPath, MAX_KEY_LENGTH, pushedKey, variantFor, varyNames } from './cache-key.js';
-import { FlightTable, waitForFlight, type FlightOutcome } from './collapse.js';
+import { FlightTable, SOLE_PROCESS_FILLS, waitForFlight, type FillCoordinator, type FillLease, type FlightOutcome } from './collapse.js';
 import { ORIGIN_ETAG_FIELD, VARY_ADDED_FIELD, withVaryMember, type Coding, type CodingPlan } from './compression.js';
 import { RequestDescriber, type Described } from './describe.js';
 import { forwardRequestHeaders, withoutHopByHop } from './headers.js';
@@ -70,6 +70,8 @@ type Decision =
 export class PullCache {
   private readonly deps: PullDeps;
   private readonly flights = new FlightTable();
+  /** Fill leases beyond this process (cluster workers); one process grants them at once. */
+  private readonly fills: FillCoordinator;
   private readonly refreshing = new Set<string>();
   /** Keys found uncacheable, until when (ms); bounded, oldest first out. */
   private readonly uncacheable = new Map<string, number>();
@@ -96,6 +98,7 @@ export class PullCache {
 
   constructor(deps: PullDeps) {
     this.deps = deps;
+    this.fills = deps.fills ?? SOLE_PROCESS_FILLS;
     this.describer = new RequestDescriber(deps.options);
     this.dropped = droppedResponseFields(deps.options.targetedCacheControl, deps.options.forwardCdnHeaders);
     this.recoder = new Recoder({ options: deps.options, coder: deps.coder, store: deps.store, purges: this.purges, now: deps.now });
@@ -408,7 +411,12 @@ export class PullCache {
   private async collapsed(pull: PullRequest, flightKey: string, plan: OriginFetchPlan, rejoined = false): Promise<Answer> {
     const joinedAt = this.deps.now();
     const flight = this.flights.join(flightKey);
-    if (!flight) return this.origin.fetch(pull, { ...plan, land: this.remembering(pull.key, this.flights.lead(flightKey)) });
+    if (!flight) {
+      // This process's leader; other processes (cluster workers) may be filling the same key.
+      const land = this.remembering(pull.key, this.flights.lead(flightKey));
+      const lease = this.fills.acquire(flightKey);
+      return lease instanceof Promise ? lease.then((granted) => this.withLease(pull, plan, land, granted, joinedAt)) : this.withLease(pull, plan, land, lease, joinedAt);
+    }
 
     const outcome = await waitForFlight(flight, this.deps.options.collapseTimeout);
     pull.ctx.log.collapsed = true;
@@ -418,33 +426,61 @@ export class PullCache {
       if (land) return this.origin.fetch(pull, { reason: plan.reason, stale: plan.stale, land: this.remembering(pull.key, land) });
       if (!rejoined) return this.collapsed(pull, flightKey, plan, true);
     } else {
-      if (outcome.kind === 'shared') {
-        const { answer } = outcome;
-        pull.ctx.log.outcome = 'miss';
-        const cacheStatus = formatCacheStatus(this.deps.options.name, { fwd: plan.reason, fwdStatus: plan.stale ? answer.status : undefined, collapsed: true }, answer.upstreamStatus);
-        return { status: answer.status, headers: { ...answer.headers, 'cache-status': cacheStatus }, body: pull.isHead ? null : answer.body };
-      }
-      if (outcome.kind === 'failed') {
-        const fallback = this.staleFallback(pull, plan.stale, { collapsed: true });
-        if (fallback) return fallback;
-        throw outcome.error;
-      }
-      if (outcome.kind === 'stored') {
-        const entries = await this.deps.store.get(pull.key);
-        const entry = this.selectVariant(entries, pull.described.upstream);
-        // The entry the leader just stored answers its followers even when it
-        // was stale on arrival (max-age=0): they asked at the same moment.
-        if (entry && !entry.meta.invalidated && entry.meta.storedAt >= joinedAt - 1) {
-          const policy = this.policyOf(entry.meta);
-          pull.ctx.log.outcome = plan.stale ? 'revalidated' : 'miss';
-          return this.fromCache(pull, entry, policy, { fwd: plan.reason, collapsed: true, ttl: policy.freshnessLifetime() - policy.age() });
-        }
-        // The leader stored another coding: this one is made from it.
-        const sibling = entry ? undefined : this.codingSibling(pull, entries);
-        if (sibling) return this.recoded(pull, sibling.entry, sibling.plan, { key: pull.key, variant: sibling.variant });
-      }
+      const answer = await this.followed(pull, plan, outcome, joinedAt);
+      if (answer) return answer;
     }
     return this.origin.fetch(pull, { reason: plan.reason, stale: plan.stale });
+  }
+
+  /**
+   * This process's flight leader with its fill lease: fetch (landing both
+   * this process's flight and the lease), or act on another process's
+   * outcome and hand it to this process's followers too.
+   */
+  private async withLease(pull: PullRequest, plan: OriginFetchPlan, land: (outcome: FlightOutcome) => void, lease: FillLease, joinedAt: number): Promise<Answer> {
+    if (lease.role === 'lead') {
+      return this.origin.fetch(pull, {
+        ...plan,
+        land: (outcome) => {
+          lease.land(outcome);
+          land(outcome);
+        },
+      });
+    }
+    if (lease.role === 'alone') return this.origin.fetch(pull, { ...plan, land });
+    pull.ctx.log.collapsed = true;
+    land(lease.outcome);
+    return (await this.followed(pull, plan, lease.outcome, joinedAt)) ?? this.origin.fetch(pull, { reason: plan.reason, stale: plan.stale });
+  }
+
+  /** A follower's answer from its leader's outcome; undefined when it must go to the origin itself. */
+  private async followed(pull: PullRequest, plan: OriginFetchPlan, outcome: FlightOutcome, joinedAt: number): Promise<Answer | undefined> {
+    if (outcome.kind === 'shared') {
+      const { answer } = outcome;
+      pull.ctx.log.outcome = 'miss';
+      const cacheStatus = formatCacheStatus(this.deps.options.name, { fwd: plan.reason, fwdStatus: plan.stale ? answer.status : undefined, collapsed: true }, answer.upstreamStatus);
+      return { status: answer.status, headers: { ...answer.headers, 'cache-status': cacheStatus }, body: pull.isHead ? null : answer.body };
+    }
+    if (outcome.kind === 'failed') {
+      const fallback = this.staleFallback(pull, plan.stale, { collapsed: true });
+      if (fallback) return fallback;
+      throw outcome.error;
+    }
+    if (outcome.kind === 'stored') {
+      const entries = await this.deps.store.get(pull.key);
+      const entry = this.selectVariant(entries, pull.described.upstream);
+      // The entry the leader just stored answers its followers even when it
+      // was stale on arrival (max-age=0): they asked at the same moment.
+      if (entry && !entry.meta.invalidated && entry.meta.storedAt >= joinedAt - 1) {
+        const policy = this.policyOf(entry.meta);
+        pull.ctx.log.outcome = plan.stale ? 'revalidated' : 'miss';
+        return this.fromCache(pull, entry, policy, { fwd: plan.reason, collapsed: true, ttl: policy.freshnessLifetime() - policy.age() });
+      }
+      // The leader stored another coding: this one is made from it.
+      const sibling = entry ? undefined : this.codingSibling(pull, entries);
+      if (sibling) return this.recoded(pull, sibling.entry, sibling.plan, { key: pull.key, variant: sibling.variant });
+    }
+    return undefined;
   }
 
   /**

@@ -4,7 +4,7 @@
  * on its way through the cache.
  */
 import type { CacheOutcome, ForwardReason } from './cache-status.js';
-import type { FlightOutcome } from './collapse.js';
+import type { FillCoordinator, FlightOutcome } from './collapse.js';
 import type { BodyCoder } from './compression.js';
 import type { Described } from './describe.js';
 import type { EdgeOptions } from './options.js';
@@ -54,6 +54,8 @@ export interface PullDeps {
   now: () => number;
   /** Encodes and decodes bodies (`compression.ts`); without one, bodies pass as the origin coded them. */
   coder?: BodyCoder;
+  /** Fill leases shared with other processes (cluster workers). @default SOLE_PROCESS_FILLS: this process is alone */
+  fills?: FillCoordinator;
 }
 
 /** A GET/HEAD on its way through the pull path. */

@@ -20,11 +20,14 @@
  */
 import cluster, { type Worker } from 'node:cluster';
 import { AggregatorRegistry, type Registry } from 'prom-client';
-import type { EdgeApp } from '../core/app.js';
+import type { EdgeApp, EdgeAppDeps } from '../core/app.js';
 import type { EdgeOptions } from '../core/options.js';
 import { TieredCacheStore } from '../core/store/tiered.js';
 import type { CacheStore } from '../core/store/types.js';
 import { PrimaryBus, WorkerBus } from './cluster-bus.js';
+import { ClusterFillCoordinator, FillLeaseTable, registerCollapseGauge } from './cluster-fills.js';
+import { ClusterUploadNonces, serveUploadNonces } from './cluster-nonces.js';
+import { ClusterRateCounters, serveRateCounters } from './cluster-rate-limit.js';
 import { ClusterCacheStore, createForgetHandler, type ForgetNotice } from './cluster-store.js';
 import { LmdbCacheStore } from './lmdb-store.js';
 import { createTieredStore } from './server.js';
@@ -75,6 +78,10 @@ export async function runPrimary(config: ClusterPrimaryOptions): Promise<void> {
   const bus = new PrimaryBus({
     onLaggard: (worker, type) => console.error(`${tag}: worker ${worker.process.pid} did not acknowledge ${type} in time; killing it`),
   });
+  // What every worker shares beyond LMDB: fill leases (cross-worker collapsing), rate-limit counters, upload nonces.
+  new FillLeaseTable({ stallMs: options.collapseTimeout }).serve(bus);
+  serveRateCounters(bus, { maxEntries: options.rateLimitClients });
+  serveUploadNonces(bus);
   const started = new Map<number, WorkerInfo>();
   const ready = new Set<number>();
   let announced = false;
@@ -163,6 +170,8 @@ export interface ClusterWorker {
   health(): Record<string, unknown>;
   /** Tell the primary this worker listens. */
   ready(ready: WorkerReady): Promise<void>;
+  /** State kept by the primary for every worker (after `createStore`): fill leases, rate-limit counters, upload nonces. */
+  shared(options: EdgeOptions): Pick<EdgeAppDeps, 'fills' | 'rateCounters' | 'uploadNonces'>;
 }
 
 /** In a worker (`cluster.isWorker`): join the primary's bus. */
@@ -174,6 +183,7 @@ export function joinCluster(): ClusterWorker {
   });
   let tiers: CacheStore | undefined;
   let disk: LmdbCacheStore | undefined;
+  let fills: ClusterFillCoordinator | undefined;
   return {
     createStore(options, now) {
       disk = new LmdbCacheStore({ path: options.dataDir, maxBytes: options.diskSize, clock: now, evictPushed: options.evictPushed, housekeeping: false });
@@ -187,6 +197,7 @@ export function joinCluster(): ClusterWorker {
       // Constructing one installs prom-client's worker-side listener; it then answers with this registry.
       new AggregatorRegistry();
       AggregatorRegistry.setRegistries([registry]);
+      registerCollapseGauge(registry, () => edge.pull.flightStats().waiters + (fills?.waiting ?? 0));
       await bus.request('join');
       await edge.pull.loadPushedIndex();
     },
@@ -199,5 +210,11 @@ export function joinCluster(): ClusterWorker {
       };
     },
     ready: (info) => bus.request('ready', info).then(() => undefined),
+    shared: (options) => ({
+      // Another worker's fill is read from LMDB: its commit must be visible to this process's next read.
+      fills: (fills = new ClusterFillCoordinator({ bus, stallMs: options.collapseTimeout, beforeFollow: () => disk?.refresh() })),
+      rateCounters: new ClusterRateCounters(bus, { maxEntries: options.rateLimitClients }),
+      uploadNonces: new ClusterUploadNonces(bus),
+    }),
   };
 }

@@ -305,6 +305,7 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
     listener: adminAddress ? (env) => ((env as Bindings | undefined)?.incoming as AdminMarked | undefined)?.[ADMIN_REQUEST] ? 'admin' : 'public' : undefined,
     metrics: overrides.cluster ? overrides.cluster.metrics : () => metrics.render(),
     health: overrides.cluster?.health,
+    ...overrides.cluster?.shared(options),
     peers: peersFile?.current,
     signal: lifetime.signal,
     writeAnswer: (env, answer, done) => {

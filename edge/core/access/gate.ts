@@ -27,7 +27,7 @@ import { matchRoute, type RouteConfig } from '../routes.js';
 import type { ApiKey } from './api-keys.js';
 import { compileDenyRules, type DenyMatcher } from './deny.js';
 import { effectiveClientIp } from './ip.js';
-import { RateLimiter, type RateLimit } from './rate-limit.js';
+import { RateLimiter, type RateCounters, type RateDecision, type RateLimit } from './rate-limit.js';
 import type { RouteAccess } from './route-access.js';
 import { parseSigningKeys, readCookie, verifyCookie, verifySignedUrl, type SignatureProblem, type SigningKey } from './signing.js';
 
@@ -36,12 +36,18 @@ export interface AccessGateDeps {
   now: () => number;
   /** The API keys as they stand now (Node: re-read from `--api-keys-file`); the same array until they change. */
   apiKeys?: () => readonly ApiKey[];
+  /** Where rate-limit counters live. @default a RateLimiter in this process (`--rate-limit-clients` counters) */
+  rateCounters?: RateCounters;
 }
 
 /** What a passed check leaves to do once the answer is made. */
 export interface AccessGrant {
-  /** Adds the rate-limit fields and counts a request whose counting waited for its cache outcome. */
-  finish(answer: Answer, outcome: CacheOutcome | undefined): Answer;
+  /**
+   * Adds the rate-limit fields and counts a request whose counting waited
+   * for its cache outcome. Synchronous for grants of `checkFast()` (their
+   * counters are in this process).
+   */
+  finish(answer: Answer, outcome: CacheOutcome | undefined): Answer | Promise<Answer>;
 }
 
 export interface AccessGate {
@@ -52,6 +58,11 @@ export interface AccessGate {
 }
 
 const PASS: AccessGrant = { finish: (answer) => answer };
+
+function withFields(answer: Answer, headers: Record<string, string>): Answer {
+  Object.assign(answer.headers, headers);
+  return answer;
+}
 
 const REASONS: Record<SignatureProblem, string> = {
   missing: 'This URL needs a signature (sig and expires parameters) or a signed access cookie.',
@@ -84,7 +95,7 @@ export function createAccessGate(deps: AccessGateDeps): AccessGate | undefined {
   const keys: readonly SigningKey[] = options.urlSigningKey ? parseSigningKeys(options.urlSigningKey) : [];
   const trusted = new Set(options.trustedProxies);
   const ignore = compileParamMatcher(options.ignoreQueryParams);
-  const limiter = new RateLimiter({ maxEntries: options.rateLimitClients, now });
+  const limiter: RateCounters = deps.rateCounters ?? new RateLimiter({ maxEntries: options.rateLimitClients, now });
   const keyHeader = options.apiKeyHeader;
   const cookieName = options.accessCookie;
 
@@ -128,21 +139,18 @@ export function createAccessGate(deps: AccessGateDeps): AccessGate | undefined {
     return { clientIp, signed, limit, partition };
   };
 
-  /** Step 4 for the general path: counts now, or (hits free) after the outcome. */
-  const admit = (limit: Limit | undefined, partition: string, countNow: boolean): AccessGrant => {
-    if (!limit) return PASS;
-    const decision = limiter.take(limit.policy, limit.limit, partition, countNow && limit.countHits);
+  /** Step 4: counts now, or (hits free) after the outcome. */
+  const admit = (limit: Limit, partition: string, countNow: boolean, decision: RateDecision): AccessGrant => {
     if (!decision.allowed) {
       throw new EdgeError('EDGE_RATE_LIMITED', `Too many requests: at most ${limit.limit.quota} per ${limit.limit.windowMs / 1000}s.`, { headers: decision.headers });
     }
     const counted = countNow && limit.countHits;
     return {
       finish(answer, outcome) {
-        let headers = decision.headers;
         const hit = outcome === 'hit' || outcome === 'stale';
-        if (!counted && (limit.countHits || !hit)) headers = limiter.take(limit.policy, limit.limit, partition, true).headers;
-        Object.assign(answer.headers, headers);
-        return answer;
+        if (counted || (!limit.countHits && hit)) return withFields(answer, decision.headers);
+        const later = limiter.take(limit.policy, limit.limit, partition, true);
+        return later instanceof Promise ? later.then((taken) => withFields(answer, taken.headers)) : withFields(answer, later.headers);
       },
     };
   };
@@ -160,7 +168,8 @@ export function createAccessGate(deps: AccessGateDeps): AccessGate | undefined {
             : await verifyCookie(keys, cookie, described.pathname, clientIp, seconds);
         if (problem) throw new EdgeError('EDGE_BAD_SIGNATURE', REASONS[problem], { details: { reason: problem } });
       }
-      return admit(limit, partition, true);
+      if (!limit) return PASS;
+      return admit(limit, partition, true, await limiter.take(limit.policy, limit.limit, partition, limit.countHits));
     },
     checkFast(method, described, peer) {
       let prepared: ReturnType<typeof prepare>;
@@ -171,12 +180,13 @@ export function createAccessGate(deps: AccessGateDeps): AccessGate | undefined {
       }
       if (prepared.signed) return null;
       if (!prepared.limit) return PASS;
+      // Counters held by another process cannot be asked synchronously: the general path asks them.
+      if (!limiter.inProcess) return null;
       // Only look now; finish() counts, in the same synchronous turn.
-      try {
-        return admit(prepared.limit, prepared.partition, false);
-      } catch {
-        return null;
-      }
+      const { limit, partition } = prepared;
+      const look = limiter.take(limit.policy, limit.limit, partition, false) as RateDecision;
+      if (!look.allowed) return null;
+      return admit(limit, partition, false, look);
     },
   };
 }

@@ -10,8 +10,11 @@
  * (HMAC(secret, "edge presigned upload v1")); with several signing keys, a
  * token made with any of them verifies (rotation).
  *
- * Used nonces are kept in memory until their token expires: a restart
- * forgets them, and each cluster worker keeps its own set.
+ * Used nonces are kept in memory until their token expires, behind
+ * {@link UploadNonces}: one process keeps its own {@link UsedNonces}; in
+ * Node's cluster mode the primary keeps the one set every worker asks
+ * (`edge/node/cluster-nonces.ts`), so a URL used through one worker is
+ * refused by every other. A restart forgets them.
  *
  * Runtime-agnostic: Web Crypto only.
  */
@@ -111,12 +114,20 @@ export function uploadNonce(): string {
   return base64url(crypto.getRandomValues(new Uint8Array(16)));
 }
 
+/** Where used nonces are kept: this process, or a cluster's primary (asked over IPC). */
+export interface UploadNonces {
+  /** Marks `nonce` used; false when it already was. Rejects (or throws) EDGE_OVERLOADED when no more can be kept. */
+  claim(nonce: string, expires: number, nowSeconds: number): boolean | Promise<boolean>;
+  /** Gives a nonce back (the upload failed and stored nothing): the URL may be tried again until it expires. */
+  release(nonce: string): void;
+}
+
 /**
  * Nonces of tokens in use or used, each kept until its token expires.
  * Bounded: when full of unexpired nonces, new uploads are refused (503)
  * rather than forgetting one, which would let its URL be used again.
  */
-export class UsedNonces {
+export class UsedNonces implements UploadNonces {
   /** nonce -> expiry (Unix seconds); insertion order is roughly expiry order. */
   private readonly entries = new Map<string, number>();
 

@@ -4,6 +4,10 @@
  * whatever the number of clients (the least recently seen client's counter
  * goes first; it starts again from zero if it comes back).
  *
+ * Where the counters live is a {@link RateCounters}: this process's
+ * {@link RateLimiter}, or in Node's cluster mode the primary's, asked over
+ * IPC (`edge/node/cluster-rate-limit.ts`), so one limit holds for the box.
+ *
  * The answer carries the IETF fields (draft-ietf-httpapi-ratelimit-headers-10):
  * `RateLimit-Policy: "<policy>";q=<quota>;w=<window seconds>` and
  * `RateLimit: "<policy>";r=<remaining>;t=<seconds to reset>`, on every
@@ -50,13 +54,29 @@ export interface RateDecision {
   headers: Record<string, string>;
 }
 
+/**
+ * The counters the access gate asks. Synchronous when they are in this
+ * process; a Promise when another process holds them (then the gate never
+ * takes the synchronous fresh-hit path for limited requests).
+ */
+export interface RateCounters {
+  /** The counters are in this process: `take` answers synchronously (the fresh-hit path may use them). */
+  readonly inProcess: boolean;
+  /**
+   * Admit or refuse one request of `partition` under `policy`; `count:
+   * false` only looks. Never rejects.
+   */
+  take(policy: string, limit: RateLimit, partition: string, count?: boolean): RateDecision | Promise<RateDecision>;
+}
+
 export interface RateLimiterOptions {
   /** Counters kept at most (one per policy and client). @default 100_000 */
   maxEntries?: number;
   now: () => number;
 }
 
-export class RateLimiter {
+export class RateLimiter implements RateCounters {
+  readonly inProcess = true;
   readonly #counters: LRUCache<string, Counter>;
   readonly #now: () => number;
 
