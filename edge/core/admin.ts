@@ -21,7 +21,8 @@
 import type { Context, Hono } from 'hono';
 import { z } from 'zod';
 import { keyPath, keysOfPathPrefix, MAX_KEY_LENGTH, parseCacheKey, pushedKey, type PulledCacheKey } from './cache-key.js';
-import { createBearerCheck } from './bearer-token.js';
+import type { AdminAuth } from './admin-session.js';
+import { credentials } from './status-page.js';
 import { UploadSigner, UsedNonces, uploadNonce, uploadRefused, type UploadGrant, type UploadNonces } from './access/presigned.js';
 import { parseSigningKeys } from './access/signing.js';
 import { EdgeError, isEdgeError } from './errors.js';
@@ -54,8 +55,24 @@ export interface AdminDeps {
   peers?: () => readonly FleetPeer[];
   /** Aborted when the node closes: stops purge replays to peers. */
   signal?: AbortSignal;
+  /** Bearer token or status page session (`admin-session.ts`); undefined without an admin token. */
+  auth?: AdminAuth;
+  /** Told of every purge applied here (the status page's recent purges). */
+  onPurge?: (event: PurgeEvent) => void;
   /** Used presigned-upload nonces. @default this process's own set */
   uploadNonces?: UploadNonces;
+}
+
+/** A purge applied on this node, as the status page lists it. */
+export interface PurgeEvent {
+  /** ms since epoch. */
+  at: number;
+  kind: 'urls' | 'prefixes' | 'tags' | 'all';
+  /** The first targets named (at most 10). */
+  targets: string[];
+  soft: boolean;
+  /** Entries purged on this node. */
+  purged: number;
 }
 
 /** Purge state shared by the routes of one node. */
@@ -135,7 +152,8 @@ export function mountAdminApi(app: Hono, deps: AdminDeps): void {
     throw new EdgeError('EDGE_ADMIN_DISABLED', 'The admin API is disabled: start the node with --admin-token (EDGE_ADMIN_TOKEN) to enable it.');
   };
   const token = deps.options.adminToken;
-  if (!token) {
+  const adminAuth = deps.auth;
+  if (!token || !adminAuth) {
     app.all('/_edge/push', disabled);
     app.all('/_edge/push/*', disabled);
     app.all('/_edge/push-urls', disabled);
@@ -145,10 +163,9 @@ export function mountAdminApi(app: Hono, deps: AdminDeps): void {
     return;
   }
 
-  const checkToken = createBearerCheck(token, 'The admin API');
   const authorize = async (c: Context) => {
     try {
-      await checkToken(c.req.header('authorization'));
+      await adminAuth.check(credentials(c));
     } catch (error) {
       throw closingIfBodyUnread(c, error);
     }
@@ -868,6 +885,10 @@ async function purge(c: Context, deps: AdminDeps, state: PurgeState): Promise<Re
   } catch (error) {
     ticket?.cancel();
     throw error;
+  }
+  if (deps.onPurge) {
+    const kind = request.all ? 'all' : request.tags ? 'tags' : request.urls ? 'urls' : 'prefixes';
+    deps.onPurge({ at: deps.now(), kind, targets: (request.tags ?? request.urls ?? request.prefixes ?? []).slice(0, 10), soft: Boolean(request.soft), purged });
   }
   if (fleet && ticket) {
     const { forward: _forward, ...body } = request;

@@ -14,8 +14,8 @@ import { createAccessGate, type AccessGrant } from './access/gate.js';
 import type { ApiKey } from './access/api-keys.js';
 import type { UploadNonces } from './access/presigned.js';
 import type { RateCounters } from './access/rate-limit.js';
-import { mountAdminApi, type ContentHasher } from './admin.js';
-import { createBearerCheck } from './bearer-token.js';
+import { mountAdminApi, type ContentHasher, type PurgeEvent } from './admin.js';
+import { createAdminAuth } from './admin-session.js';
 import { formatCacheStatus } from './cache-status.js';
 import type { FillCoordinator } from './collapse.js';
 import type { BodyCoder } from './compression.js';
@@ -30,6 +30,7 @@ import type { Described } from './describe.js';
 import type { FleetPeer } from './fleet-purge.js';
 import { PullCache, type IncomingRequest, type RequestContext, type RequestLog } from './pull.js';
 import { answerError, toResponse, type Answer } from './responder.js';
+import { credentials, mountStatusPage, type StatusPageSource } from './status-page.js';
 import type { CacheStore } from './store/types.js';
 
 export type { ContentHasher } from './admin.js';
@@ -117,6 +118,10 @@ export interface EdgeAppDeps {
   peers?: () => readonly FleetPeer[];
   /** Aborted when the node shuts down: stops background work that outlives requests (purge replays to peers). */
   signal?: AbortSignal;
+  /** The status page's files and figures (`GET /_edge/`, `/_edge/stats`; Node). Without it those routes answer 404. */
+  statusPage?: StatusPageSource;
+  /** Told of every purge applied on this node (the status page lists recent ones). */
+  onPurge?: (event: PurgeEvent) => void;
   /**
    * State shared with other processes of one node (Node's `--workers`: held
    * by the cluster primary, `edge/node/cluster.ts`): fill leases for request
@@ -274,10 +279,11 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
   app.get('/_edge/health', (c) => c.json({ status: 'ok', name: options.name, store: deps.store.stats(), ...deps.health?.() }));
 
   // Metrics name origins and routes: with an admin token set, only its holder may scrape them.
-  const checkMetricsToken = options.adminToken ? createBearerCheck(options.adminToken, 'GET /_edge/metrics') : undefined;
+  // The admin token, as a bearer token or the status page's session cookie (`admin-session.ts`).
+  const adminAuth = options.adminToken ? createAdminAuth(options.adminToken, { now }) : undefined;
   app.get('/_edge/metrics', async (c) => {
     if (!deps.metrics) throw new EdgeError('EDGE_NOT_FOUND', 'Metrics are not enabled on this node.');
-    await checkMetricsToken?.(c.req.header('authorization'));
+    await adminAuth?.check(credentials(c), 'GET /_edge/metrics');
     return c.body(await deps.metrics(), 200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' });
   });
 
@@ -292,8 +298,12 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
     originStatus: deps.originStatus,
     peers: deps.peers,
     signal: deps.signal,
+    auth: adminAuth,
+    onPurge: deps.onPurge,
     uploadNonces: deps.uploadNonces,
   });
+
+  mountStatusPage(app, { auth: adminAuth, source: deps.statusPage });
 
   // Everything under /_edge/ belongs to the node and is never forwarded.
   app.all('/_edge/*', () => {

@@ -25,6 +25,7 @@ import type { EdgeOptions } from '../core/options.js';
 import { TieredCacheStore } from '../core/store/tiered.js';
 import type { CacheStore } from '../core/store/types.js';
 import { PrimaryBus, WorkerBus } from './cluster-bus.js';
+import { mergeStatsSnapshots, tierFills, type StatsSnapshot, type TierFill } from './status-stats.js';
 import { ClusterFillCoordinator, FillLeaseTable, registerCollapseGauge } from './cluster-fills.js';
 import { ClusterUploadNonces, serveUploadNonces } from './cluster-nonces.js';
 import { ClusterRateCounters, serveRateCounters } from './cluster-rate-limit.js';
@@ -90,6 +91,12 @@ export async function runPrimary(config: ClusterPrimaryOptions): Promise<void> {
 
   const publish = () => bus.notify('workers', [...started.values()].filter((info) => ready.has(info.id)));
   bus.handle('metrics', () => aggregator.clusterMetrics());
+  // The status page's figures: every listening worker's snapshot, summed (a worker that does not answer is left out).
+  bus.handle('stats', async () => {
+    const workers = Object.values(cluster.workers ?? {}).filter((worker): worker is Worker => !!worker && ready.has(worker.id));
+    const snapshots = await Promise.all(workers.map((worker) => bus.deliver(worker, 'stats', null).catch(() => null)));
+    return mergeStatsSnapshots(snapshots.filter((snapshot): snapshot is StatsSnapshot => snapshot !== null));
+  });
   bus.handle('ready', (payload, worker) => {
     ready.add(worker.id);
     publish();
@@ -163,9 +170,13 @@ export interface ClusterWorker {
    * metrics requests, join the broadcasts, then read the pushed-object
    * index again (pushes committed before joining were not told here).
    */
-  attach(edge: EdgeApp, registry: Registry): Promise<void>;
+  attach(edge: EdgeApp, registry: Registry, stats?: () => StatsSnapshot): Promise<void>;
   /** The metrics of every worker, aggregated by the primary. */
   metrics(): Promise<string>;
+  /** The status page's figures of every worker, summed by the primary (this worker's alone if the primary cannot answer). */
+  stats(): Promise<StatsSnapshot>;
+  /** This worker's tiers: its own memory tier and the shared disk tier. */
+  tiers(): TierFill[];
   /** Extra `/_edge/health` facts: this worker and every worker. */
   health(): Record<string, unknown>;
   /** Tell the primary this worker listens. */
@@ -183,6 +194,7 @@ export function joinCluster(): ClusterWorker {
   });
   let tiers: CacheStore | undefined;
   let disk: LmdbCacheStore | undefined;
+  let localStats: (() => StatsSnapshot) | undefined;
   let fills: ClusterFillCoordinator | undefined;
   return {
     createStore(options, now) {
@@ -190,7 +202,9 @@ export function joinCluster(): ClusterWorker {
       tiers = createTieredStore(options, now, disk);
       return new ClusterCacheStore(tiers, (notice: ForgetNotice) => bus.broadcast('forget', notice));
     },
-    async attach(edge, registry) {
+    async attach(edge, registry, stats) {
+      localStats = stats;
+      if (stats) bus.handle('stats', () => stats());
       if (!tiers || !disk) throw new TypeError('joinCluster: attach() before createStore()');
       const forget = createForgetHandler({ store: tiers as TieredCacheStore, disk, pushedPaths: edge.pull.pushedPaths });
       bus.handle('forget', (payload) => forget(payload as ForgetNotice));
@@ -202,6 +216,12 @@ export function joinCluster(): ClusterWorker {
       await edge.pull.loadPushedIndex();
     },
     metrics: () => bus.request<string>('metrics'),
+    stats: () =>
+      bus.request<StatsSnapshot>('stats').catch((error: unknown) => {
+        if (!localStats) throw error;
+        return localStats();
+      }),
+    tiers: () => (tiers ? tierFills(tiers) : []),
     health: () => {
       const now = Date.now();
       return {

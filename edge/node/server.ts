@@ -26,6 +26,9 @@ import { openPeersFile } from './peers-file.js';
 import { ShieldOriginClient } from '../core/origin/shield.js';
 import { createOriginClient } from './origin-pool.js';
 import { createEdgeMetrics } from './metrics.js';
+import { countingOrigin } from './counting-origin.js';
+import { createStatusAssets } from './status-assets.js';
+import { StatsRecorder, tierFills, type StatsSnapshot } from './status-stats.js';
 import { writeAnswer, type NodeResponse } from './write-answer.js';
 import { describeTlsReload, loadOriginTls, loadTlsCertificate, TlsCertificateReloader, type TlsCertificate, type TlsReloadEvent } from './tls.js';
 import { EdgeError } from '../core/errors.js';
@@ -262,6 +265,8 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
   const store = overrides.cluster?.createStore(options, now) ?? createTieredStore(options, now);
   const origin = overrides.origin ?? createUpstream(options, originTls);
   const metrics = createEdgeMetrics(store);
+  // The status page's figures: the metrics' per-request record, plus body bytes from upstream.
+  const stats = new StatsRecorder({ now });
   const imageTransformer = options.images
     ? new SharpImageTransformer({
         maxInputPixels: options.imageMaxPixels,
@@ -280,7 +285,7 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
     },
     options,
     store,
-    origin,
+    origin: countingOrigin(origin, (bytes) => stats.originBytes(bytes)),
     now,
     imageTransformer,
     originStatus: () => (origin as { status?: () => unknown }).status?.(),
@@ -298,6 +303,7 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
     },
     onRequest: (record: RequestRecord) => {
       metrics.observe(record);
+      stats.observe(record);
       if (accessLog) accessLog.write(record);
       else if (logger) logger.info(record, 'request');
     },
@@ -305,6 +311,8 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
     listener: adminAddress ? (env) => ((env as Bindings | undefined)?.incoming as AdminMarked | undefined)?.[ADMIN_REQUEST] ? 'admin' : 'public' : undefined,
     metrics: overrides.cluster ? overrides.cluster.metrics : () => metrics.render(),
     health: overrides.cluster?.health,
+    statusPage: { stats: overrides.cluster ? overrides.cluster.stats : () => localStats(), asset: createStatusAssets() },
+    onPurge: (event) => stats.purged(event),
     ...overrides.cluster?.shared(options),
     peers: peersFile?.current,
     signal: lifetime.signal,
@@ -317,7 +325,17 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
   });
 
   await edge.ready;
-  await overrides.cluster?.attach(edge, metrics.registry);
+  /** This process's figures (in cluster mode the primary sums every worker's). */
+  const localStats = (): StatsSnapshot =>
+    stats.snapshot({
+      name: options.name,
+      tiers: () => overrides.cluster?.tiers() ?? tierFills(store),
+      inFlight: () => edge.pull.flightStats(),
+      // Read at each snapshot: the transformer in use now.
+      images: () => (imageTransformer ? { ...imageTransformer.stats(), maxQueue: imageTransformer.maxQueue, concurrency: imageTransformer.concurrency } : null),
+      originStatus: () => (origin as { status?: () => unknown }).status?.(),
+    });
+  await overrides.cluster?.attach(edge, metrics.registry, localStats);
   const general = getRequestListener(edge.fetch as never);
   const onRequest = (req: NodeRequest, res: NodeResponse) => {
     if (!hasOneHost(req) || !hasOneAuthority(req)) {
