@@ -763,7 +763,7 @@ async function selectForPurge(request: PurgeRequest, deps: AdminDeps): Promise<M
       // request headers. Derived entries are reached through their source.
       for await (const meta of store.list({ prefix: keysOfPathPrefix(target.path) })) {
         const key = parseCacheKey(meta.key);
-        if (!key || key.derived || key.kind !== 'pulled' || key.path !== target.path) continue;
+        if (!key || (key.derived && key.derived.kind !== 'slice') || key.kind !== 'pulled' || key.path !== target.path) continue;
         if (target.site && !sameSite(key, target.site)) continue;
         add(meta);
       }

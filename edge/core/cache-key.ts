@@ -7,6 +7,7 @@
  * String form (what the stores see):
  *   pulled  `<path>?<query> <scheme>://<host>[#h:<name>=<value>&...][#img:<params>]`
  *   pushed  `<path> push:[#img:<params> | #enc:<coding>]`
+ *   sliced  `<pulled key>#slice:` (the record) and `<pulled key>#slice:<n>` (piece n)
  * The path comes first so keys sort by path: purge by prefix is a range
  * scan, and every host's copy of `/a.css` sits beside the pushed one. The
  * path and query are percent-encoded by the URL parser, header values by
@@ -29,6 +30,14 @@ export type DerivedKeyPart =
       kind: 'coding';
       /** The content coding the node made (`compression.ts`): `br`, `gzip`, or `identity` for a decoded one. */
       coding: string;
+    }
+  | {
+      kind: 'slice';
+      /**
+       * A piece of a sliced object (`slice.ts`), numbered from 0; absent for
+       * the object's record (its fields, policy and length, no body).
+       */
+      piece?: number;
     };
 
 interface KeyCommon {
@@ -59,6 +68,7 @@ const PUSHED_MARK = 'push:';
 const HEADERS_MARK = '#h:';
 const IMAGE_MARK = '#img:';
 const CODING_MARK = '#enc:';
+const SLICE_MARK = '#slice:';
 
 /** The string the stores index by. */
 export function formatCacheKey(key: CacheKey): string {
@@ -69,8 +79,14 @@ export function formatCacheKey(key: CacheKey): string {
     out += `${key.scheme}://${key.host}`;
     if (key.headers?.length) out += HEADERS_MARK + key.headers.map(([name, value]) => `${name}=${encodeURIComponent(value)}`).join('&');
   }
-  if (key.derived) out += key.derived.kind === 'image' ? IMAGE_MARK + key.derived.params : CODING_MARK + key.derived.coding;
+  if (key.derived) out += derivedSuffix(key.derived);
   return out;
+}
+
+function derivedSuffix(derived: DerivedKeyPart): string {
+  if (derived.kind === 'image') return IMAGE_MARK + derived.params;
+  if (derived.kind === 'coding') return CODING_MARK + derived.coding;
+  return SLICE_MARK + (derived.piece === undefined ? '' : String(derived.piece));
 }
 
 /** The inverse of {@link formatCacheKey}; undefined for a string no version of it produced. */
@@ -82,7 +98,13 @@ export function parseCacheKey(text: string): CacheKey | undefined {
   let derived: DerivedKeyPart | undefined;
   const image = rest.indexOf(IMAGE_MARK);
   const coding = rest.indexOf(CODING_MARK);
-  if (image !== -1) {
+  const slice = rest.indexOf(SLICE_MARK);
+  if (slice !== -1) {
+    const piece = rest.slice(slice + SLICE_MARK.length);
+    if (piece !== '' && !/^\d+$/.test(piece)) return undefined;
+    derived = piece === '' ? { kind: 'slice' } : { kind: 'slice', piece: Number(piece) };
+    rest = rest.slice(0, slice);
+  } else if (image !== -1) {
     derived = { kind: 'image', params: rest.slice(image + IMAGE_MARK.length) };
     rest = rest.slice(0, image);
   } else if (coding !== -1) {

@@ -7,7 +7,8 @@
 /** The outcome of one request at this node, echoed in logs and metrics. */
 export type CacheOutcome = 'hit' | 'miss' | 'stale' | 'revalidated' | 'bypass' | 'error';
 
-export type ForwardReason = 'bypass' | 'method' | 'uri-miss' | 'vary-miss' | 'miss' | 'request' | 'stale';
+/** RFC 9211 2.2; `partial`: part of the response was stored (a sliced object's record), the rest was fetched. */
+export type ForwardReason = 'bypass' | 'method' | 'uri-miss' | 'vary-miss' | 'miss' | 'request' | 'stale' | 'partial';
 
 export interface CacheStatusFields {
   hit?: boolean;

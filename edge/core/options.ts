@@ -148,7 +148,14 @@ export const edgeOptionsSchema = z
     memoryMaxObjectSize: size(1, '8MB').default(8 * 1024 ** 2).describe('Largest object kept in the memory tier. (default 8MB)'),
     diskSize: size(1024 * 1024, '4GB').default(4 * 1024 ** 3).describe('Disk tier budget. (default 4GB)'),
     pushDiskShare: z.coerce.number({ error: 'expected a fraction from 0 to 1, e.g. 0.5' }).min(0, { error: 'expected a fraction from 0 to 1, e.g. 0.5' }).max(1, { error: 'expected a fraction from 0 to 1, e.g. 0.5' }).default(0.5).describe('Fraction of --disk-size pushed objects may take; a push that does not fit gets 507 and stores nothing, so the rest always stays for pulled objects. Not applied with --evict-pushed. (default 0.5)'),
-    maxObjectSize: size(1, '64MB').default(64 * 1024 ** 2).describe('Objects larger than this pass through uncached. (default 64MB)'),
+    maxObjectSize: size(1, '64MB').default(64 * 1024 ** 2).describe('Objects larger than this pass through uncached, unless they are sliced (--slice-size): then only the disk budget bounds them. (default 64MB)'),
+    sliceSize: size(0, '4MB')
+      .default(0)
+      .describe('Range slicing (Node): objects longer than this are fetched from the origin with Range in pieces of this size, each stored on its own, so a range miss reads only the pieces it covers (README "Range slicing"); 0 turns it off. At most --max-object-size. (default 0: off)'),
+    slicePaths: list
+      .refine((prefixes) => prefixes.every((p) => p.startsWith('/')), { message: 'expected path prefixes starting with /, e.g. /video/,/iso/' })
+      .default([])
+      .describe('With --slice-size: path prefixes where a plain GET (no Range) of an object not yet cached is fetched in pieces too; elsewhere only Range requests start slicing. (default [])'),
     adminToken: z
       .string()
       .min(6, 'must be at least 6 characters (use 32+ random characters in production)')
@@ -289,6 +296,8 @@ export const edgeOptionsSchema = z
     if (options.tlsCa !== undefined && options.tlsCert === undefined) problem('tlsCa', 'only used with --tls-cert and --tls-key');
     if (options.httpRedirectPort !== undefined && options.tlsCert === undefined) problem('httpRedirectPort', 'redirects to HTTPS: set --tls-cert and --tls-key');
     if (options.httpRedirectPort !== undefined && options.httpRedirectPort !== 0 && options.httpRedirectPort === options.port) problem('httpRedirectPort', 'must differ from --port');
+    if (options.sliceSize > options.maxObjectSize) problem('sliceSize', 'must be at most --max-object-size (a piece is stored like any object)');
+    if (options.slicePaths.length > 0 && options.sliceSize === 0) problem('slicePaths', 'needs --slice-size');
     const admin = options.adminListen === undefined ? undefined : parseListenAddress(options.adminListen);
     if (admin && admin.port !== 0 && admin.port === options.port) problem('adminListen', 'must use another port than --port');
     if (options.urlSigningKey === undefined && (options.signedPaths.length > 0 || options.origins?.routes.some((route) => route.access?.signed))) {

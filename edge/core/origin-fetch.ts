@@ -23,13 +23,13 @@ import type { CacheEntry, CacheEntryMeta } from './store/types.js';
 const CODING_FIELDS = ['content-encoding', 'content-length', 'etag', 'vary', 'content-md5', 'content-digest', 'repr-digest', 'digest'];
 
 /** Conditional and range fields: a cache fill needs the whole, unconditional response. */
-const FILL_STRIPPED_REQUEST_FIELDS = ['if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since', 'if-range', 'range'];
+export const FILL_STRIPPED_REQUEST_FIELDS = ['if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since', 'if-range', 'range'];
 
 /** Largest error body handed to a flight's followers (error pages are small; the rest go upstream themselves). */
 const MAX_SHARED_ERROR_BYTES = 64 * 1024;
 
 /** Stored entries with a validator stay useful this long past freshness: they can be revalidated. */
-const KEEP_WITH_VALIDATOR_SECONDS = 7 * 24 * 3600;
+export const KEEP_WITH_VALIDATOR_SECONDS = 7 * 24 * 3600;
 
 /** What the origin fetch needs from the pull cache: its answers from stored entries. */
 export interface StoredAnswers {
@@ -207,16 +207,34 @@ export class OriginFetch {
     return cc.has('public') || cc.has('s-maxage') || governingDirectives(headers, this.targetedFields()).field !== 'cache-control';
   }
 
+  /**
+   * The origin's fields split into what the client gets and what is stored
+   * for `pull`: hop-by-hop and unstorable fields removed, `Date` supplied,
+   * the route's edge TTL applied. `explicitlyShared` is judged before the TTL.
+   */
+  storedFields(pull: PullRequest, headers: Headers) {
+    const split = this.storableHeaders(headers);
+    const explicitlyShared = this.explicitlyShared(split.stored);
+    if (split.stored.date === undefined) split.stored.date = new Date(this.deps.now()).toUTCString();
+    if (pull.rules?.ttl !== undefined) this.applyRouteTtl(split.stored, pull.rules.ttl, pull.rules.overrideTtl, pull.rules.staleIfError);
+    return { ...split, explicitlyShared };
+  }
+
+  /**
+   * An origin response already in hand (a slicing probe the origin answered
+   * with a whole 200 or an error, `slice.ts`), stored and answered like any fill.
+   */
+  respond(pull: PullRequest, plan: OriginFetchPlan, response: Response, mayStore = true): Promise<Answer> {
+    return this.storeAndRespond(pull, plan, response, mayStore);
+  }
+
   private async storeAndRespond(pull: PullRequest, plan: OriginFetchPlan, response: Response, mayStore: boolean): Promise<Answer> {
     const { options, policies, store, now } = this.deps;
     const { described } = pull;
-    const split = this.storableHeaders(response.headers);
-    const { clean, setCookies, upstreamStatus } = split;
+    const split = this.storedFields(pull, response.headers);
+    const { clean, setCookies, upstreamStatus, explicitlyShared } = split;
     let stored = split.stored;
     const status = response.status;
-    const explicitlyShared = this.explicitlyShared(stored);
-    if (stored.date === undefined) stored.date = new Date(now()).toUTCString();
-    if (pull.rules?.ttl !== undefined) this.applyRouteTtl(stored, pull.rules.ttl, pull.rules.overrideTtl, pull.rules.staleIfError);
     const policy = policies.fromResponse(pull.policyRequest, { status, headers: stored });
     const contentLength = response.headers.has('content-length') ? Number(response.headers.get('content-length')) : undefined;
     let storable =
@@ -290,7 +308,7 @@ export class OriginFetch {
     }
 
     const variant = variantFor(vary as string[], described.upstream);
-    const tags = [...splitList(stored['cache-tag']), ...(stored['surrogate-key'] ?? '').split(/\s+/).filter(Boolean)];
+    const tags = storedTags(stored);
     // A status without a body has none to store, whatever Content-Length says
     // (RFC 9110 8.6); a recoded body's length is known at its end.
     const expectedSize = bodyless ? 0 : coding.recode ? undefined : contentLength;
@@ -373,6 +391,11 @@ export class OriginFetch {
     return range.kind === 'full' ? undefined : range;
   }
 
+}
+
+/** Surrogate keys of a stored response: `Cache-Tag` and `Surrogate-Key` members. */
+export function storedTags(stored: Record<string, string>): string[] {
+  return [...splitList(stored['cache-tag']), ...(stored['surrogate-key'] ?? '').split(/\s+/).filter(Boolean)];
 }
 
 type OriginAnswer = (body: ReadableStream<Uint8Array> | null, status?: number) => Answer;

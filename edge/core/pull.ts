@@ -20,6 +20,7 @@ import { forwardRequestHeaders, withoutHopByHop } from './headers.js';
 import { OriginFetch } from './origin-fetch.js';
 import { PurgeLog } from './purge-log.js';
 import { Recoder, type RecodeTarget } from './recode.js';
+import { SlicedObjects } from './slice.js';
 import type { EdgePolicy } from './policy.js';
 import { parseCacheControl } from './policy.js';
 import type { IncomingRequest, OriginFetchPlan, PullDeps, PullRequest, RequestContext, RequestLog } from './request.js';
@@ -83,6 +84,8 @@ export class PullCache {
   private readonly origin: OriginFetch;
   /** Compresses and decodes bodies into the cache (see `recode.ts`). */
   private readonly recoder: Recoder;
+  /** Large objects in pieces (`--slice-size`, see `slice.ts`). */
+  private readonly slices: SlicedObjects;
   /** How a pushed object reaches each coding, per stored metadata object (pushed hits ask on every request). */
   private readonly pushedPlans = new WeakMap<CacheEntryMeta, Partial<Record<Coding, CodingPlan>>>();
   /** Pushed objects' metadata with `Vary: Accept-Encoding` added, per stored metadata object. */
@@ -114,6 +117,11 @@ export class PullCache {
       this.purges,
       this.recoder,
     );
+    this.slices = new SlicedObjects(deps, this.origin, this.flights, this.purges, this.dropped, {
+      policyOf: (meta) => this.policyOf(meta),
+      graceFor: (pull) => this.graceFor(pull),
+      restart: (pull) => this.serve(pull),
+    });
   }
 
   /** Resolves once background re-compressions are done (shutdown, tests). */
@@ -261,6 +269,11 @@ export class PullCache {
     // Another coding of the same response is stored and fresh: made from it, without the origin.
     const sibling = entries.length > 0 ? this.codingSibling(pull, entries) : undefined;
     if (sibling) return this.recoded(pull, sibling.entry, sibling.plan, { key: pull.key, variant: sibling.variant });
+    if (this.slices.enabled && described.credentials === undefined) {
+      // A sliced object (or one to slice): its record and pieces are derived entries, not the key's own.
+      const sliced = await this.slices.serve(pull, entries.length > 0 ? 'vary-miss' : 'uri-miss');
+      if (sliced) return sliced;
+    }
     if (this.onlyIfCached(pull)) return this.gatewayTimeout(pull, 'miss');
     if (this.knownUncacheable(pull.key)) {
       // Straight to the origin, no queue; a HEAD is sent as HEAD (its answer will not be stored).

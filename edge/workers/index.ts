@@ -97,6 +97,8 @@ const NODE_ONLY_OPTIONS = [
   'transformQueue',
   'transformConcurrency',
   'avifEffort',
+  'sliceSize',
+  'slicePaths',
 ] as const;
 
 const MiB = 1024 * 1024;
@@ -143,6 +145,8 @@ export function resolveWorkersOptions(env: WorkersEnv): EdgeOptions {
       }),
     );
   }
+  // Range slicing is Node-only (README "Range slicing"): off on Workers whatever SLICE_SIZE says.
+  options = { ...options, sliceSize: 0, slicePaths: [] };
   const problems: { variable: string; option: string; problem: string }[] = [];
   if (!options.origin) {
     problems.push({ variable: 'ORIGIN', option: 'origin', problem: 'required: the upstream URL, e.g. https://origin.example.com (wrangler.toml [vars] or --var ORIGIN:...)' });

@@ -55,6 +55,12 @@ export interface CacheEntryMeta {
   sourceKey?: string;
   /** Soft-purged: kept, but must be revalidated before it is served again. */
   invalidated?: boolean;
+  /**
+   * The record of a sliced object (`slice.ts`): its pieces are separate
+   * entries, `length` bytes in all, each `pieceSize` long but the last.
+   * The record itself has no body.
+   */
+  sliced?: { pieceSize: number; length: number };
 }
 
 /** A stored body: whole bytes when the tier keeps them in memory, otherwise a stream. */

@@ -1,0 +1,363 @@
+/**
+ * Issue 14, range slicing (--slice-size): a large object is fetched from the
+ * origin in pieces with Range, each stored as its own entry; a range miss
+ * reads only the pieces it covers, a full GET fetches only the missing ones,
+ * pieces of two versions are never spliced, purge takes every piece.
+ *
+ * Real origin written for this test: it serves a deterministic object made
+ * by a generator (no 200 MB buffer per request), honours one Range,
+ * If-Match, If-None-Match and If-Range like a real server, and counts the
+ * requests and body bytes it sends. Real edge, real LMDB in a temp dir.
+ */
+import { createHash } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { afterEach, describe, expect, it } from 'vitest';
+import { startTestEdge, type TestEdge } from './helpers/edge.js';
+
+const MiB = 1024 * 1024;
+const BIG = 200 * MiB;
+const PIECE = MiB;
+const TOKEN = 'slicing-test-token-0123456789';
+const AUTH = { authorization: `Bearer ${TOKEN}` };
+
+let t: TestEdge | undefined;
+afterEach(async () => {
+  await t?.close();
+  t = undefined;
+});
+
+/**
+ * Bytes `[start, end]` of version `salt` of the object: 4-byte words each
+ * a hash of their index and the version, so a byte at the wrong offset or
+ * from the other version cannot match.
+ */
+function* generate(salt: number, start: number, end: number): Generator<Buffer> {
+  const CHUNK = 64 * 1024;
+  for (let at = start - (start % 4); at <= end; at += CHUNK) {
+    const words = new Uint32Array(CHUNK / 4);
+    const first = at / 4;
+    for (let i = 0; i < words.length; i++) words[i] = Math.imul(first + i + 1, 2654435761) ^ salt;
+    const chunk = Buffer.from(words.buffer);
+    const from = Math.max(start - at, 0);
+    const to = Math.min(end + 1 - at, CHUNK);
+    yield chunk.subarray(from, to);
+  }
+}
+
+function hashOf(salt: number, start: number, end: number): string {
+  const hash = createHash('sha256');
+  for (const chunk of generate(salt, start, end)) hash.update(chunk);
+  return hash.digest('hex');
+}
+
+/** Read a response body, hashing it as it streams (never held whole). */
+async function hashBody(res: Response): Promise<{ hash: string; bytes: number }> {
+  const hash = createHash('sha256');
+  let bytes = 0;
+  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+    hash.update(chunk);
+    bytes += chunk.byteLength;
+  }
+  return { hash: hash.digest('hex'), bytes };
+}
+
+interface Served {
+  range: string | undefined;
+  ifMatch: string | undefined;
+  status: number;
+  bytes: number;
+}
+
+interface ObjectOrigin {
+  served: Served[];
+  /** The version now served (its ETag is `"v<salt>"`). */
+  salt: number;
+  /** Called before each request is answered (to change the object between two requests). */
+  before?: (served: Served[]) => void;
+  handler: (req: IncomingMessage, res: ServerResponse) => Promise<void>;
+  /** Body bytes sent in all. */
+  bytes(): number;
+}
+
+/**
+ * An origin for an object of `size` bytes that honours one `bytes=a-b`,
+ * `a-` or `-n` range, If-Match and If-Range (strong), and If-None-Match;
+ * `ranges: false` makes it ignore Range, `ifMatch: false` ignore If-Match.
+ */
+function objectOrigin(size: number, opts: { ranges?: boolean; ifMatch?: boolean; cacheControl?: string } = {}): ObjectOrigin {
+  const origin: ObjectOrigin = {
+    served: [],
+    salt: 1,
+    bytes: () => origin.served.reduce((sum, served) => sum + served.bytes, 0),
+    async handler(req, res) {
+      origin.before?.(origin.served);
+      const etag = `"v${origin.salt}"`;
+      const header = (name: string) => (typeof req.headers[name] === 'string' ? (req.headers[name] as string) : undefined);
+      const served: Served = { range: header('range'), ifMatch: header('if-match'), status: 200, bytes: 0 };
+      origin.served.push(served);
+      res.setHeader('etag', etag);
+      res.setHeader('cache-control', opts.cacheControl ?? 'public, max-age=600');
+      res.setHeader('content-type', 'video/mp4');
+      if (opts.ranges !== false) res.setHeader('accept-ranges', 'bytes');
+      if (served.ifMatch !== undefined && opts.ifMatch !== false && served.ifMatch !== etag) {
+        served.status = res.statusCode = 412;
+        res.end();
+        return;
+      }
+      if (header('if-none-match') === etag) {
+        served.status = res.statusCode = 304;
+        res.end();
+        return;
+      }
+      let start = 0;
+      let end = size - 1;
+      const match = /^bytes=(\d*)-(\d*)$/.exec(served.range ?? '');
+      const ifRange = header('if-range');
+      if (opts.ranges !== false && match && (match[1] || match[2]) && (ifRange === undefined || ifRange === etag)) {
+        if (match[1]) {
+          start = Number(match[1]);
+          end = match[2] ? Math.min(Number(match[2]), size - 1) : size - 1;
+        } else {
+          start = Math.max(0, size - Number(match[2]));
+        }
+        if (start >= size) {
+          served.status = res.statusCode = 416;
+          res.setHeader('content-range', `bytes */${size}`);
+          res.end();
+          return;
+        }
+        served.status = res.statusCode = 206;
+        res.setHeader('content-range', `bytes ${start}-${end}/${size}`);
+      }
+      res.setHeader('content-length', String(end - start + 1));
+      const salt = origin.salt;
+      async function* body() {
+        for (const chunk of generate(salt, start, end)) {
+          served.bytes += chunk.byteLength;
+          yield chunk;
+        }
+      }
+      await pipeline(Readable.from(body(), { highWaterMark: 1 }), res).catch(() => {
+        // The edge hung up.
+      });
+    },
+  };
+  return origin;
+}
+
+async function startSliced(size: number, opts: Parameters<typeof objectOrigin>[1] = {}, input: Record<string, unknown> = {}) {
+  t = await startTestEdge({ sliceSize: PIECE, adminToken: TOKEN, ...input });
+  const origin = objectOrigin(size, opts);
+  t.origin.route('/video.mp4', origin.handler);
+  return origin;
+}
+
+/** fetch() adds `Cache-Control: no-cache` to conditional requests unless they carry their own. */
+const MAY_HIT = { 'cache-control': 'max-stale=0' };
+
+const pieceRange = (index: number, size: number) => `bytes=${index * PIECE}-${Math.min(size, (index + 1) * PIECE) - 1}`;
+
+describe('a large object in pieces', () => {
+  it('a range miss costs at most one piece; a second viewer costs nothing; a full GET fetches only the missing pieces, byte for byte; purge removes every piece', async () => {
+    const origin = await startSliced(BIG);
+    const at = 150_000_000;
+
+    const first = await t!.get('/video.mp4', { headers: { range: `bytes=${at}-${at + 999}` } });
+    expect(first.status).toBe(206);
+    expect(first.headers.get('content-range')).toBe(`bytes ${at}-${at + 999}/${BIG}`);
+    expect(first.headers.get('content-length')).toBe('1000');
+    expect(first.headers.get('cache-status')).toMatch(/fwd=uri-miss; stored/);
+    expect((await hashBody(first)).hash).toBe(hashOf(1, at, at + 999));
+    const index = Math.floor(at / PIECE);
+    expect(origin.served).toEqual([{ range: pieceRange(index, BIG), ifMatch: undefined, status: 206, bytes: PIECE }]);
+
+    const second = await t!.get('/video.mp4', { headers: { range: `bytes=${at}-${at + 999}` } });
+    expect(second.status).toBe(206);
+    expect(second.headers.get('cache-status')).toMatch(/^edge; hit/);
+    expect((await hashBody(second)).hash).toBe(hashOf(1, at, at + 999));
+    expect(origin.served).toHaveLength(1);
+
+    const full = await t!.get('/video.mp4');
+    expect(full.status).toBe(200);
+    expect(full.headers.get('content-length')).toBe(String(BIG));
+    expect(full.headers.get('etag')).toBe('"v1"');
+    const whole = await hashBody(full);
+    expect(whole.bytes).toBe(BIG);
+    expect(whole.hash).toBe(hashOf(1, 0, BIG - 1));
+    // Every piece but the one stored, each once, each with If-Match.
+    const asked = origin.served.slice(1).map((served) => served.range);
+    expect(new Set(asked).size).toBe(asked.length);
+    expect(asked.sort()).toEqual(
+      Array.from({ length: BIG / PIECE }, (_, i) => i)
+        .filter((i) => i !== index)
+        .map((i) => pieceRange(i, BIG))
+        .sort(),
+    );
+    expect(origin.served.slice(1).every((served) => served.ifMatch === '"v1"' && served.status === 206)).toBe(true);
+    expect(origin.bytes()).toBe(BIG);
+
+    // Counted against the budget like any entries, then purged as one object.
+    await t!.settle();
+    expect(t!.edge.store.stats().bytes).toBeGreaterThanOrEqual(BIG);
+    const purged = await t!.get('/_edge/purge', { method: 'POST', headers: { ...AUTH, 'content-type': 'application/json' }, body: JSON.stringify({ urls: ['/video.mp4'] }) });
+    expect(purged.status).toBe(200);
+    await purged.arrayBuffer();
+    const left: string[] = [];
+    for await (const meta of t!.edge.store.list()) left.push(meta.key);
+    expect(left).toEqual([]);
+    expect(t!.edge.store.stats().bytes).toBe(0);
+
+    const after = await t!.get('/video.mp4', { headers: { range: `bytes=${at}-${at + 999}` } });
+    expect(after.status).toBe(206);
+    await after.arrayBuffer();
+    expect(origin.served).toHaveLength(BIG / PIECE + 1);
+  }, 180_000);
+
+  it('10 concurrent viewers of one cold range make one origin request per piece', async () => {
+    const size = 16 * MiB;
+    const origin = await startSliced(size);
+    const range = `bytes=${3 * PIECE + 10}-${5 * PIECE + 10}`;
+    const answers = await Promise.all(Array.from({ length: 10 }, () => t!.get('/video.mp4', { headers: { range } })));
+    const bodies = await Promise.all(answers.map((res) => hashBody(res)));
+    for (const res of answers) expect(res.status).toBe(206);
+    for (const body of bodies) expect(body.hash).toBe(hashOf(1, 3 * PIECE + 10, 5 * PIECE + 10));
+    expect(origin.served.map((served) => served.range).sort()).toEqual([pieceRange(3, size), pieceRange(4, size), pieceRange(5, size)].sort());
+    expect(t!.edge.edge.pull.flightStats()).toEqual({ flights: 0, waiters: 0 });
+  });
+
+  it('HEAD answers from the record; If-Range with the strong ETag gets the range, with another the whole object from pieces', async () => {
+    const size = 4 * MiB + 123;
+    const origin = await startSliced(size);
+    await (await t!.get('/video.mp4', { headers: { range: 'bytes=0-9' } })).arrayBuffer();
+    expect(origin.served).toHaveLength(1);
+
+    const head = await t!.get('/video.mp4', { method: 'HEAD' });
+    expect(head.status).toBe(200);
+    expect(head.headers.get('content-length')).toBe(String(size));
+    expect(head.headers.get('accept-ranges')).toBe('bytes');
+    expect(origin.served).toHaveLength(1);
+
+    const matching = await t!.get('/video.mp4', { headers: { range: 'bytes=5-14', 'if-range': '"v1"', ...MAY_HIT } });
+    expect(matching.status).toBe(206);
+    expect((await hashBody(matching)).hash).toBe(hashOf(1, 5, 14));
+    const other = await t!.get('/video.mp4', { headers: { range: 'bytes=5-14', 'if-range': '"v0"', ...MAY_HIT } });
+    expect(other.status).toBe(200);
+    expect((await hashBody(other)).hash).toBe(hashOf(1, 0, size - 1));
+    const suffix = await t!.get('/video.mp4', { headers: { range: 'bytes=-100' } });
+    expect(suffix.status).toBe(206);
+    expect(suffix.headers.get('content-range')).toBe(`bytes ${size - 100}-${size - 1}/${size}`);
+    expect((await hashBody(suffix)).hash).toBe(hashOf(1, size - 100, size - 1));
+    const beyond = await t!.get('/video.mp4', { headers: { range: `bytes=${size}-` } });
+    expect(beyond.status).toBe(416);
+    expect(beyond.headers.get('content-range')).toBe(`bytes */${size}`);
+    const conditional = await t!.get('/video.mp4', { headers: { 'if-none-match': '"v1"', ...MAY_HIT } });
+    expect(conditional.status).toBe(304);
+    // Pieces 1..4 once each (the last is 123 bytes); nothing twice.
+    expect(origin.served.map((served) => served.range)).toEqual([pieceRange(0, size), pieceRange(1, size), pieceRange(2, size), pieceRange(3, size), pieceRange(4, size)]);
+  });
+
+  it('a stale record is revalidated with one conditional piece request (304), and its pieces keep serving', async () => {
+    const size = 3 * MiB;
+    const origin = await startSliced(size, { cacheControl: 'public, max-age=60' });
+    await hashBody(await t!.get('/video.mp4', { headers: { range: 'bytes=0-' } }));
+    expect(origin.served).toHaveLength(3);
+    t!.clock.advance(61_000);
+    const res = await t!.get('/video.mp4', { headers: { range: `bytes=${PIECE}-` } });
+    expect(res.status).toBe(206);
+    expect(res.headers.get('cache-status')).toMatch(/fwd=stale; fwd-status=304/);
+    expect((await hashBody(res)).hash).toBe(hashOf(1, PIECE, size - 1));
+    expect(origin.served.slice(3).map((served) => served.status)).toEqual([304]);
+  });
+});
+
+describe('one version per body', () => {
+  for (const ifMatch of [true, false]) {
+    it(`the object changes between two piece fetches (origin ${ifMatch ? 'honours' : 'ignores'} If-Match): no body mixes versions, and the next request gets the new one whole`, async () => {
+      const size = 8 * MiB;
+      const origin = await startSliced(size, { ifMatch });
+      // The third request onwards sees version 2.
+      origin.before = (served) => {
+        if (served.length === 2) origin.salt = 2;
+      };
+      const res = await t!.get('/video.mp4', { headers: { range: 'bytes=0-' } });
+      expect(res.status).toBe(206);
+      const outcome = await hashBody(res).then(
+        (body) => body,
+        () => 'broken' as const,
+      );
+      // Either the body broke off, or it is one version whole: never a mix.
+      if (outcome !== 'broken') expect([hashOf(1, 0, size - 1), hashOf(2, 0, size - 1)]).toContain(outcome.hash);
+      expect(outcome).toBe('broken');
+
+      const again = await t!.get('/video.mp4', { headers: { range: 'bytes=0-' } });
+      expect(again.status).toBe(206);
+      expect(again.headers.get('etag')).toBe('"v2"');
+      expect((await hashBody(again)).hash).toBe(hashOf(2, 0, size - 1));
+      await t!.settle();
+      const stored: string[] = [];
+      for await (const meta of t!.edge.store.list()) if (meta.headers.etag !== undefined) stored.push(meta.headers.etag);
+      expect(new Set(stored)).toEqual(new Set(['"v2"']));
+    });
+  }
+});
+
+describe('origins and paths', () => {
+  it('an origin that ignores Range: its 200 is stored whole and the range cut from it; that host is not probed again', async () => {
+    const size = 3 * MiB;
+    const origin = await startSliced(size, { ranges: false });
+    const res = await t!.get('/video.mp4', { headers: { range: 'bytes=100-199' } });
+    expect(res.status).toBe(206);
+    expect((await hashBody(res)).hash).toBe(hashOf(1, 100, 199));
+    await t!.settle();
+    const hit = await t!.get('/video.mp4', { headers: { range: 'bytes=1000-1999' } });
+    expect(hit.status).toBe(206);
+    expect(hit.headers.get('cache-status')).toMatch(/^edge; hit/);
+    expect((await hashBody(hit)).hash).toBe(hashOf(1, 1000, 1999));
+    expect(origin.served).toHaveLength(1);
+
+    t!.origin.route('/other.mp4', origin.handler);
+    await hashBody(await t!.get('/other.mp4', { headers: { range: 'bytes=0-9' } }));
+    expect(origin.served[1]!.range).toBeUndefined();
+  });
+
+  it('an object that fits one piece is stored whole, as a 200', async () => {
+    const size = PIECE - 5;
+    const origin = await startSliced(size);
+    const res = await t!.get('/video.mp4', { headers: { range: 'bytes=10-19' } });
+    expect(res.status).toBe(206);
+    expect((await hashBody(res)).hash).toBe(hashOf(1, 10, 19));
+    await t!.settle();
+    const whole = await t!.get('/video.mp4');
+    expect(whole.status).toBe(200);
+    expect(whole.headers.get('cache-status')).toMatch(/^edge; hit/);
+    expect((await hashBody(whole)).hash).toBe(hashOf(1, 0, size - 1));
+    expect(origin.served).toHaveLength(1);
+    const keys: string[] = [];
+    for await (const meta of t!.edge.store.list()) keys.push(meta.key);
+    expect(keys.some((key) => key.includes('#slice:'))).toBe(false);
+  });
+
+  it('under --slice-paths a plain GET of an unknown object is fetched in pieces; elsewhere it is a normal fill', async () => {
+    const size = 3 * MiB + 1;
+    const origin = await startSliced(size, {}, { slicePaths: ['/video'] });
+    const res = await t!.get('/video.mp4');
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-length')).toBe(String(size));
+    expect((await hashBody(res)).hash).toBe(hashOf(1, 0, size - 1));
+    expect(origin.served.map((served) => served.range)).toEqual([0, 1, 2, 3].map((i) => pieceRange(i, size)));
+
+    t!.origin.route('/plain.mp4', origin.handler);
+    await hashBody(await t!.get('/plain.mp4'));
+    expect(origin.served[4]!.range).toBeUndefined();
+  });
+
+  it('slicing is off by default, and --slice-size may not exceed --max-object-size', async () => {
+    t = await startTestEdge();
+    expect(t.options.sliceSize).toBe(0);
+    const { resolveEdgeOptions } = await import('../edge/core/options.js');
+    expect(() => resolveEdgeOptions({ origin: 'http://127.0.0.1:1', sliceSize: '8MB', maxObjectSize: '4MB' })).toThrow(/--slice-size \(EDGE_SLICE_SIZE\).*at most --max-object-size/);
+    expect(() => resolveEdgeOptions({ origin: 'http://127.0.0.1:1', slicePaths: '/video/' })).toThrow(/--slice-paths \(EDGE_SLICE_PATHS\).*needs --slice-size/);
+  });
+});
