@@ -119,7 +119,7 @@
         axes: [
           { font: axisFont },
           { scale: 'rps', font: axisFont, size: 50 },
-          { scale: 'ratio', side: 1, font: axisFont, size: 45, grid: { show: false }, values: (u, ticks) => ticks.map((t) => t + '%') },
+          { scale: 'ratio', side: 1, font: axisFont, size: 55, grid: { show: false }, values: (u, ticks) => ticks.map((t) => t + '%') },
         ],
       }),
       [[], [], []],
