@@ -95,6 +95,32 @@ export async function startChild(args: string[]): Promise<Started> {
   return { url, child };
 }
 
+let cliRuns = 0;
+
+/**
+ * Start the CLI (`edge/node/cli.ts`, so `--workers N` forks a real cluster)
+ * on a free loopback port with its data under the scratch directory; resolve
+ * once it prints that it listens. The access log is on, as shipped, and goes
+ * to /dev/null; the workers share the primary's process group.
+ */
+export async function startEdgeCli(args: string[]): Promise<Started> {
+  devNull ??= openSync('/dev/null', 'w');
+  const dataDir = join(scratch, `cli-${++cliRuns}`);
+  const cli = new URL('../edge/node/cli.ts', import.meta.url).pathname;
+  const child = spawnGroup(process.execPath, ['--import', 'tsx', cli, '--port', '0', '--host', '127.0.0.1', '--data-dir', dataDir, ...args], ['ignore', devNull, 'pipe']);
+  let output = '';
+  const lines = createInterface({ input: child.stderr! });
+  const url = await new Promise<string>((resolve, reject) => {
+    child.once('exit', (code) => reject(new Error(`edge ${args.join(' ')} exited with ${code}: ${output.slice(-600)}`)));
+    lines.on('line', (line) => {
+      output = `${output}${line}\n`.slice(-4000);
+      const listening = /listening on (http:\/\/\S+)/.exec(line);
+      if (listening) resolve(listening[1]!);
+    });
+  });
+  return { url, child };
+}
+
 /** A port free right now on 127.0.0.1 (for servers that cannot report the one they bound). */
 function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {

@@ -9,7 +9,7 @@
  *   BENCH_ROUNDS      interleaved rounds per scenario, median kept (default 3)
  *   BENCH_THREADS     wrk threads / autocannon worker threads (default 1)
  *   BENCH_LOADGEN     wrk | autocannon (default: wrk if installed)
- *   BENCH_ONLY        comma list of sections to run: pull,images,shield,tls,compression (default all)
+ *   BENCH_ONLY        comma list of sections to run: pull,images,shield,tls,compression,cluster (default all)
  * The pull section adds nginx (proxy_cache) and Varnish rows when `nginx` /
  * `varnishd` are installed (`apt-get install nginx varnish`); they are
  * started here, on free loopback ports, and stopped at the end.
@@ -19,6 +19,8 @@
  * The compression section (bench/compression.ts, about 50 s) measures bytes
  * saved per type, the cold-miss cost per brotli level, and br / gzip hits
  * against identity hits of the same object on one edge.
+ * The cluster section (bench/cluster.ts, about 80 s) compares the CLI with
+ * --workers 1 and --workers 2: hits, hits under a rate limit, misses.
  */
 import { availableParallelism, cpus } from 'node:os';
 import { chooseLoadGenerator, type LoadResult } from './load.js';
@@ -29,7 +31,7 @@ const DURATION = positive('BENCH_DURATION', 3);
 const CONNECTIONS = positive('BENCH_CONNECTIONS', 32);
 const ROUNDS = positive('BENCH_ROUNDS', 3);
 const THREADS = positive('BENCH_THREADS', 1);
-const SECTIONS = ['pull', 'images', 'shield', 'tls', 'compression'];
+const SECTIONS = ['pull', 'images', 'shield', 'tls', 'compression', 'cluster'];
 
 function positive(name: string, fallback: number): number {
   const raw = process.env[name];
@@ -85,6 +87,10 @@ async function main(): Promise<void> {
   if (only.has('compression')) {
     const { compressionSection } = await import('./compression.js');
     await compressionSection({ generator, duration: DURATION, rounds: ROUNDS, connections: CONNECTIONS, threads: THREADS });
+  }
+  if (only.has('cluster')) {
+    const { clusterSection } = await import('./cluster.js');
+    await clusterSection({ generator, duration: DURATION, rounds: ROUNDS, connections: CONNECTIONS, threads: THREADS });
   }
   console.log(`\nbench time ${((performance.now() - started) / 1000).toFixed(0)} s (${generator.name}).`);
 }

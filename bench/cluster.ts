@@ -1,0 +1,165 @@
+/**
+ * The cluster section of `npm run bench` (`BENCH_ONLY=cluster`, about 80 s
+ * with the defaults): the CLI with `--workers 1` against `--workers 2`, in
+ * front of one bare node:http origin, in interleaved rounds (median and
+ * min-max spread):
+ *   - 1 KB memory-tier hits (hits never touch the cluster's IPC);
+ *   - the same with `--rate-limit 999999999/1s` (a limit never reached): with
+ *     one process the counters are in memory and hits keep the synchronous
+ *     path; with two workers every limited request asks the primary's
+ *     counters (one IPC round trip) and takes the general path;
+ *   - misses (a unique query string per request): with two workers each miss
+ *     also asks the primary for its fill lease (cross-worker collapsing).
+ * Servers run in their own process groups (bench/procs.ts); the workers are
+ * in their primary's group, so "server CPU" covers the whole cluster.
+ * Then one shared rate-limit take alone, over the cluster bus without HTTP
+ * (bench/cluster-ipc.ts).
+ */
+import { availableParallelism } from 'node:os';
+import { measureRateIpc, type IpcCost } from './cluster-ipc.js';
+import type { LoadGenerator, LoadResult } from './load.js';
+import { startChild, startEdgeCli, stop, type Started } from './procs.js';
+
+export interface ClusterBenchConfig {
+  generator: LoadGenerator;
+  duration: number;
+  rounds: number;
+  connections: number;
+  threads: number;
+}
+
+const KB = 1024;
+const WARMUP_SECONDS = 1;
+const NEVER_REACHED = '999999999/1s';
+
+interface Scenario {
+  key: string;
+  label: string;
+  url: string;
+  group: number;
+  uniquePaths?: boolean;
+  /** The row this one is compared with (the same load on `--workers 1`). */
+  baseline?: string;
+}
+
+const progress = (text: string) => process.stderr.write(text);
+const fmtRps = (n: number) => (Number.isFinite(n) ? (n >= 100 ? Math.round(n).toString() : n.toFixed(1)) : 'n/a');
+const fmtMs = (n: number) => (Number.isFinite(n) ? (n >= 10 ? n.toFixed(1) : n.toFixed(2)) : 'n/a');
+const fmtRatio = (n: number) => (Number.isFinite(n) ? `${n.toFixed(2)}x` : 'n/a');
+const fmtCpu = (n: number) => (Number.isFinite(n) ? `${Math.round(n * 100)}` : 'n/a');
+
+function median(values: number[]): number {
+  const sorted = values.filter(Number.isFinite).sort((a, b) => a - b);
+  if (!sorted.length) return Number.NaN;
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
+function spread(values: number[], format: (n: number) => string): string {
+  const finite = values.filter(Number.isFinite);
+  return finite.length < 2 ? '' : ` (${format(Math.min(...finite))}-${format(Math.max(...finite))})`;
+}
+
+/** Fill the cache, then ask until both workers have answered from memory (a few requests on new connections). */
+async function prime(url: string): Promise<void> {
+  for (let i = 0; i < 8; i++) {
+    const res = await fetch(url, { headers: { connection: 'close' } });
+    await res.arrayBuffer();
+    if (res.status !== 200) throw new Error(`${url} answered ${res.status} while priming`);
+  }
+}
+
+export async function clusterSection(config: ClusterBenchConfig): Promise<void> {
+  const { generator, duration, rounds, connections, threads } = config;
+  const started = performance.now();
+  progress(`\ncluster: --workers 1 vs --workers 2, ${connections} connections, ${rounds} interleaved rounds of ${duration} s, ${generator.name}\n`);
+  progress('  starting servers ');
+  const origin = await startChild(['bare', String(KB)]);
+  const edges: Started[] = [];
+  try {
+    const [one, two, oneLimited, twoLimited] = await Promise.all([
+      startEdgeCli(['--origin', origin.url, '--workers', '1']),
+      startEdgeCli(['--origin', origin.url, '--workers', '2']),
+      startEdgeCli(['--origin', origin.url, '--workers', '1', '--rate-limit', NEVER_REACHED]),
+      startEdgeCli(['--origin', origin.url, '--workers', '2', '--rate-limit', NEVER_REACHED]),
+    ]);
+    edges.push(one, two, oneLimited, twoLimited);
+    progress('done\n');
+    const hit = `/blob/${KB}`;
+    const scenarios: Scenario[] = [
+      { key: 'hit1', label: '--workers 1, memory-tier hit 1 KB', url: one.url + hit, group: one.child.pid! },
+      { key: 'hit2', label: '--workers 2, memory-tier hit 1 KB', url: two.url + hit, group: two.child.pid!, baseline: 'hit1' },
+      { key: 'limited1', label: `--workers 1 --rate-limit ${NEVER_REACHED}, hit 1 KB`, url: oneLimited.url + hit, group: oneLimited.child.pid! },
+      { key: 'limited2', label: `--workers 2 --rate-limit ${NEVER_REACHED}, hit 1 KB`, url: twoLimited.url + hit, group: twoLimited.child.pid!, baseline: 'limited1' },
+      { key: 'miss1', label: '--workers 1, miss 1 KB (unique paths)', url: one.url + hit, group: one.child.pid!, uniquePaths: true },
+      { key: 'miss2', label: '--workers 2, miss 1 KB (unique paths)', url: two.url + hit, group: two.child.pid!, uniquePaths: true, baseline: 'miss1' },
+    ];
+    for (const s of scenarios) if (!s.uniquePaths) await prime(s.url);
+
+    progress(`  warm-up, ${WARMUP_SECONDS} s per scenario `);
+    for (const s of scenarios) {
+      await generator.run(s.url, { duration: WARMUP_SECONDS, connections, threads, uniquePaths: s.uniquePaths });
+      progress('.');
+    }
+    progress(' done\n');
+
+    const runs = new Map<string, LoadResult[]>(scenarios.map((s) => [s.key, []]));
+    for (let round = 1; round <= rounds; round++) {
+      for (const s of scenarios) {
+        progress(`  [${round}/${rounds}] ${s.label.padEnd(58)} `);
+        const result = await generator.run(s.url, { duration, connections, threads, uniquePaths: s.uniquePaths, serverGroups: [s.group] });
+        runs.get(s.key)!.push(result);
+        progress(
+          `${fmtRps(result.rps).padStart(6)} req/s  p99 ${fmtMs(result.p99).padStart(5)} ms  CPU: server ${fmtCpu(result.serverCpu)} %, ${generator.name} ${fmtCpu(result.loadCpu)} %` +
+            `${result.errors || result.non2xx ? `  ${result.errors} errors, ${result.non2xx} bad status` : ''}\n`,
+        );
+        // Let background work (LMDB commits after misses, GC) finish before the next scenario.
+        await new Promise((resolve) => setTimeout(resolve, s.uniquePaths ? 1000 : 200));
+      }
+    }
+    progress('  rate-limit take over IPC, without HTTP ');
+    const ipc = await measureRateIpc();
+    progress('done\n');
+    report(scenarios, runs, config, ipc);
+    console.log(`\nCluster section time ${((performance.now() - started) / 1000).toFixed(0)} s.`);
+  } finally {
+    await Promise.all([origin, ...edges].map((s) => stop(s.child)));
+  }
+}
+
+function report(scenarios: Scenario[], runs: Map<string, LoadResult[]>, config: ClusterBenchConfig, ipc: IpcCost[]): void {
+  const { generator, rounds, duration, connections } = config;
+  console.log(`\n### Cluster mode: --workers 2 against --workers 1, same load, same round\n`);
+  console.log(`Median of ${rounds} interleaved rounds of ${duration} s (min-max over rounds in parentheses), ${connections} connections, ${availableParallelism()} cores.\n`);
+  console.log(`| scenario | req/s | p99 ms | vs --workers 1 | CPU % server / ${generator.name} |`);
+  console.log('|---|---:|---:|---:|---:|');
+  for (const s of scenarios) {
+    const own = runs.get(s.key)!;
+    const rps = own.map((r) => r.rps);
+    const p99 = own.map((r) => r.p99);
+    const base = s.baseline ? runs.get(s.baseline)! : undefined;
+    // Per round: each ratio pairs two runs made seconds apart.
+    const ratio = base ? own.map((r, i) => r.rps / base[i]!.rps) : [];
+    const errors = own.reduce((n, r) => n + r.errors + r.non2xx, 0);
+    console.log(
+      `| ${s.label}${errors ? ` (**${errors} errors / bad status**)` : ''} | ${fmtRps(median(rps))}${spread(rps, fmtRps)} | ${fmtMs(median(p99))}${spread(p99, fmtMs)} | ` +
+        `${base ? `**${fmtRatio(median(ratio))}**${spread(ratio, fmtRatio)}` : '1x'} | ${fmtCpu(median(own.map((r) => r.serverCpu)))} / ${fmtCpu(median(own.map((r) => r.loadCpu)))} |`,
+    );
+  }
+  const limited = (key: string, plain: string) => median(runs.get(key)!.map((r) => r.rps)) / median(runs.get(plain)!.map((r) => r.rps));
+  console.log('');
+  console.log(
+    `- Hits under a rate limit never reached, against unlimited hits of the same node (medians): ${fmtRatio(limited('limited1', 'hit1'))} with one process ` +
+      `(counters in memory, synchronous hit path), ${fmtRatio(limited('limited2', 'hit2'))} with two workers (a round trip to the primary's counters per request, general path).`,
+  );
+  for (const cost of ipc) {
+    console.log(
+      `- One shared rate-limit take over the cluster bus, ${cost.concurrency === 1 ? 'one at a time' : `${cost.concurrency} at once`}: ` +
+        `${cost.wallUs.toFixed(1)} µs of wall time per take, CPU ${cost.workerCpuUs.toFixed(1)} µs in the worker and ${cost.primaryCpuUs.toFixed(1)} µs in the primary.`,
+    );
+  }
+  console.log(
+    `- The load generator shares the ${availableParallelism()} cores with the servers (${generator.describe}): a second worker can only use what it leaves, ` +
+      'and on a machine shared with other work every figure is noisy; compare rows of the same round, not runs.',
+  );
+}
