@@ -10,6 +10,10 @@
  * limited request, and limited requests never take the synchronous
  * fresh-hit path (README "Cluster mode" has the measured figure).
  *
+ * Takes made in the same turn of a worker's event loop travel together:
+ * one message to the primary and one back for all of them (under load, a
+ * worker parses several requests per turn), decided in arrival order.
+ *
  * If the primary does not answer (it is gone, and the worker exits with
  * it), the worker's own counters decide.
  */
@@ -23,14 +27,16 @@ interface TakeRequest {
   count: boolean;
 }
 
-/** The primary's side: answer `rate-take` from its counters. */
+/** The primary's side: answer `rate-take` (a batch of takes, in order) from its counters. */
 export function serveRateCounters(bus: PrimaryBus, options: { maxEntries: number; now?: () => number }): RateLimiter {
   const counters = new RateLimiter({ maxEntries: options.maxEntries, now: options.now ?? Date.now });
-  bus.handle('rate-take', (payload) => {
-    const { policy, limit, partition, count } = payload as TakeRequest;
-    return counters.take(policy, limit, partition, count);
-  });
+  bus.handle('rate-take', (payload) => (payload as TakeRequest[]).map(({ policy, limit, partition, count }) => counters.take(policy, limit, partition, count)));
   return counters;
+}
+
+interface Queued {
+  request: TakeRequest;
+  resolve(decision: RateDecision): void;
 }
 
 /** A worker's side: the primary's counters. */
@@ -44,11 +50,25 @@ export class ClusterRateCounters implements RateCounters {
     this.#fallback = new RateLimiter({ maxEntries: options.maxEntries, now: options.now ?? Date.now });
   }
 
-  async take(policy: string, limit: RateLimit, partition: string, count = true): Promise<RateDecision> {
+  #queue: Queued[] = [];
+
+  take(policy: string, limit: RateLimit, partition: string, count = true): Promise<RateDecision> {
+    return new Promise((resolve) => {
+      // The first take of this turn sends the batch once the turn's I/O callbacks have run.
+      if (this.#queue.length === 0) setImmediate(() => void this.#send());
+      this.#queue.push({ request: { policy, limit, partition, count }, resolve });
+    });
+  }
+
+  async #send(): Promise<void> {
+    const batch = this.#queue;
+    this.#queue = [];
+    let decisions: RateDecision[];
     try {
-      return await this.#bus.request<RateDecision>('rate-take', { policy, limit, partition, count } satisfies TakeRequest);
+      decisions = await this.#bus.request<RateDecision[]>('rate-take', batch.map((queued) => queued.request));
     } catch {
-      return this.#fallback.take(policy, limit, partition, count);
+      decisions = batch.map(({ request }) => this.#fallback.take(request.policy, request.limit, request.partition, request.count));
     }
+    batch.forEach((queued, i) => queued.resolve(decisions[i]!));
   }
 }
