@@ -6,7 +6,8 @@
  *   edge <originUrl> <memorySize> [quiet]
  *                                   an edge node in front of <originUrl>
  *                                   (memorySize 0: no memory tier, every hit
- *                                   from LMDB; quiet: access log off)
+ *                                   from LMDB; quiet: access log off; more
+ *                                   options as JSON in $BENCH_EDGE_OPTIONS)
  *   origin-image <width>x<height>   an origin serving /photo.jpg, a photo-like
  *                                   JPEG generated at start-up, and /blob/<n>,
  *                                   n bytes (any query string ignored)
@@ -72,7 +73,9 @@ if (kind === 'bare') {
     import('../edge/node/server.js'),
   ]);
   const dataDir = mkdtempSync(join(process.env.BENCH_SCRATCH ?? tmpdir(), 'edge-data-'));
-  const options = resolveEdgeOptions({ origin: arg1, port: 0, host: '127.0.0.1', dataDir, memorySize: arg2, diskSize: '2GB' });
+  // BENCH_EDGE_OPTIONS: more options as JSON (the slicing section's --slice-size).
+  const extra = JSON.parse(process.env.BENCH_EDGE_OPTIONS ?? '{}') as Record<string, unknown>;
+  const options = resolveEdgeOptions({ origin: arg1, port: 0, host: '127.0.0.1', dataDir, memorySize: arg2, diskSize: '2GB', ...extra });
   // The access log as shipped (the server's own, on stdout: /dev/null under
   // the bench), unless `quiet` turns it off.
   const server = await startEdgeServer(options, arg3 === 'quiet' ? { logger: false } : {});

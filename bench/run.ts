@@ -9,7 +9,7 @@
  *   BENCH_ROUNDS      interleaved rounds per scenario, median kept (default 3)
  *   BENCH_THREADS     wrk threads / autocannon worker threads (default 1)
  *   BENCH_LOADGEN     wrk | autocannon (default: wrk if installed)
- *   BENCH_ONLY        comma list of sections to run: pull,images,shield,tls,compression,cluster (default all)
+ *   BENCH_ONLY        comma list of sections to run: pull,images,shield,tls,compression,cluster,slicing (default all)
  * The pull section adds nginx (proxy_cache) and Varnish rows when `nginx` /
  * `varnishd` are installed (`apt-get install nginx varnish`); they are
  * started here, on free loopback ports, and stopped at the end.
@@ -21,6 +21,9 @@
  * against identity hits of the same object on one edge.
  * The cluster section (bench/cluster.ts, about 80 s) compares the CLI with
  * --workers 1 and --workers 2: hits, hits under a rate limit, misses.
+ * The slicing section (bench/slicing.ts, about a minute) measures seeks into
+ * cold 1 GB objects with and without --slice-size, and a full GET of a 200 MB
+ * object from its pieces against bare node:http.
  */
 import { availableParallelism, cpus } from 'node:os';
 import { chooseLoadGenerator, type LoadResult } from './load.js';
@@ -31,7 +34,7 @@ const DURATION = positive('BENCH_DURATION', 3);
 const CONNECTIONS = positive('BENCH_CONNECTIONS', 32);
 const ROUNDS = positive('BENCH_ROUNDS', 3);
 const THREADS = positive('BENCH_THREADS', 1);
-const SECTIONS = ['pull', 'images', 'shield', 'tls', 'compression', 'cluster'];
+const SECTIONS = ['pull', 'images', 'shield', 'tls', 'compression', 'cluster', 'slicing'];
 
 function positive(name: string, fallback: number): number {
   const raw = process.env[name];
@@ -91,6 +94,10 @@ async function main(): Promise<void> {
   if (only.has('cluster')) {
     const { clusterSection } = await import('./cluster.js');
     await clusterSection({ generator, duration: DURATION, rounds: ROUNDS, connections: CONNECTIONS, threads: THREADS });
+  }
+  if (only.has('slicing')) {
+    const { slicingSection } = await import('./slicing.js');
+    await slicingSection();
   }
   console.log(`\nbench time ${((performance.now() - started) / 1000).toFixed(0)} s (${generator.name}).`);
 }
