@@ -35,10 +35,10 @@ import type { PurgeMatcher } from './purge-log.js';
 import { parseDuration } from './routes.js';
 import type { CacheEntryMeta, CacheStore } from './store/types.js';
 
-/** Incremental hash: `update` per chunk, `digest` once at the end (hex). */
+/** Incremental hash: `update` per chunk, `digest` once at the end (hex; Workers' `crypto.DigestStream` gives it asynchronously). */
 export interface ContentHasher {
   update(chunk: Uint8Array): void;
-  digest(): string;
+  digest(): string | Promise<string>;
 }
 
 export interface AdminDeps {
@@ -480,7 +480,9 @@ async function storePush(c: Context, deps: AdminDeps, grant?: UploadGrant): Prom
           throw tooLarge(limit, '', limitName);
         }
         hasher?.update(result.value);
-        writer.write(result.value);
+        // A writer that streams to remote storage (R2) asks us to wait: the upload is read no faster than it is stored.
+        const accepted = writer.write(result.value);
+        if (accepted) await accepted;
       }
     }
     if (declared !== undefined && size !== declared) {
@@ -493,7 +495,7 @@ async function storePush(c: Context, deps: AdminDeps, grant?: UploadGrant): Prom
   }
 
   // Without a streaming hash on this runtime, a unique ETag still changes with every push.
-  headers.etag = `"${hasher ? hasher.digest() : crypto.randomUUID()}"`;
+  headers.etag = `"${hasher ? await hasher.digest() : crypto.randomUUID()}"`;
   const policy = policies.fromResponse({ url: path, method: 'GET', headers: {} }, { status: 200, headers });
   const meta: CacheEntryMeta = {
     key,

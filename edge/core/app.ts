@@ -118,6 +118,13 @@ export interface EdgeAppDeps {
   peers?: () => readonly FleetPeer[];
   /** Aborted when the node shuts down: stops background work that outlives requests (purge replays to peers). */
   signal?: AbortSignal;
+  /**
+   * List the pushed objects at start-up to fill `pull.pushedPaths`. The
+   * Workers adapter turns it off and fills the set lazily per path
+   * (`edge/workers/pushed-paths.ts`).
+   * @default true
+   */
+  loadPushedIndex?: boolean;
   /** The status page's files and figures (`GET /_edge/`, `/_edge/stats`; Node). Without it those routes answer 404. */
   statusPage?: StatusPageSource;
   /** Told of every purge applied on this node (the status page lists recent ones). */
@@ -426,7 +433,8 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
       };
     },
     pull,
-    ready: pull.loadPushedIndex(),
+    // Workers look pushed paths up lazily instead (listing a bucket per isolate does not scale there).
+    ready: deps.loadPushedIndex === false ? Promise.resolve() : pull.loadPushedIndex(),
     async settle() {
       for (;;) {
         while (pending.size > 0) await Promise.all([...pending]);

@@ -20,9 +20,10 @@
  *
  * Workers-only variables: `CACHE_NAME` (a named cache instead of
  * `caches.default`), `PUSH_PREFIX` (object-name prefix in the bucket) and
- * `PUSH_INDEX_REFRESH` (seconds between re-reads of the pushed-object list,
- * default 60; objects pushed through another isolate are served here after
- * at most that long, 0 turns the re-reads off), `CLOUDFLARE_ZONE_ID`,
+ * `PUSH_INDEX_REFRESH` (seconds an isolate keeps its answer to "is this path
+ * pushed?", default 60: an object pushed through another isolate is served
+ * here after at most that long; 0 asks R2 on every request; see
+ * `pushed-paths.ts`), `CLOUDFLARE_ZONE_ID`,
  * `CLOUDFLARE_API_TOKEN` (a secret), `CLOUDFLARE_API_BASE` and `PURGE_HOSTS`
  * (the global purge: see `purge.ts`).
  */
@@ -39,6 +40,8 @@ import { R2PushStore, type R2BucketLike } from './r2-push-store.js';
 import { RoutedCacheStore } from './routed-store.js';
 import { createWebCoder } from './web-coder.js';
 import { handleWorkersPurge } from './purge.js';
+import { digestStreamHasher } from './digest-hasher.js';
+import { PushedPathLookup } from './pushed-paths.js';
 import { ZonePurgeClient } from './zone-purge.js';
 
 /** Bindings and variables the Worker reads (see `wrangler.toml`). */
@@ -55,7 +58,7 @@ export interface WorkersEnv {
   CACHE_NAME?: string;
   /** Prefix of object names in `PUSH_BUCKET`. @default '' */
   PUSH_PREFIX?: string;
-  /** Seconds between re-reads of the pushed-object list. @default 60 */
+  /** Seconds an isolate keeps its answer to "is this path pushed?" (see `pushed-paths.ts`). @default 60 */
   PUSH_INDEX_REFRESH?: string | number;
   /** The zone the Worker's routes are on: purges are also sent to Cloudflare's purge API for it. */
   CLOUDFLARE_ZONE_ID?: string;
@@ -102,6 +105,8 @@ const NODE_ONLY_OPTIONS = [
 ] as const;
 
 const MiB = 1024 * 1024;
+/** R2's single-upload limit (5 GiB) less room for metadata stored in front of a body. */
+const R2_MAX_ENTRY = 5 * 1024 * MiB - MiB;
 
 /** A configuration problem, naming the variable it comes from. */
 export class WorkersConfigError extends Error {
@@ -162,7 +167,7 @@ function seconds(value: unknown, fallback: number): number {
   if (value === undefined || value === '') return fallback;
   const number = Number(value);
   if (!Number.isFinite(number) || number < 0) {
-    throw new WorkersConfigError([{ variable: 'PUSH_INDEX_REFRESH', option: '', problem: `got ${JSON.stringify(value)}: expected a whole number of seconds (0 turns re-reads off)` }]);
+    throw new WorkersConfigError([{ variable: 'PUSH_INDEX_REFRESH', option: '', problem: `got ${JSON.stringify(value)}: expected a number of seconds (0 asks R2 on every request)` }]);
   }
   return number;
 }
@@ -171,8 +176,8 @@ function seconds(value: unknown, fallback: number): number {
 interface WorkerEdge {
   edge: EdgeApp;
   options: EdgeOptions;
-  pushIndexRefreshMs: number;
-  lastPushIndexLoad: number;
+  /** Which paths are pushed, asked of R2 per path (absent without PUSH_BUCKET). */
+  pushedLookup?: PushedPathLookup;
   shields?: ShieldOriginClient;
   lastHealthCheck: number;
   pulled: CfCacheStore;
@@ -209,7 +214,7 @@ async function createWorkerEdge(env: WorkersEnv): Promise<WorkerEdge> {
   const pulled = new CfCacheStore({ cache, maxEntryBytes: Math.min(options.maxObjectSize, 512 * MiB), onError: logError('cache'), zoneUrls: true, purgeMarkers: true });
   const bucket = env.PUSH_BUCKET;
   const pushed = bucket
-    ? new R2PushStore({ bucket, prefix: typeof env.PUSH_PREFIX === 'string' ? env.PUSH_PREFIX : '', maxEntryBytes: Math.min(options.maxUploadSize, 64 * MiB) })
+    ? new R2PushStore({ bucket, prefix: typeof env.PUSH_PREFIX === 'string' ? env.PUSH_PREFIX : '', maxEntryBytes: Math.min(options.maxUploadSize, R2_MAX_ENTRY) })
     : undefined;
   const store: CacheStore = pushed ? new RoutedCacheStore({ pushed, pulled }) : pulled;
 
@@ -234,6 +239,9 @@ async function createWorkerEdge(env: WorkersEnv): Promise<WorkerEdge> {
     clientIp: (bindings) => (bindings as RequestBindings | undefined)?.clientIp,
     waitUntil: (executionCtx, promise) => (executionCtx as ExecutionContextLike).waitUntil(promise),
     onRequest: logRequests ? (record) => console.log(JSON.stringify({ level: 'info', node: options.name, msg: 'request', ...record })) : undefined,
+    // SHA-256 ETags while the push streams (crypto.DigestStream), as on Node: `edge push` skips unchanged files.
+    createHasher: digestStreamHasher(),
+    loadPushedIndex: false,
     health: () => ({
       runtime: 'workers',
       pushStore: bucket ? 'r2' : 'cache (no PUSH_BUCKET binding: pushed objects are per data center and may be evicted)',
@@ -250,7 +258,10 @@ async function createWorkerEdge(env: WorkersEnv): Promise<WorkerEdge> {
   await edge.ready;
   const ignored = NODE_ONLY_OPTIONS.filter((option) => env[optionVariable(option)] !== undefined);
   if (ignored.length > 0) console.warn(`edge: ${ignored.map(optionVariable).join(', ')} have no effect on Workers`);
-  return { edge, options, pushIndexRefreshMs, lastPushIndexLoad: Date.now(), shields, lastHealthCheck: Date.now(), pulled, pushed, zone, zoneHosts };
+  const pushedLookup = pushed
+    ? new PushedPathLookup({ exists: (key) => pushed.has(key), paths: edge.pull.pushedPaths, ttlMs: pushIndexRefreshMs })
+    : undefined;
+  return { edge, options, pushedLookup, shields, lastHealthCheck: Date.now(), pulled, pushed, zone, zoneHosts };
 }
 
 function logError(tier: string) {
@@ -323,9 +334,10 @@ async function serve(request: Request, env: WorkersEnv, ctx: ExecutionContextLik
     return configErrorResponse(error);
   }
   const now = Date.now();
-  if (worker.pushIndexRefreshMs > 0 && now - worker.lastPushIndexLoad >= worker.pushIndexRefreshMs) {
-    worker.lastPushIndexLoad = now;
-    ctx.waitUntil(worker.edge.pull.loadPushedIndex().catch(logError('push index')));
+  const { pathname } = new URL(request.url);
+  // Before the core decides whether to look for a pushed object at this path (one R2 head per path per PUSH_INDEX_REFRESH).
+  if (worker.pushedLookup && (request.method === 'GET' || request.method === 'HEAD') && !pathname.startsWith('/_edge/')) {
+    await worker.pushedLookup.check(pathname);
   }
   // Shields marked down come back after a good health check; only ask while one is down.
   if (worker.shields && now - worker.lastHealthCheck >= 5000 && worker.shields.status().some((shield) => !shield.healthy)) {
@@ -333,12 +345,13 @@ async function serve(request: Request, env: WorkersEnv, ctx: ExecutionContextLik
     ctx.waitUntil(worker.shields.checkHealth());
   }
   const bindings: RequestBindings = { clientIp: request.headers.get('cf-connecting-ip') ?? undefined };
-  if (request.method === 'POST' && new URL(request.url).pathname === '/_edge/purge') {
+  if (request.method === 'POST' && pathname === '/_edge/purge') {
     const { response, retry } = await handleWorkersPurge(request, {
       edge: worker.edge,
       adminToken: worker.options.adminToken,
       cache: worker.pulled,
       pushed: worker.pushed,
+      pushedLookup: worker.pushedLookup,
       zone: worker.zone,
       zoneHosts: worker.zoneHosts,
       now: Date.now,

@@ -29,6 +29,8 @@ export interface WorkersPurgeDeps {
   adminToken?: string;
   cache: CfCacheStore;
   pushed?: R2PushStore;
+  /** This isolate's answers to "is this path pushed?": forgotten after a purge of everything. */
+  pushedLookup?: { clear(): void };
   zone?: ZonePurgeClient;
   /** Hosts a path prefix is purged on at the zone (`PURGE_HOSTS`); the purge request's own host when empty. */
   zoneHosts: string[];
@@ -153,7 +155,10 @@ export async function handleWorkersPurge(request: Request, deps: WorkersPurgeDep
       const key = parseCacheKey(meta.key);
       if (!body.soft && key?.kind === 'pushed' && !key.derived) edge.pull.pushedPaths.delete(key.path);
     }
-    if (body.all && !body.soft) edge.pull.pushedPaths.clear();
+    if (body.all && !body.soft) {
+      edge.pull.pushedPaths.clear();
+      deps.pushedLookup?.clear();
+    }
     answer.purged = local + result.purged.length;
     answer.pushed = { purged: result.purged.length, complete: result.complete };
   }

@@ -14,11 +14,22 @@
  * `ml`. `Content-Type` goes to the object's HTTP metadata, so the bucket
  * reads well in the dashboard.
  *
- * Writes are buffered until `commit()` (R2 needs the metadata when an
- * upload starts, and the metadata is only known at the end), so one entry
- * is at most `maxEntryBytes`, 64 MB by default: a Worker has 128 MB of
- * memory. Larger pushes are declined (413 from the push API).
- *
+ * Writes stream (no whole-body buffer: the limit is R2's, not the isolate's).
+ * R2 takes an object's custom metadata when its upload starts, and the
+ * metadata (the ETag above all, a SHA-256 of the content) is only known at
+ * the end, so a body larger than `inlineBytes` (1 MiB) goes to a staging
+ * object first, `~s/<uuid>`: with a known length (`Content-Length`) as one
+ * `put` of a `FixedLengthStream`, otherwise as a multipart upload of
+ * `partBytes` (16 MiB) parts, at most `maxParts` of them. `commit()` then
+ * streams the staging object into the entry's own name with the metadata
+ * (R2 has no server-side copy in the Workers binding) and deletes it. A
+ * reader sees the previous version until that `put` completes. Smaller
+ * bodies are held until commit and stored with one `put`. `write()` returns
+ * a promise while a part or chunk is on its way, so the push API reads the
+ * upload no faster than R2 takes it. Staging objects of an isolate that died
+ * mid-upload are left behind under `~s/` (an R2 lifecycle rule on that
+ * prefix removes them).
+
  * Pushed objects never vary, so by default only variant '' is stored and a
  * lookup is one R2 read; `variants: true` stores other variants too, at the
  * price of one R2 listing per lookup.
@@ -48,6 +59,19 @@ export interface R2ObjectBodyLike extends R2ObjectLike {
   readonly body: ReadableStream<Uint8Array>;
 }
 
+/** An uploaded part (`R2UploadedPart`). */
+export interface R2UploadedPartLike {
+  partNumber: number;
+  etag: string;
+}
+
+/** The part of `R2MultipartUpload` this tier uses. */
+export interface R2MultipartUploadLike {
+  uploadPart(partNumber: number, value: Uint8Array): Promise<R2UploadedPartLike>;
+  complete(parts: R2UploadedPartLike[]): Promise<R2ObjectLike>;
+  abort(): Promise<void>;
+}
+
 export interface R2GetOptionsLike {
   range?: { offset: number; length?: number };
   onlyIf?: { etagMatches?: string };
@@ -59,9 +83,10 @@ export interface R2BucketLike {
   head(key: string): Promise<R2ObjectLike | null>;
   put(
     key: string,
-    value: Uint8Array | ArrayBuffer | string | null,
+    value: ReadableStream<Uint8Array> | Uint8Array | ArrayBuffer | string | null,
     options?: { customMetadata?: Record<string, string>; httpMetadata?: { contentType?: string } },
   ): Promise<R2ObjectLike | null>;
+  createMultipartUpload(key: string, options?: { customMetadata?: Record<string, string> }): Promise<R2MultipartUploadLike>;
   delete(keys: string | string[]): Promise<void>;
   list(options?: {
     prefix?: string;
@@ -82,10 +107,30 @@ export interface R2PushStoreOptions {
    */
   prefix?: string;
   /**
-   * Largest entry, in bytes; it is held in memory until committed.
-   * @default 64 * 1024 * 1024
+   * Largest entry, in bytes.
+   * @default 5 GiB less 1 MiB (R2's single-upload limit, less room for metadata in front of the body)
    */
   maxEntryBytes?: number;
+  /**
+   * Bodies up to this size are held until commit and stored with one `put`;
+   * larger ones stream to a staging object.
+   * @default 1024 * 1024
+   */
+  inlineBytes?: number;
+  /**
+   * Part size of the multipart upload a body of unknown length streams into
+   * (R2: at least 5 MiB, every part but the last the same size); at most
+   * `partBytes` are held at once.
+   * @default 16 * 1024 * 1024
+   */
+  partBytes?: number;
+  /**
+   * Most parts of one multipart upload: each is one subrequest, and a
+   * Worker makes at most 50 per request on the Free plan. A body of unknown
+   * length is declined past `partBytes * maxParts` (384 MiB by default).
+   * @default 24
+   */
+  maxParts?: number;
   /**
    * Store variants other than '' (responses with `Vary`); lookups then
    * also list the key's variants.
@@ -95,6 +140,10 @@ export interface R2PushStoreOptions {
 }
 
 const MiB = 1024 * 1024;
+/** R2's limit for one `put` (the staging object is copied with one). */
+const R2_MAX_PUT = 5 * 1024 * MiB;
+/** Where bodies stream before their metadata is known. */
+const STAGING = '~s/';
 /** R2 object names are at most 1024 bytes of UTF-8. */
 const MAX_NAME_BYTES = 1024;
 /** R2 (and Miniflare) refuse custom metadata over 2048 bytes, names and values together. */
@@ -112,18 +161,28 @@ export class R2PushStore implements CacheStore {
   readonly #bucket: R2BucketLike;
   readonly #prefix: string;
   readonly #variants: boolean;
+  readonly #inlineBytes: number;
+  readonly #partBytes: number;
+  readonly #maxParts: number;
   /** Entry sizes this isolate has seen (written, read or listed), for `stats()`. */
   readonly #known = new Map<string, number>();
 
   constructor(options: R2PushStoreOptions) {
     if (!options.bucket || typeof options.bucket.get !== 'function') throw new TypeError('R2PushStore: bucket must be an R2 bucket binding');
-    const maxEntryBytes = options.maxEntryBytes ?? 64 * MiB;
-    if (!Number.isSafeInteger(maxEntryBytes) || maxEntryBytes <= 0) {
-      throw new TypeError(`R2PushStore: maxEntryBytes must be a positive integer, got ${String(maxEntryBytes)}`);
+    const maxEntryBytes = options.maxEntryBytes ?? R2_MAX_PUT - MiB;
+    if (!Number.isSafeInteger(maxEntryBytes) || maxEntryBytes <= 0 || maxEntryBytes > R2_MAX_PUT - MiB) {
+      throw new TypeError(`R2PushStore: maxEntryBytes must be a positive integer up to ${R2_MAX_PUT - MiB} (R2's single upload), got ${String(maxEntryBytes)}`);
     }
+    const positive = (name: string, value: number, min = 1) => {
+      if (!Number.isSafeInteger(value) || value < min) throw new TypeError(`R2PushStore: ${name} must be an integer of at least ${min}, got ${String(value)}`);
+      return value;
+    };
     this.#bucket = options.bucket;
     this.#prefix = options.prefix ?? '';
     this.#variants = options.variants ?? false;
+    this.#inlineBytes = positive('inlineBytes', options.inlineBytes ?? MiB, 0);
+    this.#partBytes = positive('partBytes', options.partBytes ?? 16 * MiB, 5 * MiB);
+    this.#maxParts = positive('maxParts', options.maxParts ?? 24);
     this.maxEntryBytes = maxEntryBytes;
   }
 
@@ -146,45 +205,71 @@ export class R2PushStore implements CacheStore {
     return entries;
   }
 
+  /** Whether the key has an object (variant ''): one R2 `head`, no body. */
+  async has(key: string): Promise<boolean> {
+    return (await this.#bucket.head(await this.#objectName(key, ''))) !== null;
+  }
+
   createWriter(key: string, variant: string, expectedSize?: number): CacheWriter {
     assertKey(key);
     const declined = (expectedSize !== undefined && expectedSize > this.maxEntryBytes) || (variant !== '' && !this.#variants);
-    return new R2Writer(key, variant, this.maxEntryBytes, declined, (meta, body) => this.#put(meta, body));
+    const limit = expectedSize === undefined ? Math.min(this.maxEntryBytes, this.#partBytes * this.#maxParts) : this.maxEntryBytes;
+    return new R2Writer({
+      key,
+      variant,
+      maxBytes: limit,
+      declined,
+      expectedSize,
+      inlineBytes: this.#inlineBytes,
+      partBytes: this.#partBytes,
+      bucket: this.#bucket,
+      stagingName: this.#prefix + STAGING + crypto.randomUUID(),
+      store: (meta, body, size) => this.#put(meta, body, size),
+    });
   }
 
-  async #put(meta: CacheEntryMeta, body: Uint8Array): Promise<boolean> {
-    const stored: CacheEntryMeta = { ...meta, size: body.byteLength };
+  /** Stores the entry under its own name: `body` is the whole body (bytes, or a stream of exactly `size` bytes). */
+  async #put(meta: CacheEntryMeta, body: Uint8Array | ReadableStream<Uint8Array>, size: number): Promise<boolean> {
+    const stored: CacheEntryMeta = { ...meta, size };
     const { size: _size, ...rest } = stored;
     const json = JSON.stringify(rest);
     const contentType = meta.headers['content-type'];
-    let customMetadata: Record<string, string>;
-    let value: Uint8Array = body;
-    if (encoder.encode(json).byteLength + 1 <= CUSTOM_METADATA_BUDGET) {
-      customMetadata = { m: json };
+    const metaBytes = encoder.encode(json);
+    const inline = metaBytes.byteLength + 1 <= CUSTOM_METADATA_BUDGET;
+    const customMetadata: Record<string, string> = inline ? { m: json } : { ml: String(metaBytes.byteLength) };
+    let value: Uint8Array | ReadableStream<Uint8Array>;
+    // Off workerd (the store driven through Miniflare's proxy from Node) there is no FixedLengthStream: bytes.
+    if (!(body instanceof Uint8Array) && !fixedLengthStream()) body = new Uint8Array(await new Response(body).arrayBuffer());
+    if (body instanceof Uint8Array) {
+      if (inline) value = body;
+      else {
+        value = new Uint8Array(metaBytes.byteLength + body.byteLength);
+        value.set(metaBytes, 0);
+        value.set(body, metaBytes.byteLength);
+      }
     } else {
-      const metaBytes = encoder.encode(json);
-      value = new Uint8Array(metaBytes.byteLength + body.byteLength);
-      value.set(metaBytes, 0);
-      value.set(body, metaBytes.byteLength);
-      customMetadata = { ml: String(metaBytes.byteLength) };
+      // R2 takes a stream only when its length is known: a FixedLengthStream says it (and fails a short one).
+      value = knownLength(inline ? [body] : [metaBytes, body], (inline ? 0 : metaBytes.byteLength) + size);
     }
     await this.#bucket.put(await this.#objectName(meta.key, meta.variant), value, {
       customMetadata,
       httpMetadata: contentType ? { contentType } : undefined,
     });
-    this.#known.set(meta.key + SEP + meta.variant, body.byteLength);
+    this.#known.set(meta.key + SEP + meta.variant, size);
     return true;
   }
 
-  /** Rewrites the object with new metadata (R2 cannot change metadata in place); rare: soft purges of pushed objects. */
+  /** Rewrites the object with new metadata (R2 cannot change metadata in place), streaming its body; rare: soft purges of pushed objects. */
   async updateMeta(meta: CacheEntryMeta): Promise<boolean> {
     const name = await this.#objectName(meta.key, meta.variant);
     const object = await this.#bucket.get(name);
     if (!object || !('body' in object)) return false;
     const entry = await this.#entryOf(object);
-    if (!entry || entry.meta.key !== meta.key) return false;
-    const body = new Uint8Array(await new Response(entry.body.stream()).arrayBuffer());
-    return this.#put({ ...meta, size: body.byteLength }, body);
+    if (!entry || entry.meta.key !== meta.key) {
+      await entry?.body.stream().cancel();
+      return false;
+    }
+    return this.#put({ ...meta, size: entry.meta.size }, entry.body.stream(), entry.meta.size);
   }
 
   async delete(key: string, variant?: string): Promise<number> {
@@ -360,53 +445,191 @@ function encodeName(key: string): string {
   return escaped.startsWith('~') ? '%7E' + escaped.slice(1) : escaped;
 }
 
-/** Buffers the body until commit: R2 takes the custom metadata with the upload. */
-class R2Writer implements CacheWriter {
-  readonly #chunks: Uint8Array[] = [];
-  #size = 0;
-  #declined: boolean;
-  #done = false;
+type FixedLengthStreamConstructor = new (length: number) => TransformStream<Uint8Array, Uint8Array>;
 
-  constructor(
-    private readonly key: string,
-    private readonly variant: string,
-    private readonly maxBytes: number,
-    declined: boolean,
-    private readonly store: (meta: CacheEntryMeta, body: Uint8Array) => Promise<boolean>,
-  ) {
-    this.#declined = declined;
+/** Workers' `FixedLengthStream`, or undefined off workerd. */
+function fixedLengthStream(): FixedLengthStreamConstructor | undefined {
+  return (globalThis as unknown as { FixedLengthStream?: FixedLengthStreamConstructor }).FixedLengthStream;
+}
+
+/** The parts, one after the other, as one stream R2 knows the length of. */
+function knownLength(parts: (Uint8Array | ReadableStream<Uint8Array>)[], length: number): ReadableStream<Uint8Array> {
+  const Fixed = fixedLengthStream();
+  if (!Fixed) throw new TypeError('R2PushStore: streaming into R2 needs FixedLengthStream (workerd)');
+  const fixed = new Fixed(length);
+  void (async () => {
+    for (const [i, part] of parts.entries()) {
+      const last = i === parts.length - 1;
+      if (part instanceof Uint8Array) {
+        const writer = fixed.writable.getWriter();
+        await writer.write(part);
+        if (last) await writer.close();
+        writer.releaseLock();
+      } else {
+        await part.pipeTo(fixed.writable, { preventClose: !last });
+      }
+    }
+  })().catch((error: unknown) => fixed.writable.abort(error).catch(() => {}));
+  return fixed.readable;
+}
+
+interface R2WriterOptions {
+  key: string;
+  variant: string;
+  maxBytes: number;
+  declined: boolean;
+  expectedSize: number | undefined;
+  inlineBytes: number;
+  partBytes: number;
+  bucket: R2BucketLike;
+  /** Where a body larger than `inlineBytes` streams before commit. */
+  stagingName: string;
+  /** Stores the entry under its own name. */
+  store: (meta: CacheEntryMeta, body: Uint8Array | ReadableStream<Uint8Array>, size: number) => Promise<boolean>;
+}
+
+/**
+ * Small bodies are held until commit; larger ones stream to a staging
+ * object (one `put` of a known length, or a multipart upload), copied into
+ * place by `commit()` once the metadata is known.
+ */
+class R2Writer implements CacheWriter {
+  readonly #o: R2WriterOptions;
+  #mode: 'inline' | 'stream' | 'parts' | 'declined';
+  #done = false;
+  #size = 0;
+  /** inline: the chunks so far; parts: the part being filled. */
+  #chunks: Uint8Array[] = [];
+  #buffered = 0;
+  /** stream: the staging `put`'s input. */
+  #sink?: WritableStreamDefaultWriter<Uint8Array>;
+  /** stream and parts: the staging upload, settled (never rejected). */
+  #staged?: Promise<unknown>;
+  #multipart?: Promise<R2MultipartUploadLike>;
+  #parts: Promise<R2UploadedPartLike>[] = [];
+  #failure: unknown;
+
+  constructor(options: R2WriterOptions) {
+    this.#o = options;
+    this.#mode = options.declined ? 'declined' : 'inline';
+    const expected = options.expectedSize;
+    if (this.#mode === 'inline' && expected !== undefined && expected > options.inlineBytes && fixedLengthStream()) {
+      const Fixed = fixedLengthStream()!;
+      const fixed = new Fixed(expected);
+      this.#sink = fixed.writable.getWriter();
+      this.#staged = this.#settled(options.bucket.put(options.stagingName, fixed.readable, { customMetadata: { staging: '1' } }));
+      this.#mode = 'stream';
+    }
   }
 
-  write(chunk: Uint8Array): void {
+  /** Settles, recording the first failure: a failed staging upload declines the commit. */
+  #settled<T>(promise: Promise<T>): Promise<T | undefined> {
+    return promise.catch((error: unknown) => {
+      this.#failure ??= error;
+      return undefined;
+    });
+  }
+
+  write(chunk: Uint8Array): void | Promise<void> {
     if (this.#done) throw new TypeError('R2PushStore: write() after commit() or abort()');
-    if (this.#declined) return;
+    if (this.#mode === 'declined') return;
     this.#size += chunk.byteLength;
-    if (this.#size > this.maxBytes) {
-      this.#declined = true;
-      this.#chunks.length = 0;
+    if (this.#size > this.#o.maxBytes || this.#failure !== undefined) {
+      void this.#decline();
       return;
     }
-    // Copied: the caller may reuse or hand the buffer on.
-    this.#chunks.push(chunk.slice());
+    // Straight on while streaming (workerd's streams do not detach it; the push API waits for it);
+    // copied when held, as the caller may reuse or hand the buffer on.
+    if (this.#mode === 'stream') return this.#settled(this.#sink!.write(chunk)).then(() => {});
+    const copy = chunk.slice();
+    this.#chunks.push(copy);
+    this.#buffered += copy.byteLength;
+    if (this.#mode === 'inline') {
+      if (this.#buffered <= this.#o.inlineBytes) return;
+      // Longer than it is worth holding, length unknown: a multipart upload from here on.
+      this.#mode = 'parts';
+      this.#multipart = this.#o.bucket.createMultipartUpload(this.#o.stagingName, { customMetadata: { staging: '1' } });
+      this.#staged = this.#settled(this.#multipart);
+    }
+    if (this.#buffered >= this.#o.partBytes) return this.#uploadPart(false);
+  }
+
+  /** Uploads the next part (every part but the last exactly `partBytes` long); resolves when it is stored. */
+  async #uploadPart(last: boolean): Promise<void> {
+    const size = last ? this.#buffered : this.#o.partBytes;
+    const part = new Uint8Array(size);
+    let offset = 0;
+    while (offset < size) {
+      const chunk = this.#chunks[0]!;
+      const take = Math.min(chunk.byteLength, size - offset);
+      part.set(chunk.subarray(0, take), offset);
+      offset += take;
+      if (take === chunk.byteLength) this.#chunks.shift();
+      else this.#chunks[0] = chunk.subarray(take);
+    }
+    this.#buffered -= size;
+    const partNumber = this.#parts.length + 1;
+    const uploaded = this.#multipart!.then((upload) => upload.uploadPart(partNumber, part));
+    this.#parts.push(uploaded);
+    await this.#settled(uploaded);
+  }
+
+  async #decline(): Promise<void> {
+    if (this.#mode === 'declined') return;
+    const mode = this.#mode;
+    this.#mode = 'declined';
+    this.#chunks = [];
+    this.#buffered = 0;
+    if (mode === 'stream') {
+      await this.#sink!.abort(new RangeError('declined')).catch(() => {});
+      await this.#staged;
+      await this.#o.bucket.delete(this.#o.stagingName).catch(() => {});
+    } else if (mode === 'parts') {
+      const upload = await this.#multipart!.catch(() => undefined);
+      await Promise.allSettled(this.#parts);
+      await upload?.abort().catch(() => {});
+    }
   }
 
   async commit(meta: CacheEntryMeta): Promise<boolean> {
     if (this.#done) throw new TypeError('R2PushStore: commit() called twice or after abort()');
     this.#done = true;
-    assertMetaMatches(meta, this.key, this.variant);
-    if (this.#declined) return false;
-    const body = new Uint8Array(this.#size);
-    let offset = 0;
-    for (const chunk of this.#chunks) {
-      body.set(chunk, offset);
-      offset += chunk.byteLength;
+    assertMetaMatches(meta, this.#o.key, this.#o.variant);
+    if (this.#mode === 'declined') return false;
+    if (this.#mode === 'inline') {
+      const body = new Uint8Array(this.#buffered);
+      let offset = 0;
+      for (const chunk of this.#chunks) {
+        body.set(chunk, offset);
+        offset += chunk.byteLength;
+      }
+      this.#chunks = [];
+      return this.#o.store(meta, body, this.#size);
     }
-    this.#chunks.length = 0;
-    return this.store(meta, body);
+    if (this.#mode === 'stream') {
+      await this.#settled(this.#sink!.close());
+      await this.#staged;
+    } else {
+      await this.#uploadPart(true);
+      const upload = await this.#multipart!.catch(() => undefined);
+      const parts = await Promise.all(this.#parts.map((part) => this.#settled(part)));
+      if (upload && this.#failure === undefined) await this.#settled(upload.complete(parts as R2UploadedPartLike[]));
+      else await upload?.abort().catch(() => {});
+    }
+    const bucket = this.#o.bucket;
+    try {
+      if (this.#failure !== undefined) throw this.#failure;
+      const staged = await bucket.get(this.#o.stagingName);
+      if (!staged || !('body' in staged)) throw new Error(`R2PushStore: the staging object ${this.#o.stagingName} is missing`);
+      return await this.#o.store(meta, staged.body, this.#size);
+    } finally {
+      await bucket.delete(this.#o.stagingName).catch(() => {});
+    }
   }
 
   async abort(): Promise<void> {
+    if (this.#done) return;
     this.#done = true;
-    this.#chunks.length = 0;
+    await this.#decline();
   }
 }

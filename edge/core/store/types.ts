@@ -98,7 +98,13 @@ export interface CacheEntry {
  * leaves any previous version of the entry intact.
  */
 export interface CacheWriter {
-  write(chunk: Uint8Array): void;
+  /**
+   * Takes the chunk (the writer copies what it keeps). A writer that streams
+   * to remote storage may return a promise: callers that can pause their
+   * source (the push API) wait for it, so an upload is read no faster than
+   * it is stored; others may ignore it.
+   */
+  write(chunk: Uint8Array): void | Promise<void>;
   /**
    * Make the entry visible, replacing any previous version atomically.
    * Resolves false if the tier declined it (e.g. too large). Rejects with
