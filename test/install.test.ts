@@ -3,7 +3,8 @@
  * the sources, then `npm pack` and a global install of the tarball into a
  * temporary prefix, run from outside the repository.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { createInterface } from 'node:readline';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -78,5 +79,34 @@ describe('npm pack, then npm install -g of the tarball', () => {
     const pushHelp = run(edge, ['push', '--help'], { cwd: work });
     expect(pushHelp.status).toBe(0);
     expect(pushHelp.stderr).toContain('--dry-run');
+
+    // The status page's files come from the installed package (its own files in dist/, uPlot from node_modules).
+    const node = spawn(edge, ['--origin', 'http://127.0.0.1:9', '--port', '0', '--host', '127.0.0.1', '--workers', '1', '--data-dir', join(work, 'data'), '--admin-token', 'i'.repeat(32)], {
+      cwd: work,
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    const exited = new Promise((resolve) => node.once('exit', resolve));
+    try {
+      const url = await new Promise<string>((resolve, reject) => {
+        const lines: string[] = [];
+        createInterface({ input: node.stderr! }).on('line', (line) => {
+          lines.push(line);
+          const match = /listening on (http:\/\/\S+)/.exec(line);
+          if (match) resolve(match[1]!);
+        });
+        void exited.then((code) => reject(new Error(`edge exited with ${code}: ${lines.join('\n')}`)));
+      });
+      const page = await fetch(`${url}/_edge/`);
+      expect(page.status).toBe(200);
+      expect(await page.text()).toContain('/_edge/assets/status.js');
+      for (const file of ['status.js', 'status.css', 'uplot.js', 'uplot.css']) {
+        const asset = await fetch(`${url}/_edge/assets/${file}`);
+        expect(asset.status, file).toBe(200);
+        expect((await asset.text()).length, file).toBeGreaterThan(100);
+      }
+    } finally {
+      node.kill('SIGTERM');
+      await exited;
+    }
   });
 });
