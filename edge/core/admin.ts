@@ -95,16 +95,18 @@ function createFleet(deps: AdminDeps, token: string): FleetPurge | undefined {
     listed = () => peers;
   }
   const source = listed;
-  const shields = options.shield ?? [];
-  // Recomputed only when the adapter hands over a new list.
+  // Recomputed only when the adapter hands over a new list, or a reload new shields.
   let last: readonly FleetPeer[] | undefined;
+  let lastShields: readonly string[] | undefined;
   let merged: FleetPeer[] = [];
   return new FleetPurge({
     token,
     peers: () => {
       const now = source();
-      if (now !== last) {
+      const shields = deps.options.shield ?? [];
+      if (now !== last || shields !== lastShields) {
         last = now;
+        lastShields = shields;
         merged = fleetPeers(shields, now);
       }
       return merged;
@@ -175,8 +177,14 @@ export function mountAdminApi(app: Hono, deps: AdminDeps): void {
     if (!isPresignedPut(c)) await authorize(c);
     await next();
   };
+  // Follows --url-signing-key when a reload changes it (the admin token is fixed).
+  let signer: { key: string | undefined; signer: UploadSigner } | undefined;
   const uploads: UploadState = {
-    signer: new UploadSigner(deps.options.urlSigningKey ? parseSigningKeys(deps.options.urlSigningKey).map((k) => k.secret) : [token]),
+    get signer() {
+      const key = deps.options.urlSigningKey;
+      if (!signer || signer.key !== key) signer = { key, signer: new UploadSigner(key ? parseSigningKeys(key).map((k) => k.secret) : [token]) };
+      return signer.signer;
+    },
     nonces: deps.uploadNonces ?? new UsedNonces(),
   };
 

@@ -10,12 +10,13 @@
  * decision as plain data for adapters that write it without Web objects.
  */
 import { Hono } from 'hono';
-import { createAccessGate, type AccessGrant } from './access/gate.js';
+import { createAccessGate, type AccessGate, type AccessGrant } from './access/gate.js';
 import type { ApiKey } from './access/api-keys.js';
 import type { UploadNonces } from './access/presigned.js';
-import type { RateCounters } from './access/rate-limit.js';
+import { RateLimiter, type RateCounters } from './access/rate-limit.js';
 import { mountAdminApi, type ContentHasher, type PurgeEvent } from './admin.js';
 import { createAdminAuth } from './admin-session.js';
+import { createBearerCheck } from './bearer-token.js';
 import { formatCacheStatus } from './cache-status.js';
 import type { FillCoordinator } from './collapse.js';
 import type { BodyCoder } from './compression.js';
@@ -25,10 +26,11 @@ import { ImageVariants } from './image-variants.js';
 import type { ImageTransformer } from './image/types.js';
 import type { EdgeOptions } from './options.js';
 import type { OriginClient } from './origin/types.js';
-import { createPolicyFactory } from './policy.js';
+import { createPolicyFactory, type PolicyFactory } from './policy.js';
 import type { Described } from './describe.js';
-import type { FleetPeer } from './fleet-purge.js';
+import { parsePeers, type FleetPeer } from './fleet-purge.js';
 import { PullCache, type IncomingRequest, type RequestContext, type RequestLog } from './pull.js';
+import type { ReloadOutcome } from './reload.js';
 import { answerError, toResponse, type Answer } from './responder.js';
 import { credentials, mountStatusPage, type StatusPageSource } from './status-page.js';
 import type { CacheStore } from './store/types.js';
@@ -119,6 +121,12 @@ export interface EdgeAppDeps {
   /** Aborted when the node shuts down: stops background work that outlives requests (purge replays to peers). */
   signal?: AbortSignal;
   /**
+   * Re-read the configuration and apply it (Node: flags, environment and
+   * `--config` file, through `EdgeApp.reconfigure()`; in a cluster, every
+   * worker), for `POST /_edge/reload`. Without it that endpoint answers 404.
+   */
+  reload?: () => Promise<ReloadOutcome>;
+  /**
    * List the pushed objects at start-up to fill `pull.pushedPaths`. The
    * Workers adapter turns it off and fills the set lazily per path
    * (`edge/workers/pushed-paths.ts`).
@@ -138,6 +146,13 @@ export interface EdgeAppDeps {
   fills?: FillCoordinator;
   rateCounters?: RateCounters;
   uploadNonces?: UploadNonces;
+}
+
+/** A configuration as the app runs it: the options and the runtime pieces built from them. */
+export interface EdgeConfiguration {
+  options: EdgeOptions;
+  origin: OriginClient;
+  imageTransformer?: ImageTransformer;
 }
 
 /** What an adapter gets back from {@link EdgeApp.answerFreshHit}. */
@@ -170,7 +185,20 @@ export interface EdgeApp {
     clientIp: string | undefined,
     runtime: { sendEarlyHints?: (headers: Record<string, string | string[]>) => void },
   ): Promise<FastAnswer>;
-  pull: PullCache;
+  /** The pull path of the configuration in use (a reload replaces it; flights, purges and the pushed index carry over). */
+  readonly pull: PullCache;
+  /** The options in use (a reload replaces them). */
+  readonly options: EdgeOptions;
+  /**
+   * Put a new configuration in use (a reload): requests arriving from now
+   * on read it; requests and background work already under way finish on
+   * the previous one. The store, request collapsing, purges, rate-limit
+   * counters and connections are kept. Throws, leaving the running
+   * configuration, when the new one cannot be built. `retired` resolves
+   * once nothing uses the previous configuration any more: its origin
+   * client and image transformer may then be closed.
+   */
+  reconfigure(next: EdgeConfiguration): { retired: Promise<void> };
   /** Resolves when start-up work (the pushed-object index) is done. */
   ready: Promise<void>;
   /** Resolves when all background work (refreshes, cache fills) started so far is done. */
@@ -183,18 +211,67 @@ const RESERVED_PATH = /^\/+_edge(?:\/|%2f|$)/i;
 /** Client-sent request ids are kept when they are short, printable tokens. */
 const CLIENT_REQUEST_ID = /^[\w.:@+=-]{1,128}$/;
 
+/**
+ * The pieces built from one configuration. A request takes the one in use
+ * when it arrives and keeps it to the end, so it never sees two.
+ */
+interface Configuration {
+  options: EdgeOptions;
+  policies: PolicyFactory;
+  pull: PullCache;
+  images?: ImageVariants;
+  /** Deny rules, signatures, API keys, rate limits (`access/gate.ts`): undefined when none is configured. */
+  access?: AccessGate;
+  /** Requests and background work using it now. */
+  users: number;
+  /** Set once replaced: called when the last user is done. */
+  retire?: () => void;
+}
+
 export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
+  // The start-up options: what cannot change on reload (name, admin token, listeners) is read from these.
   const { options } = deps;
   const now = deps.now ?? Date.now;
-  const policies = createPolicyFactory({
-    heuristicFraction: options.heuristicFraction,
-    heuristicMaxAge: options.heuristicMaxAge,
-    defaultTtl: options.defaultTtl,
-    targetedFields: [options.targetedCacheControl, 'cdn-cache-control'],
-    now,
-  });
-  const pull = new PullCache({ options, store: deps.store, origin: deps.origin, policies, now, coder: deps.coder, fills: deps.fills });
-  const images = options.images ? new ImageVariants({ options, store: deps.store, pull, policies, transformer: deps.imageTransformer, now }) : undefined;
+  // One set of counters for every configuration: a reload does not hand every client a fresh window.
+  const rateCounters = deps.rateCounters ?? new RateLimiter({ maxEntries: options.rateLimitClients, now });
+
+  const configure = (next: EdgeConfiguration, previous?: Configuration): Configuration => {
+    const { options } = next;
+    const policies = createPolicyFactory({
+      heuristicFraction: options.heuristicFraction,
+      heuristicMaxAge: options.heuristicMaxAge,
+      defaultTtl: options.defaultTtl,
+      targetedFields: [options.targetedCacheControl, 'cdn-cache-control'],
+      now,
+    });
+    const pullDeps = { options, store: deps.store, origin: next.origin, policies, now, coder: deps.coder, fills: deps.fills };
+    const pull = previous ? previous.pull.reconfigured(pullDeps) : new PullCache(pullDeps);
+    const images = options.images ? new ImageVariants({ options, store: deps.store, pull, policies, transformer: next.imageTransformer, now }) : undefined;
+    const access = createAccessGate({ options, now, apiKeys: deps.apiKeys, rateCounters });
+    return { options, policies, pull, images, access, users: 0 };
+  };
+  let current = configure({ options, origin: deps.origin, imageTransformer: deps.imageTransformer });
+  /** Replaced pull caches whose background re-compressions may still run (`settle()` waits for them). */
+  const retiredPulls = new Set<PullCache>();
+
+  /** Count a user of `config` until the returned release is called. */
+  const hold = (config: Configuration): (() => void) => {
+    config.users++;
+    return () => {
+      if (--config.users === 0) config.retire?.();
+    };
+  };
+
+  // --peers as a comma-separated list: the one in the configuration in use (a reload may change it).
+  let listed: { value: string; peers: readonly FleetPeer[] } | undefined;
+  const listedPeers =
+    options.peers === undefined || options.peers.startsWith('@')
+      ? undefined
+      : () => {
+          const value = current.options.peers ?? '';
+          if (listed?.value !== value) listed = { value, peers: parsePeers(value, 'list').peers };
+          return listed.peers;
+        };
 
   const pending = new Set<Promise<unknown>>();
   const track = (promise: Promise<unknown>) => {
@@ -294,16 +371,23 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
     return c.body(await deps.metrics(), 200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' });
   });
 
+  // Read per request: a reload's options, pull path and policies apply to the admin API at once.
   mountAdminApi(app, {
-    options,
+    get options() {
+      return current.options;
+    },
     store: deps.store,
-    pull,
-    policies,
+    get pull() {
+      return current.pull;
+    },
+    get policies() {
+      return current.policies;
+    },
     now,
     createHasher: deps.createHasher,
     waitUntil: track,
     originStatus: deps.originStatus,
-    peers: deps.peers,
+    peers: deps.peers ?? listedPeers,
     signal: deps.signal,
     auth: adminAuth,
     onPurge: deps.onPurge,
@@ -311,6 +395,22 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
   });
 
   mountStatusPage(app, { auth: adminAuth, source: deps.statusPage });
+
+  // POST /_edge/reload: the adapter re-reads and applies its configuration; admin token holders only.
+  const checkReloadToken = options.adminToken ? createBearerCheck(options.adminToken, 'POST /_edge/reload') : undefined;
+  app.post('/_edge/reload', async (c) => {
+    if (!checkReloadToken) throw new EdgeError('EDGE_ADMIN_DISABLED', 'The admin API is disabled: start the node with --admin-token (EDGE_ADMIN_TOKEN) to enable it.');
+    await checkReloadToken(c.req.header('authorization'));
+    if (!deps.reload) throw new EdgeError('EDGE_NOT_FOUND', 'This runtime does not reload its configuration: deploy a new version instead.');
+    const outcome = await deps.reload();
+    if (!outcome.applied) {
+      throw new EdgeError('EDGE_BAD_CONFIG', `The configuration was not reloaded: ${outcome.problems.join('; ')}`, { details: { problems: outcome.problems } });
+    }
+    return c.json({ status: 'reloaded', changed: outcome.changed, ...(outcome.workers !== undefined ? { workers: outcome.workers } : {}) });
+  });
+  app.all('/_edge/reload', () => {
+    throw new EdgeError('EDGE_METHOD_NOT_ALLOWED', 'Use POST here.', { headers: { allow: 'POST' } });
+  });
 
   // Everything under /_edge/ belongs to the node and is never forwarded.
   app.all('/_edge/*', () => {
@@ -350,34 +450,43 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
     return toResponse(answer);
   });
 
-  /** Dispatch, with every failure turned into its JSON answer. */
+  /** Dispatch on the configuration in use, with every failure turned into its JSON answer. */
   async function answerSafely(request: IncomingRequest, ctx: RequestContext): Promise<Answer> {
+    const config = current;
+    const release = hold(config);
+    // Background work the request starts (refreshes, cache fills) keeps its configuration in use too.
+    const waitUntil = ctx.waitUntil;
+    ctx.waitUntil = (promise) => {
+      const done = hold(config);
+      promise.then(done, done);
+      waitUntil(promise);
+    };
     try {
-      return await dispatch(request, ctx);
+      return await dispatch(config, request, ctx);
     } catch (error) {
       // Errors carry Cache-Status too, so a client can tell where they came from.
       const code = (error as { code?: unknown } | null)?.code;
       return answerError(error, formatCacheStatus(options.name, { fwd: 'miss', ...(typeof code === 'string' ? { detail: code } : {}) }));
+    } finally {
+      release();
     }
   }
 
   /** Neither a node path nor an image request: the pull path's alone (what the fast path may answer). */
-  const isPlainContent = (described: Described): boolean =>
+  const isPlainContent = ({ images }: Configuration, described: Described): boolean =>
     !RESERVED_PATH.test(described.pathname) && !(images && described.search !== '' && images.applies(described.pathname));
 
-  /** Deny rules, signatures, API keys, rate limits (`access/gate.ts`): undefined when none is configured. */
-  const access = createAccessGate({ options, now, apiKeys: deps.apiKeys, rateCounters: deps.rateCounters });
-
   /** The one dispatch of content requests: the access check, then image variants or the pull path. */
-  async function dispatch(request: IncomingRequest, ctx: RequestContext): Promise<Answer> {
-    const described = pull.describe(request.url, ctx.clientIp, request.headers);
+  async function dispatch(config: Configuration, request: IncomingRequest, ctx: RequestContext): Promise<Answer> {
+    const { access } = config;
+    const described = config.pull.describe(request.url, ctx.clientIp, request.headers);
     if (RESERVED_PATH.test(described.pathname)) throw new EdgeError('EDGE_NOT_FOUND', 'No such endpoint under /_edge/.');
-    if (!access) return route(request, ctx, described);
+    if (!access) return route(config, request, ctx, described);
     const grant = await access.check(request.method, described, ctx.clientIp);
-    return grant.finish(await route(request, ctx, described), ctx.log.outcome);
+    return grant.finish(await route(config, request, ctx, described), ctx.log.outcome);
   }
 
-  async function route(request: IncomingRequest, ctx: RequestContext, described: Described): Promise<Answer> {
+  async function route({ images, pull }: Configuration, request: IncomingRequest, ctx: RequestContext, described: Described): Promise<Answer> {
     const incoming = { ...request, url: described.href };
     if (images && described.search !== '' && (request.method === 'GET' || request.method === 'HEAD') && images.applies(described.pathname)) {
       const params = await images.parse(new URL(described.href));
@@ -421,9 +530,13 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
       const started = now();
       const state = begin(headers);
       // With access rules, only a request the gate admits synchronously may take this path; finish() counts it.
+      const config = current;
+      const { access } = config;
       let grant: AccessGrant | null = null;
-      const isContent = access ? (described: Described) => isPlainContent(described) && (grant = access.checkFast(method, described, clientIp)) !== null : isPlainContent;
-      const answer = pull.answerFreshHit(method, url, headers, clientIp, state.log, isContent);
+      const isContent = access
+        ? (described: Described) => isPlainContent(config, described) && (grant = access.checkFast(method, described, clientIp)) !== null
+        : (described: Described) => isPlainContent(config, described);
+      const answer = config.pull.answerFreshHit(method, url, headers, clientIp, state.log, isContent);
       if (!answer) return undefined;
       (grant as AccessGrant | null)?.finish(answer, 'hit');
       if (state.ownId) answer.headers['x-request-id'] = state.requestId;
@@ -432,14 +545,30 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
         done: (bytes) => onRequest?.(record(state, method, url, answer.status, { get: (name) => answer.headers[name] }, started, clientIp, bytes, 'hit')),
       };
     },
-    pull,
+    get pull() {
+      return current.pull;
+    },
+    get options() {
+      return current.options;
+    },
+    reconfigure(next) {
+      const previous = current;
+      current = configure(next, previous);
+      retiredPulls.add(previous.pull);
+      const retired = new Promise<void>((resolve) => {
+        previous.retire = resolve;
+        if (previous.users === 0) resolve();
+      });
+      void retired.then(() => previous.pull.backgroundIdle()).then(() => retiredPulls.delete(previous.pull));
+      return { retired };
+    },
     // Workers look pushed paths up lazily instead (listing a bucket per isolate does not scale there).
-    ready: deps.loadPushedIndex === false ? Promise.resolve() : pull.loadPushedIndex(),
+    ready: deps.loadPushedIndex === false ? Promise.resolve() : current.pull.loadPushedIndex(),
     async settle() {
       for (;;) {
         while (pending.size > 0) await Promise.all([...pending]);
         // Re-compressions queued by hits run outside any request's work.
-        await pull.backgroundIdle();
+        await Promise.all([current.pull, ...retiredPulls].map((pull) => pull.backgroundIdle()));
         if (pending.size === 0) return;
       }
     },

@@ -99,8 +99,20 @@ export class PullCache {
    */
   readonly pushedPaths = new Set<string>();
 
-  constructor(deps: PullDeps) {
+  /**
+   * `carried`: the pull cache of the configuration this one replaces (a
+   * reload, see {@link reconfigured}); its flights, hit-for-miss memory,
+   * purge log and pushed-path index are this one's too.
+   */
+  constructor(deps: PullDeps, carried?: PullCache) {
     this.deps = deps;
+    if (carried) {
+      this.flights = carried.flights;
+      this.refreshing = carried.refreshing;
+      this.uncacheable = carried.uncacheable;
+      this.purges = carried.purges;
+      this.pushedPaths = carried.pushedPaths;
+    }
     this.fills = deps.fills ?? SOLE_PROCESS_FILLS;
     this.describer = new RequestDescriber(deps.options);
     this.dropped = droppedResponseFields(deps.options.targetedCacheControl, deps.options.forwardCdnHeaders);
@@ -122,6 +134,16 @@ export class PullCache {
       graceFor: (pull) => this.graceFor(pull),
       restart: (pull) => this.serve(pull),
     });
+  }
+
+  /**
+   * The pull cache for a new configuration (options, origin client,
+   * policies): requests that started on this one finish on it, new ones
+   * use the new one, and both share what outlives a configuration, so no
+   * flight is split and no purge is missed by a fill in flight.
+   */
+  reconfigured(deps: PullDeps): PullCache {
+    return new PullCache(deps, this);
   }
 
   /** Resolves once background re-compressions are done (shutdown, tests). */

@@ -13,7 +13,11 @@
  *   `/_edge/health`, and the aggregate of every worker's metrics for
  *   `/_edge/metrics` (prom-client's AggregatorRegistry);
  * - on SIGTERM or SIGINT, asks every worker to drain and close, and exits
- *   when they have; SIGHUP is passed on (certificate or peers file reload).
+ *   when they have;
+ * - on SIGHUP, or a worker's `POST /_edge/reload`, asks every worker to
+ *   reload its configuration (each re-reads flags, environment and config
+ *   file; the primary re-reads nothing), logs the outcome once and answers
+ *   once each worker has applied or refused it.
  *
  * A worker exits when its IPC channel closes, so workers never outlive a
  * primary that dies.
@@ -22,9 +26,11 @@ import cluster, { type Worker } from 'node:cluster';
 import { AggregatorRegistry, type Registry } from 'prom-client';
 import type { EdgeApp, EdgeAppDeps } from '../core/app.js';
 import type { EdgeOptions } from '../core/options.js';
+import type { ReloadOutcome } from '../core/reload.js';
 import { TieredCacheStore } from '../core/store/tiered.js';
 import type { CacheStore } from '../core/store/types.js';
 import { PrimaryBus, WorkerBus } from './cluster-bus.js';
+import { describeReload } from './config-reload.js';
 import { mergeStatsSnapshots, tierFills, type StatsSnapshot, type TierFill } from './status-stats.js';
 import { ClusterFillCoordinator, FillLeaseTable, registerCollapseGauge } from './cluster-fills.js';
 import { ClusterUploadNonces, serveUploadNonces } from './cluster-nonces.js';
@@ -58,8 +64,6 @@ export interface ClusterPrimaryOptions {
   env?: Record<string, string>;
   /** The first worker is listening (print the start-up line). */
   onReady(ready: WorkerReady): void;
-  /** Pass SIGHUP on to the workers (TLS or a peers file); otherwise it stops the node. */
-  forwardSighup: boolean;
   /** After every worker has exited on SIGTERM/SIGINT (close the demo origin). */
   onStopped?: () => Promise<void>;
 }
@@ -70,6 +74,8 @@ const MAX_RESPAWN_MS = 30_000;
 const HEALTHY_AFTER_MS = 10_000;
 /** Workers still running this long after SIGTERM are killed. */
 const DRAIN_DEADLINE_MS = 30_000;
+/** A worker has this long to apply or refuse a reload (it builds clients, it reads no network). */
+const RELOAD_TIMEOUT_MS = 10_000;
 
 export async function runPrimary(config: ClusterPrimaryOptions): Promise<void> {
   const { name: tag, options } = config;
@@ -91,6 +97,32 @@ export async function runPrimary(config: ClusterPrimaryOptions): Promise<void> {
 
   const publish = () => bus.notify('workers', [...started.values()].filter((info) => ready.has(info.id)));
   bus.handle('metrics', () => aggregator.clusterMetrics());
+
+  /** Every listening worker reloads its configuration; one outcome, logged once, when all have applied or refused. */
+  const reloadAll = async (trigger: string): Promise<ReloadOutcome> => {
+    const workers = Object.values(cluster.workers ?? {}).filter((worker): worker is Worker => !!worker && ready.has(worker.id));
+    const outcomes = await Promise.all(
+      workers.map((worker) =>
+        bus.deliver(worker, 'reload', trigger, RELOAD_TIMEOUT_MS).then(
+          (outcome) => outcome as ReloadOutcome | null,
+          (error: Error): ReloadOutcome => ({ applied: false, changed: [], problems: [`worker ${worker.process.pid}: ${error.message}`] }),
+        ),
+      ),
+    );
+    // null: the worker exited meanwhile (its replacement reads the configuration as it starts).
+    const answered = outcomes.filter((outcome): outcome is ReloadOutcome => outcome !== null);
+    const problems = [...new Set(answered.flatMap((outcome) => outcome.problems))];
+    if (answered.length === 0) problems.push('no worker is listening');
+    const outcome: ReloadOutcome = {
+      applied: problems.length === 0 && answered.every((one) => one.applied),
+      changed: [...new Set(answered.flatMap((one) => one.changed))],
+      problems,
+      workers: answered.length,
+    };
+    for (const line of describeReload(outcome, trigger)) console.error(`${tag}: ${line}`);
+    return outcome;
+  };
+  bus.handle('reload', () => reloadAll('POST /_edge/reload'));
   // The status page's figures: every listening worker's snapshot, summed (a worker that does not answer is left out).
   bus.handle('stats', async () => {
     const workers = Object.values(cluster.workers ?? {}).filter((worker): worker is Worker => !!worker && ready.has(worker.id));
@@ -152,11 +184,7 @@ export async function runPrimary(config: ClusterPrimaryOptions): Promise<void> {
   };
   process.on('SIGINT', () => void stop('SIGINT'));
   process.on('SIGTERM', () => void stop('SIGTERM'));
-  if (config.forwardSighup) {
-    process.on('SIGHUP', () => {
-      for (const worker of Object.values(cluster.workers ?? {})) worker?.process.kill('SIGHUP');
-    });
-  }
+  process.on('SIGHUP', () => void reloadAll('SIGHUP'));
 
   for (let i = 0; i < config.workers; i++) fork();
 }
@@ -181,6 +209,10 @@ export interface ClusterWorker {
   health(): Record<string, unknown>;
   /** Tell the primary this worker listens. */
   ready(ready: WorkerReady): Promise<void>;
+  /** Reload every worker's configuration through the primary (`POST /_edge/reload`); resolves once all have applied or refused. */
+  reloadAll(): Promise<ReloadOutcome>;
+  /** Apply the primary's reload requests to this worker (before `ready()`). */
+  onReload(reload: (trigger: string) => Promise<ReloadOutcome>): void;
   /** State kept by the primary for every worker (after `createStore`): fill leases, rate-limit counters, upload nonces. */
   shared(options: EdgeOptions): Pick<EdgeAppDeps, 'fills' | 'rateCounters' | 'uploadNonces'>;
 }
@@ -230,6 +262,8 @@ export function joinCluster(): ClusterWorker {
       };
     },
     ready: (info) => bus.request('ready', info).then(() => undefined),
+    reloadAll: () => bus.request<ReloadOutcome>('reload'),
+    onReload: (reload) => bus.handle('reload', (trigger) => reload(String(trigger))),
     shared: (options) => ({
       // Another worker's fill is read from LMDB: its commit must be visible to this process's next read.
       fills: (fills = new ClusterFillCoordinator({ bus, stallMs: options.collapseTimeout, beforeFollow: () => disk?.refresh() })),

@@ -101,6 +101,19 @@ export function collectOptionInput(argv: string[], env: NodeJS.ProcessEnv, defau
   return input;
 }
 
+/**
+ * The options from flags, environment and config file, read again for a
+ * reload (SIGHUP, `POST /_edge/reload`), with the embedded demo origin
+ * standing in for a missing origin as at start-up. Throws
+ * `EdgeOptionsError` with the start-up's lines.
+ */
+function rereadOptions(program: NodeProgram, argv: string[], demoUrl: string | undefined): EdgeOptions {
+  const options = resolveEdgeOptions(collectOptionInput(argv, process.env, program.defaults));
+  if (options.origin || options.origins) return options;
+  if (demoUrl !== undefined) return { ...options, origin: demoUrl };
+  throw new EdgeOptionsError(['--origin (EDGE_ORIGIN) is required, or origins in a --config file']);
+}
+
 export async function runNode(program: NodeProgram, argv: string[]): Promise<void> {
   const tag = program.name;
   // sharp runs on libuv's thread pool (4 threads by default): leave room for
@@ -168,10 +181,10 @@ export async function runNode(program: NodeProgram, argv: string[]): Promise<voi
   }
   const workers = options.workers === 0 ? availableParallelism() : options.workers;
   if (workers > 1 || cluster.isWorker) {
-    await runClustered(program, options, workers, demo);
+    await runClustered(program, argv, options, workers, demo);
     return;
   }
-  const server = await startEdgeServer(options);
+  const server = await startEdgeServer(options, { readOptions: () => rereadOptions(program, argv, demo?.url) });
   const listenHost = options.host === '0.0.0.0' ? 'localhost' : options.host;
   const where = `${server.tls ? 'https' : 'http'}://${listenHost}:${server.port}`;
   const protocols = server.tls ? ' (HTTP/2 and HTTP/1.1)' : '';
@@ -179,11 +192,6 @@ export async function runNode(program: NodeProgram, argv: string[]): Promise<voi
   if (server.redirect) console.error(`${tag}: redirecting http://${listenHost}:${server.redirect.port} to https (308), /_edge/health answered there too`);
   if (server.adminUrl) console.error(`${tag}: /_edge/ (admin API, metrics, origins) on ${server.adminUrl}; the public port answers content and /_edge/health only`);
   if (demo) console.error(`${tag}: try  curl -i ${server.tls ? '-k ' : ''}${where}/data/products.json  (twice: MISS, then HIT)`);
-  // SIGHUP re-reads the certificate files (they are watched too); without TLS it keeps its default (exit).
-  if (server.tls) {
-    const tls = server.tls;
-    process.on('SIGHUP', () => void tls.reload('signal'));
-  }
 
   let stopping = false;
   const stop = async (signal: string) => {
@@ -196,8 +204,8 @@ export async function runNode(program: NodeProgram, argv: string[]): Promise<voi
   };
   process.on('SIGINT', () => void stop('SIGINT'));
   process.on('SIGTERM', () => void stop('SIGTERM'));
-  // Only with a peers file: otherwise SIGHUP keeps its default (stop).
-  if (options.peers?.startsWith('@')) process.on('SIGHUP', () => server.reloadPeers());
+  // SIGHUP reloads the configuration, and re-reads the certificate and peers files (README "Configuration reload").
+  process.on('SIGHUP', () => void server.reload('SIGHUP'));
 }
 
 /** Entry-point wrapper: run, and turn a start-up failure into one line and exit 1 (2 for an unusable --data-dir). */
@@ -214,17 +222,20 @@ export function main(program: NodeProgram): void {
  * a worker serves like a single node, with its store, metrics and health
  * joined to the others', and exits when the primary goes.
  */
-async function runClustered(program: NodeProgram, options: EdgeOptions, workers: number, demo: { url: string; close(): Promise<void> } | undefined): Promise<void> {
+async function runClustered(
+  program: NodeProgram,
+  argv: string[],
+  options: EdgeOptions,
+  workers: number,
+  demo: { url: string; close(): Promise<void> } | undefined,
+): Promise<void> {
   const tag = program.name;
-  const peersFile = options.peers?.startsWith('@') ?? false;
-  const reloads = (options.tlsCert !== undefined && options.tlsKey !== undefined) || peersFile;
   if (cluster.isPrimary) {
     await runPrimary({
       name: tag,
       workers,
       options,
       env: demo ? { EDGE_ORIGIN: demo.url } : {},
-      forwardSighup: reloads,
       onStopped: async () => demo?.close(),
       onReady: (ready) => {
         const listenHost = options.host === '0.0.0.0' ? 'localhost' : options.host;
@@ -239,9 +250,16 @@ async function runClustered(program: NodeProgram, options: EdgeOptions, workers:
     return;
   }
   // Image transforms are bounded per machine: the per-process limit (one per core by default) is shared out.
-  const transformConcurrency = Math.max(1, Math.floor((options.transformConcurrency || availableParallelism()) / workers));
+  const perWorker = (given: EdgeOptions): EdgeOptions => ({ ...given, transformConcurrency: Math.max(1, Math.floor((given.transformConcurrency || availableParallelism()) / workers)) });
   const member = joinCluster();
-  const server = await startEdgeServer({ ...options, transformConcurrency }, { cluster: member });
+  const server = await startEdgeServer(perWorker(options), {
+    cluster: member,
+    // The worker's own environment holds the demo origin's URL (EDGE_ORIGIN).
+    readOptions: () => perWorker(rereadOptions(program, argv, undefined)),
+    // The primary logs one line for the whole cluster.
+    onReload: () => {},
+  });
+  member.onReload((trigger) => server.reload(trigger));
   await member.ready({ port: server.port, url: server.url, tls: server.tls !== undefined, redirectPort: server.redirect?.port, adminUrl: server.adminUrl });
   let stopping = false;
   const stop = async () => {
@@ -254,9 +272,6 @@ async function runClustered(program: NodeProgram, options: EdgeOptions, workers:
   process.on('SIGTERM', () => void stop());
   // The primary is gone (crashed or killed): never serve without it.
   process.on('disconnect', () => void stop());
-  if (server.tls) {
-    const tls = server.tls;
-    process.on('SIGHUP', () => void tls.reload('signal'));
-  }
-  if (peersFile) process.on('SIGHUP', () => server.reloadPeers());
+  // The primary turns SIGHUP into a reload of every worker; one sent to a worker itself is ignored, not fatal.
+  process.on('SIGHUP', () => {});
 }

@@ -32,8 +32,10 @@ import { StatsRecorder, tierFills, type StatsSnapshot } from './status-stats.js'
 import { writeAnswer, type NodeResponse } from './write-answer.js';
 import { describeTlsReload, loadOriginTls, loadTlsCertificate, TlsCertificateReloader, type TlsCertificate, type TlsReloadEvent } from './tls.js';
 import { EdgeError } from '../core/errors.js';
+import { changedOptions, restartProblems, type ReloadOutcome } from '../core/reload.js';
+import { changedAny, createImageTransformer, describeReload, ORIGIN_OPTIONS, reloadProblems, TRANSFORMER_OPTIONS } from './config-reload.js';
 import { answerError } from '../core/responder.js';
-import { SharpImageTransformer } from './sharp-transformer.js';
+import type { SharpImageTransformer } from './sharp-transformer.js';
 import { UndiciOriginClient } from './undici-origin.js';
 import { createZlibCoder } from './zlib-coder.js';
 import type { BodyCoder } from '../core/compression.js';
@@ -53,6 +55,15 @@ export interface EdgeServerOverrides {
   tlsReloadDebounceMs?: number;
   /** A cluster worker's hooks (the CLI's `--workers`): shared LMDB, peers told of changes, cluster-wide metrics and health. @default a single process */
   cluster?: ClusterWorker;
+  /**
+   * Read the configuration again for {@link EdgeServer.reload} (the CLI:
+   * flags, environment and `--config` file); throws `EdgeOptionsError`.
+   * Without it, `reload()` needs the new options handed in, and
+   * `POST /_edge/reload` answers 404 (outside a cluster).
+   */
+  readOptions?: () => EdgeOptions;
+  /** Told of every reload. @default its lines on stderr (`describeReload`) */
+  onReload?: (outcome: ReloadOutcome, trigger: string) => void;
 }
 
 export interface EdgeServer {
@@ -73,6 +84,15 @@ export interface EdgeServer {
   tls?: { certificate(): TlsCertificate; reload(trigger?: TlsReloadEvent['trigger']): TlsReloadEvent };
   /** Read the `--peers @file` again now (what SIGHUP does); a no-op without one. */
   reloadPeers(): void;
+  /**
+   * Reload the configuration (what SIGHUP and `POST /_edge/reload` do):
+   * `next`, or the options read again with `readOptions`. Refused as a
+   * whole, the running configuration staying, when they are invalid or
+   * change an option that takes a restart (`core/reload.ts`); otherwise in
+   * use by the next request, the cache and connections kept. The
+   * certificate and peers files are re-read either way.
+   */
+  reload(trigger?: string, next?: EdgeOptions): Promise<ReloadOutcome>;
   close(): Promise<void>;
 }
 
@@ -263,19 +283,12 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
     : undefined;
   const adminAddress = options.adminListen === undefined ? undefined : parseListenAddress(options.adminListen);
   const store = overrides.cluster?.createStore(options, now) ?? createTieredStore(options, now);
-  const origin = overrides.origin ?? createUpstream(options, originTls);
+  // Replaced on reload when an origin option changes (the old one is closed once its requests are done).
+  let origin = overrides.origin ?? createUpstream(options, originTls);
   const metrics = createEdgeMetrics(store);
   // The status page's figures: the metrics' per-request record, plus body bytes from upstream.
   const stats = new StatsRecorder({ now });
-  const imageTransformer = options.images
-    ? new SharpImageTransformer({
-        maxInputPixels: options.imageMaxPixels,
-        timeoutMs: options.transformTimeout,
-        maxQueue: options.transformQueue,
-        avifEffort: options.avifEffort,
-        ...(options.transformConcurrency > 0 ? { concurrency: options.transformConcurrency } : {}),
-      })
-    : undefined;
+  let imageTransformer = createImageTransformer(options);
 
   const edge = createEdgeApp({
     coder: overrides.coder ?? createZlibCoder(),
@@ -315,6 +328,8 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
     onPurge: (event) => stats.purged(event),
     ...overrides.cluster?.shared(options),
     peers: peersFile?.current,
+    // In a cluster every worker reloads (through the primary); alone, this process.
+    reload: overrides.cluster ? () => overrides.cluster!.reloadAll() : overrides.readOptions ? () => reload('POST /_edge/reload') : undefined,
     signal: lifetime.signal,
     writeAnswer: (env, answer, done) => {
       const outgoing = (env as Bindings | undefined)?.outgoing;
@@ -442,6 +457,73 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
     admin = { server: adminServer, port: adminPort, url: `http://${adminHost.includes(':') ? `[${adminHost}]` : adminHost}:${adminPort}` };
   }
 
+  let running = options;
+  /** Replaced origin clients and image transformers, each closed once nothing uses its configuration (`close()` waits for them). */
+  const retiring = new Set<Promise<void>>();
+  const onReload =
+    overrides.onReload ??
+    ((outcome: ReloadOutcome, trigger: string) => {
+      for (const line of describeReload(outcome, trigger)) console.error(`${options.name}: ${line}`);
+    });
+  const refused = (problems: string[]): ReloadOutcome => ({ applied: false, changed: [], problems });
+  const applyReload = (trigger: string, given: EdgeOptions | undefined): ReloadOutcome => {
+    // Files with their own checks and log lines, re-read on every reload as SIGHUP always did.
+    reloader?.reload(trigger === 'SIGHUP' ? 'signal' : 'manual');
+    peersFile?.reload();
+    let next: EdgeOptions;
+    try {
+      if (given) next = given;
+      else if (overrides.readOptions) next = overrides.readOptions();
+      else return refused(['this node was started without a way to read its configuration again (startEdgeServer without readOptions)']);
+    } catch (error) {
+      return refused(reloadProblems(error));
+    }
+    const problems = restartProblems(running, next);
+    if (problems.length > 0) return refused(problems);
+    const changed = changedOptions(running, next);
+    if (changed.length === 0) return { applied: true, changed, problems: [] };
+    // Rebuilt only when their options changed: otherwise the origin keeps its connections and health, sharp its queue.
+    const newOrigin = !overrides.origin && changedAny(changed, ORIGIN_OPTIONS);
+    const newTransformer = changedAny(changed, TRANSFORMER_OPTIONS);
+    let nextOrigin: typeof origin | undefined;
+    let nextTransformer: SharpImageTransformer | undefined;
+    let retired: Promise<void>;
+    try {
+      if (newOrigin) nextOrigin = createUpstream(next, next.originCa === undefined ? undefined : loadOriginTls(next.originCa));
+      // Turning images off keeps the transformer (idle) rather than leaving none.
+      if (newTransformer) nextTransformer = createImageTransformer(next) ?? imageTransformer;
+      ({ retired } = edge.reconfigure({
+        options: next,
+        origin: countingOrigin(nextOrigin ?? origin, (bytes) => stats.originBytes(bytes)),
+        imageTransformer: newTransformer ? nextTransformer : imageTransformer,
+      }));
+    } catch (error) {
+      void nextOrigin?.close?.();
+      void nextTransformer?.close();
+      return refused(reloadProblems(error));
+    }
+    const oldOrigin = origin;
+    const oldTransformer = imageTransformer;
+    if (nextOrigin) origin = nextOrigin;
+    if (newTransformer) imageTransformer = nextTransformer;
+    const closed = retired
+      .then(async () => {
+        if (nextOrigin) await oldOrigin.close?.();
+        if (newTransformer && nextTransformer !== oldTransformer) await oldTransformer?.close();
+      })
+      .catch(() => {});
+    retiring.add(closed);
+    void closed.then(() => retiring.delete(closed));
+    if (accessLog && changed.includes('logLevel')) accessLog.logger.level = next.logLevel;
+    running = next;
+    return { applied: true, changed, problems: [] };
+  };
+  const reload = async (trigger = 'manual', next?: EdgeOptions): Promise<ReloadOutcome> => {
+    const outcome = applyReload(trigger, next);
+    onReload(outcome, trigger);
+    return outcome;
+  };
+
   let closing: Promise<void> | undefined;
   return {
     url: `${scheme}://${host.includes(':') ? `[${host}]` : host}:${port}`,
@@ -454,6 +536,7 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
     adminUrl: admin?.url,
     tls: reloader ? { certificate: () => reloader.current, reload: (trigger = 'manual') => reloader.reload(trigger) } : undefined,
     reloadPeers: () => peersFile?.reload(),
+    reload,
     close() {
       // Idempotent: a supervisor and a signal handler may both ask.
       closing ??= (async () => {
@@ -482,6 +565,7 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
         await Promise.all(closed);
         clearTimeout(force);
         await edge.settle();
+        await Promise.all(retiring);
         await imageTransformer?.close();
         if (accessLog) accessLog.close();
         else if (logger) logger.flush();
