@@ -12,6 +12,9 @@
  *   (forget a key, with acknowledgements), the worker list for
  *   `/_edge/health`, and the aggregate of every worker's metrics for
  *   `/_edge/metrics` (prom-client's AggregatorRegistry);
+ * - keeps what every worker shares besides LMDB: fill leases for request
+ *   collapsing across workers (`cluster-fills.ts`), rate-limit counters
+ *   (`cluster-rate-limit.ts`) and used upload nonces (`cluster-nonces.ts`);
  * - on SIGTERM or SIGINT, asks every worker to drain and close, and exits
  *   when they have;
  * - on SIGHUP, or a worker's `POST /_edge/reload`, asks every worker to
