@@ -353,6 +353,45 @@ describe('origins and paths', () => {
     expect(origin.served[4]!.range).toBeUndefined();
   });
 
+  it('a plain GET of an object over --max-object-size is stored in pieces as it streams; ranges and GETs then come from them', async () => {
+    const size = 8 * MiB + 7;
+    const origin = await startSliced(size, {}, { maxObjectSize: '4MB' });
+    const res = await t!.get('/video.mp4');
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-length')).toBe(String(size));
+    expect(res.headers.get('cache-status')).toMatch(/fwd=uri-miss; stored/);
+    expect((await hashBody(res)).hash).toBe(hashOf(1, 0, size - 1));
+    expect(origin.served).toEqual([{ range: undefined, ifMatch: undefined, status: 200, bytes: size }]);
+
+    const range = await t!.get('/video.mp4', { headers: { range: 'bytes=5000000-5000099' } });
+    expect(range.status).toBe(206);
+    expect(range.headers.get('cache-status')).toMatch(/^edge; hit/);
+    expect((await hashBody(range)).hash).toBe(hashOf(1, 5_000_000, 5_000_099));
+    const again = await t!.get('/video.mp4');
+    expect(again.status).toBe(200);
+    expect((await hashBody(again)).hash).toBe(hashOf(1, 0, size - 1));
+    expect(origin.served).toHaveLength(1);
+  });
+
+  it('a client that leaves such a fill early keeps the pieces it got past; a later GET fetches only the others', async () => {
+    const size = 9 * MiB;
+    const origin = await startSliced(size, {}, { maxObjectSize: '4MB' });
+    const res = await t!.get('/video.mp4');
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+    let got = 0;
+    while (got < 3.5 * MiB) got += (await reader.read()).value!.byteLength;
+    await reader.cancel();
+    await t!.settle();
+
+    const full = await t!.get('/video.mp4');
+    expect(full.status).toBe(200);
+    expect((await hashBody(full)).hash).toBe(hashOf(1, 0, size - 1));
+    const fetched = origin.served.slice(1).map((served) => served.range);
+    for (const index of [0, 1, 2]) expect(fetched).not.toContain(pieceRange(index, size));
+    for (const index of [6, 7, 8]) expect(fetched).toContain(pieceRange(index, size));
+    expect(origin.served.slice(1).every((served) => served.ifMatch === '"v1"')).toBe(true);
+  });
+
   it('slicing is off by default, and --slice-size may not exceed --max-object-size', async () => {
     t = await startTestEdge();
     expect(t.options.sliceSize).toBe(0);

@@ -43,8 +43,15 @@ export interface StoredAnswers {
   staleFallback(pull: PullRequest, stale: OriginFetchPlan['stale'], fields: CacheStatusFields): Answer | undefined;
 }
 
+/** Large objects stored in pieces (`slice.ts`): a whole 200 over --max-object-size is offered to it before it passes uncached. */
+export interface LargeObjects {
+  sliceWhole(pull: PullRequest, plan: OriginFetchPlan, response: Response, split: ReturnType<OriginFetch['storedFields']>, length: number): Promise<Answer | undefined>;
+}
+
 export class OriginFetch {
   private readonly dropped: ReadonlySet<string>;
+  /** Set by the pull cache when --slice-size is on. */
+  largeObjects?: LargeObjects;
 
   constructor(
     private readonly deps: PullDeps,
@@ -237,6 +244,14 @@ export class OriginFetch {
     const status = response.status;
     const policy = policies.fromResponse(pull.policyRequest, { status, headers: stored });
     const contentLength = response.headers.has('content-length') ? Number(response.headers.get('content-length')) : undefined;
+    if (this.largeObjects && status === 200 && mayStore && contentLength !== undefined && contentLength > options.maxObjectSize) {
+      // Too large to store whole, but it may be stored in pieces as it streams.
+      const sliced = await this.largeObjects.sliceWhole(pull, plan, response, split, contentLength);
+      if (sliced) {
+        pull.ctx.log.outcome = 'miss';
+        return sliced;
+      }
+    }
     let storable =
       mayStore &&
       policy.storable() &&

@@ -134,6 +134,7 @@ export class PullCache {
       graceFor: (pull) => this.graceFor(pull),
       restart: (pull) => this.serve(pull),
     });
+    if (this.slices.enabled) this.origin.largeObjects = this.slices;
   }
 
   /**

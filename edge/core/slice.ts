@@ -35,9 +35,11 @@ import { originRequestHeaders } from './headers.js';
 import { FILL_STRIPPED_REQUEST_FIELDS, KEEP_WITH_VALIDATOR_SECONDS, storedTags, type OriginFetch } from './origin-fetch.js';
 import { parseCacheControl, type EdgePolicy } from './policy.js';
 import type { PurgeLog } from './purge-log.js';
-import type { PullDeps, PullRequest } from './request.js';
+import type { OriginFetchPlan, PullDeps, PullRequest } from './request.js';
 import { clientValidatorsMatch, decideRange, notModifiedHeaders, storedAnswerHeaders, type Answer } from './responder.js';
-import type { CacheEntry, CacheEntryMeta } from './store/types.js';
+import type { CacheEntry, CacheEntryMeta, CacheWriter } from './store/types.js';
+
+type StoredFields = ReturnType<OriginFetch['storedFields']>;
 
 /** Pieces fetched ahead of the one a full GET is sending (each at most --slice-size in memory while it arrives). */
 const READ_AHEAD = 2;
@@ -325,7 +327,7 @@ export class SlicedObjects {
    */
   private judge(
     pull: PullRequest,
-    split: ReturnType<OriginFetch['storedFields']>,
+    split: StoredFields,
     length: number,
   ): { headers: Record<string, string>; policy: EdgePolicy } | undefined {
     const headers = { ...split.stored };
@@ -344,6 +346,161 @@ export class SlicedObjects {
       vary.length === 0 &&
       (strongEtag || (headers.etag === undefined && headers['last-modified'] !== undefined));
     return ok ? { headers, policy } : undefined;
+  }
+
+  /**
+   * A whole `200` longer than --max-object-size, for a plain GET: stored in
+   * pieces as it streams to the client (no second request) instead of
+   * passing uncached; later ranges and GETs are answered from the pieces.
+   * Undefined when it may not be sliced (the caller passes it on as before).
+   */
+  async sliceWhole(pull: PullRequest, plan: OriginFetchPlan, response: Response, split: StoredFields, length: number): Promise<Answer | undefined> {
+    if (!this.enabled || pull.isHead || plan.stale || plan.forwardRange || response.body === null) return undefined;
+    if (pull.described.headers.range !== undefined || pull.described.credentials !== undefined || length <= this.pieceSize) return undefined;
+    const judged = this.judge(pull, split, length);
+    if (!judged) return undefined;
+    const { options, now } = this.deps;
+    const record: CacheEntryMeta = {
+      key: recordKey(pull.key),
+      variant: '',
+      status: 200,
+      headers: judged.headers,
+      policy: judged.policy.toObject(),
+      size: 0,
+      tags: storedTags(judged.headers),
+      storedAt: now(),
+      expiresAt: judged.policy.usefulUntil(this.hooks.graceFor(pull), KEEP_WITH_VALIDATOR_SECONDS),
+      sourceKey: pull.key,
+      sliced: { pieceSize: this.pieceSize, length },
+    };
+    const writer = this.deps.store.createWriter(record.key, '', 0);
+    if (!(await writer.commit(record))) return undefined;
+    // Followers of this fill find the record (and each piece once it is stored) when they look again.
+    plan.land?.({ kind: 'stored' });
+    const ttl = judged.policy.freshnessLifetime() - judged.policy.age();
+    const headers: Record<string, string> = {
+      ...storedAnswerHeaders({ ...record, size: length }, this.dropped, options.name),
+      age: '0',
+      'cache-status': formatCacheStatus(options.name, { fwd: plan.reason, stored: true, ttl }, split.upstreamStatus),
+    };
+    if (clientValidatorsMatch(pull.described.headers, record.headers)) {
+      await response.body.cancel();
+      return { status: 304, headers: notModifiedHeaders(headers), body: null };
+    }
+    return { status: 200, headers, body: this.piecesWhileStreaming(pull, record, response.body) };
+  }
+
+  /**
+   * Pass `source` (the whole object) through, storing it piece by piece:
+   * each piece is committed before its last bytes go on, and is a flight
+   * of its own meanwhile (a request for it waits instead of fetching it).
+   * A client that leaves stops the origin: the pieces so far stay stored.
+   */
+  private piecesWhileStreaming(pull: PullRequest, record: CacheEntryMeta, source: ReadableStream<Uint8Array>): ReadableStream<Uint8Array> {
+    const { store, now } = this.deps;
+    const { pieceSize, length } = record.sliced!;
+    const reader = source.getReader();
+    const fill = this.purges.begin();
+    let index = 0;
+    let filled = 0;
+    let total = 0;
+    let piece: { writer: CacheWriter; land: (outcome: FlightOutcome) => void } | undefined;
+    const stop = async (error?: unknown) => {
+      fill.end();
+      if (!piece) return;
+      const { writer, land } = piece;
+      piece = undefined;
+      await writer.abort().catch(() => {});
+      land(error === undefined ? { kind: 'uncacheable' } : { kind: 'failed', error });
+    };
+    const commit = async () => {
+      const { writer, land } = piece!;
+      piece = undefined;
+      const start = index * pieceSize;
+      const size = pieceLength(record, index);
+      let stored = false;
+      try {
+        if (!this.purges.purgedSince(fill.epoch, pull.key, record.tags)) {
+          stored = await writer.commit({
+            key: pieceKey(pull.key, index),
+            variant: '',
+            status: 206,
+            headers: { ...validatorsOf(record.headers), 'content-range': `bytes ${start}-${start + size - 1}/${length}` },
+            policy: record.policy,
+            size,
+            tags: record.tags,
+            storedAt: now(),
+            expiresAt: Math.max(record.expiresAt, now() + KEEP_WITH_VALIDATOR_SECONDS * 1000),
+            sourceKey: pull.key,
+          });
+        } else {
+          await writer.abort();
+        }
+      } catch {
+        // A store that cannot take a piece does not fail the client; the piece is fetched again when needed.
+      }
+      land(stored ? { kind: 'stored' } : { kind: 'uncacheable' });
+    };
+    return new ReadableStream<Uint8Array>(
+      {
+        pull: async (controller) => {
+          let result: ReadableStreamReadResult<Uint8Array>;
+          try {
+            result = await reader.read();
+          } catch (cause) {
+            const error = new EdgeError('EDGE_ORIGIN_UNREACHABLE', "The origin's body broke off before its end.", { cause });
+            await stop(error);
+            controller.error(error);
+            return;
+          }
+          if (result.done) {
+            if (total !== length) {
+              const error = new EdgeError('EDGE_ORIGIN_BAD_RESPONSE', 'The origin sent a body of another length than it announced.');
+              await stop(error);
+              controller.error(error);
+              return;
+            }
+            fill.end();
+            controller.close();
+            return;
+          }
+          const chunk = result.value;
+          total += chunk.byteLength;
+          if (total > length) {
+            const error = new EdgeError('EDGE_ORIGIN_BAD_RESPONSE', 'The origin sent a body of another length than it announced.');
+            await reader.cancel().catch(() => {});
+            await stop(error);
+            controller.error(error);
+            return;
+          }
+          for (let offset = 0; offset < chunk.byteLength; ) {
+            if (!piece) {
+              const key = pieceKey(pull.key, index);
+              piece = { writer: store.createWriter(key, '', pieceLength(record, index)), land: this.flights.lead(key) };
+            }
+            const n = Math.min(chunk.byteLength - offset, pieceLength(record, index) - filled);
+            try {
+              piece.writer.write(chunk.subarray(offset, offset + n));
+            } catch {
+              // Declined by the store: the piece is simply not kept.
+            }
+            offset += n;
+            filled += n;
+            if (filled === pieceLength(record, index)) {
+              await commit();
+              index++;
+              filled = 0;
+            }
+          }
+          controller.enqueue(chunk);
+        },
+        cancel: async (reason) => {
+          await stop();
+          await reader.cancel(reason).catch(() => {});
+        },
+      },
+      { highWaterMark: 0 },
+    );
   }
 
   /** Answer from the record: validators, HEAD, the range (If-Range honoured), the body from pieces. */
