@@ -85,6 +85,31 @@ describe('GET /_edge/stats', () => {
     expect(s.workers).toEqual([{ pid: process.pid, startedAt: s.startedAt, requests: 7 }]);
   });
 
+  it('counts a stale answer served while the origin is asked in the background as a hit, and a stale copy fetched again in the request as a miss', async () => {
+    t = await startTestEdge({ adminToken: TOKEN });
+    t.origin.set('/swr', { headers: { 'cache-control': 'max-age=1, stale-while-revalidate=600' }, body: 'swr' });
+    t.origin.set('/refetch', { headers: { 'cache-control': 'max-age=1' }, body: 'refetch' });
+    await drain(await t.get('/swr'));
+    await drain(await t.get('/refetch'));
+    await t.settle();
+    t.clock.advance(5000);
+    const stale = await t.get('/swr');
+    expect(stale.headers.get('cache-status')).toMatch(/^edge; hit/);
+    await drain(stale);
+    const refetched = await t.get('/refetch');
+    expect(refetched.headers.get('cache-status')).toMatch(/fwd=stale/);
+    await drain(refetched);
+    await t.settle();
+    expect(t.origin.count('/refetch')).toBe(2);
+
+    const s = await stats(t);
+    expect(s.totals).toMatchObject({ requests: 4, hits: 1, misses: 3 });
+    expect(s.top.misses).toEqual([
+      { key: '/refetch', count: 2, error: 0 },
+      { key: '/swr', count: 1, error: 0 },
+    ]);
+  });
+
   it('has the documented shape: the tiers against their budgets, flights, the image queue, origins, purges', async () => {
     t = await startTestEdge({ adminToken: TOKEN, memorySize: '1MB', diskSize: '64MB' });
     t.origin.set('/x', { headers: { 'cache-control': 'max-age=60' }, body: 'x'.repeat(5000) });

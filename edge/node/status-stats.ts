@@ -143,8 +143,17 @@ export class StatsRecorder {
     this.#add(REQUESTS, slot, 1);
     switch (record.outcome) {
       case 'hit':
-      case 'stale':
         this.#add(HITS, slot, 1);
+        break;
+      case 'stale':
+        // Served stale while the origin is asked in the background (a hit), or a stale copy
+        // the request itself went to the origin for (originMs set: counted as a miss).
+        if (record.originMs === undefined) {
+          this.#add(HITS, slot, 1);
+          break;
+        }
+        this.#add(MISSES, slot, 1);
+        this.#topMisses.add(path);
         break;
       case 'revalidated':
         this.#add(REVALIDATED, slot, 1);
