@@ -116,6 +116,31 @@ describe('--workers 2: request collapsing across workers, shared upload nonces',
     expect(new Set(answers.map(answeredBy)).size).toBe(2);
   }, 60_000);
 
+  it('30 revalidations at once (Cache-Control: no-cache) of an entry both workers hold in memory: one origin request, every answer the new version', async () => {
+    const path = '/shared/revalidated.txt';
+    origin.set(path, { headers: { 'cache-control': 'max-age=600', etag: '"v1"' }, body: 'version 1' });
+    const warm = await Promise.all(Array.from({ length: 20 }, () => send(`${node.url}${path}`)));
+    expect(warm.map((answer) => answer.body.toString())).toEqual(warm.map(() => 'version 1'));
+    expect(new Set(warm.map(answeredBy)).size).toBe(2);
+    const before = origin.count(path);
+
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    origin.route(path, async (_req, res) => {
+      await released;
+      res.writeHead(200, { 'cache-control': 'max-age=600', etag: '"v2"', 'content-type': 'text/plain', 'content-length': '9' });
+      res.end('version 2');
+    });
+    const pending = Array.from({ length: CONCURRENT }, () => send(`${node.url}${path}`, { headers: { 'cache-control': 'no-cache' } }));
+    await until(async () => origin.count(path) > before + 1 || (await metricSum(node, 'edge_collapsed_waiting')) === CONCURRENT - 1);
+    release();
+    const answers = await Promise.all(pending);
+    // The other worker's memory copy of version 1 is dropped before it reads the new one.
+    expect(answers.map((answer) => answer.body.toString())).toEqual(answers.map(() => 'version 2'));
+    expect(new Set(answers.map(answeredBy)).size).toBe(2);
+    expect(origin.count(path)).toBe(before + 1);
+  }, 60_000);
+
   it('the leader worker killed with SIGKILL mid-fill: the others get complete bodies from one new fill, nothing partial', async () => {
     const body = patterned(512 * 1024, 2);
     let leaderPort: number | undefined;

@@ -173,15 +173,20 @@ export class FillLeaseTable {
 export class ClusterFillCoordinator implements FillCoordinator {
   readonly #bus: WorkerBus;
   readonly #waitMs: number;
-  readonly #beforeFollow: () => void;
+  readonly #beforeFollow: (key: string) => Promise<void>;
   #waiting = 0;
 
   constructor(options: {
     bus: WorkerBus;
     /** `--collapse-timeout`: the primary's stall bound. */
     stallMs: number;
-    /** Before acting on another worker's `stored`: make its commit visible to this process's reads (LMDB's read transaction). */
-    beforeFollow: () => void;
+    /**
+     * Before acting on another worker's `stored` for a flight key: make its
+     * commit visible to this process's reads (LMDB's read transaction) and
+     * drop this worker's memory copy of the key (the stale entry a
+     * revalidation replaced; a fill tells the other workers without waiting).
+     */
+    beforeFollow: (key: string) => Promise<void>;
   }) {
     this.#bus = options.bus;
     // Two stalls and a margin: the primary answers every waiter by then unless it is stuck itself.
@@ -207,7 +212,7 @@ export class ClusterFillCoordinator implements FillCoordinator {
     }
     if (lease.role === 'alone') return lease;
     if (lease.role === 'follow') {
-      if (lease.outcome.kind === 'stored') this.#beforeFollow();
+      if (lease.outcome.kind === 'stored') await this.#beforeFollow(key);
       return { role: 'follow', outcome: fromWire(lease.outcome) };
     }
     let landed = false;

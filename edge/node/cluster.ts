@@ -269,7 +269,15 @@ export function joinCluster(): ClusterWorker {
     onReload: (reload) => bus.handle('reload', (trigger) => reload(String(trigger))),
     shared: (options) => ({
       // Another worker's fill is read from LMDB: its commit must be visible to this process's next read.
-      fills: (fills = new ClusterFillCoordinator({ bus, stallMs: options.collapseTimeout, beforeFollow: () => disk?.refresh() })),
+      fills: (fills = new ClusterFillCoordinator({
+        bus,
+        stallMs: options.collapseTimeout,
+        beforeFollow: async (flightKey) => {
+          disk?.refresh();
+          // A flight key is the cache key, then NUL and a variant for a revalidation.
+          await (tiers as TieredCacheStore | undefined)?.forgetAbove?.(flightKey.split('\u0000')[0]!);
+        },
+      })),
       rateCounters: new ClusterRateCounters(bus, { maxEntries: options.rateLimitClients }),
       uploadNonces: new ClusterUploadNonces(bus),
     }),
