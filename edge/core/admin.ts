@@ -1014,7 +1014,13 @@ async function listObjects(c: Context, deps: AdminDeps): Promise<Response> {
   }
   const more = page.length > limit;
   if (more) page.pop();
-  const objects = page.map(([, meta]) => ({
+  const objects = page.map(([, meta]) => listedObject(meta));
+  return c.json({ objects, next: more ? encodeCursor(page[page.length - 1]![0]) : null });
+}
+
+/** One entry as `GET /_edge/objects` shows it (the Workers listing uses it too). */
+export function listedObject(meta: CacheEntryMeta) {
+  return {
     key: meta.key,
     path: parseCacheKey(meta.key)?.path ?? keyPath(meta.key),
     variant: meta.variant,
@@ -1027,6 +1033,5 @@ async function listObjects(c: Context, deps: AdminDeps): Promise<Response> {
     invalidated: Boolean(meta.invalidated),
     storedAt: isoDate(meta.storedAt),
     expiresAt: isoDate(meta.expiresAt),
-  }));
-  return c.json({ objects, next: more ? encodeCursor(page[page.length - 1]![0]) : null });
+  };
 }

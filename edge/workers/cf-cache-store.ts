@@ -355,6 +355,46 @@ export class CfCacheStore implements CacheStore {
     }
   }
 
+  /**
+   * One page of the listing within `budget` Cache API calls: the directory
+   * (one call per shard), this location's purge log (one), then the index
+   * of each listed key (one each), in storage-key order (`key`, NUL,
+   * `variant`) after `after`. `next` is the last storage key gone through
+   * when more remain. Entries the directory lists but whose index is gone
+   * are skipped.
+   */
+  async listPage(filter: CacheListFilter, options: { after?: string; limit: number; budget: number }): Promise<{ metas: CacheEntryMeta[]; next?: string; calls: number }> {
+    const shards = await Promise.all(Array.from({ length: this.#shards }, (_, n) => this.#readShard(n)));
+    let calls = this.#shards;
+    const records: [string, DirectoryRecord][] = [];
+    for (const shard of shards) {
+      for (const [storageKey, record] of Object.entries(shard)) {
+        if (options.after !== undefined && storageKey <= options.after) continue;
+        if (recordMatches(record, filter)) records.push([storageKey, record]);
+      }
+    }
+    records.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    const metas: CacheEntryMeta[] = [];
+    if (records.length === 0) return { metas, calls };
+    const markers = this.#purgeMarkers ? await this.#readMarkers() : [];
+    if (this.#purgeMarkers) calls++;
+    const room = Math.max(0, Math.min(options.limit, options.budget - calls));
+    const taken = records.slice(0, room);
+    for (let i = 0; i < taken.length; i += LIST_CONCURRENCY) {
+      const batch = taken.slice(i, i + LIST_CONCURRENCY);
+      const indexes = await Promise.all(batch.map(async ([, record]) => this.#readIndex(await sha256Hex(record.k), record.k, markers)));
+      calls += batch.length;
+      for (let j = 0; j < batch.length; j++) {
+        const record = batch[j]![1];
+        const entry = indexes[j]?.variants[record.v];
+        if (!entry) continue;
+        const meta = { ...entry.meta, variant: record.v };
+        if (matchesFilter(meta, filter)) metas.push(meta);
+      }
+    }
+    return { metas, next: taken.length < records.length ? taken.at(-1)?.[0] ?? options.after ?? '' : undefined, calls };
+  }
+
   /** Entries and bytes in this location's directory, as this isolate last saw it; `maxBytes` 0: the Cache API's budget is not ours. */
   stats(): CacheStoreStats {
     let entries = 0;

@@ -40,6 +40,7 @@ import { R2PushStore, type R2BucketLike } from './r2-push-store.js';
 import { RoutedCacheStore } from './routed-store.js';
 import { createWebCoder } from './web-coder.js';
 import { handleWorkersPurge } from './purge.js';
+import { handleWorkersListing } from './objects-listing.js';
 import { digestStreamHasher } from './digest-hasher.js';
 import { PushedPathLookup } from './pushed-paths.js';
 import { ZonePurgeClient } from './zone-purge.js';
@@ -345,6 +346,10 @@ async function serve(request: Request, env: WorkersEnv, ctx: ExecutionContextLik
     ctx.waitUntil(worker.shields.checkHealth());
   }
   const bindings: RequestBindings = { clientIp: request.headers.get('cf-connecting-ip') ?? undefined };
+  if (request.method === 'GET' && pathname === '/_edge/objects') {
+    const listing = await handleWorkersListing(request, { adminToken: worker.options.adminToken, cache: worker.pulled, pushed: worker.pushed });
+    if (listing) return listing;
+  }
   if (request.method === 'POST' && pathname === '/_edge/purge') {
     const { response, retry } = await handleWorkersPurge(request, {
       edge: worker.edge,

@@ -75,7 +75,8 @@ function readBody(text: string): PurgeBody | undefined {
   return body as PurgeBody;
 }
 
-async function tokenMatches(header: string | null, token: string): Promise<boolean> {
+/** The admin bearer token, compared in constant time (hashes of both). */
+export async function tokenMatches(header: string | null, token: string): Promise<boolean> {
   const match = header === null ? null : /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(header);
   if (!match) return false;
   const encoder = new TextEncoder();

@@ -91,6 +91,7 @@ export interface R2BucketLike {
   list(options?: {
     prefix?: string;
     cursor?: string;
+    startAfter?: string;
     limit?: number;
     include?: ('httpMetadata' | 'customMetadata')[];
   }): Promise<{ objects: R2ObjectLike[]; truncated: boolean; cursor?: string }>;
@@ -310,6 +311,42 @@ export class R2PushStore implements CacheStore {
         yield* metas;
         cursor = page.truncated ? page.cursor : undefined;
       } while (cursor);
+    }
+  }
+
+  /**
+   * One page of the listing within `budget` R2 calls (a listing call brings
+   * up to 1,000 names with their metadata; an object whose metadata is in
+   * front of its body costs one more read): entries matching the filter, in
+   * object-name order, after the object named `after`. `next` is the last
+   * object name gone through when the scan stopped early (page full or
+   * budget spent), undefined when the bucket was gone through.
+   * `scan: 'hashed'` lists the keys too long for a name (`~h/`), which do
+   * not sort under their prefix.
+   */
+  async listPage(
+    filter: CacheListFilter,
+    options: { after?: string; limit: number; budget: number; scan: 'plain' | 'hashed' },
+  ): Promise<{ metas: CacheEntryMeta[]; next?: string; calls: number }> {
+    const prefix = options.scan === 'hashed' ? this.#prefix + HASHED : this.#prefix + (filter.prefix ? encodeName(filter.prefix) : '');
+    const metas: CacheEntryMeta[] = [];
+    let calls = 0;
+    let after = options.after;
+    for (;;) {
+      if (calls >= options.budget) return { metas, next: after ?? '', calls };
+      calls++;
+      const page = await this.#bucket.list({ prefix, startAfter: after, limit: Math.min(1000, options.limit - metas.length + 1), include: ['customMetadata', 'httpMetadata'] });
+      for (const object of page.objects) {
+        if (metas.length === options.limit) return { metas, next: after ?? '', calls };
+        if (object.customMetadata?.m === undefined && object.customMetadata?.ml !== undefined) {
+          if (calls >= options.budget) return { metas, next: after ?? '', calls };
+          calls++;
+        }
+        after = object.key;
+        const meta = await this.#metaOf(object);
+        if (meta && matchesFilter(meta, filter)) metas.push(meta);
+      }
+      if (!page.truncated) return { metas, calls };
     }
   }
 
