@@ -272,6 +272,34 @@ describe('a large object in pieces', () => {
   });
 });
 
+describe('purges and revalidation', () => {
+  it('a soft purge makes the record revalidate (one conditional piece request); the pieces stay and serve', async () => {
+    const size = 3 * MiB;
+    const origin = await startSliced(size);
+    await hashBody(await t!.get('/video.mp4', { headers: { range: 'bytes=0-' } }));
+    expect(origin.served).toHaveLength(3);
+    const purged = await t!.get('/_edge/purge', { method: 'POST', headers: { ...AUTH, 'content-type': 'application/json' }, body: JSON.stringify({ urls: ['/video.mp4'], soft: true }) });
+    expect(purged.status).toBe(200);
+    await purged.arrayBuffer();
+    const res = await t!.get('/video.mp4');
+    expect(res.status).toBe(200);
+    expect(res.headers.get('cache-status')).toMatch(/fwd=stale; fwd-status=304/);
+    expect((await hashBody(res)).hash).toBe(hashOf(1, 0, size - 1));
+    expect(origin.served.slice(3).map((served) => served.status)).toEqual([304]);
+  });
+
+  it('a range starting past the end of a stale object is revalidated with its last piece, then answered 416', async () => {
+    const size = 3 * MiB;
+    const origin = await startSliced(size, { cacheControl: 'public, max-age=60' });
+    await hashBody(await t!.get('/video.mp4', { headers: { range: 'bytes=0-9' } }));
+    t!.clock.advance(61_000);
+    const res = await t!.get('/video.mp4', { headers: { range: `bytes=${size + 10}-` } });
+    expect(res.status).toBe(416);
+    expect(res.headers.get('content-range')).toBe(`bytes */${size}`);
+    expect(origin.served.slice(1)).toEqual([{ range: pieceRange(2, size), ifMatch: undefined, status: 304, bytes: 0 }]);
+  });
+});
+
 describe('one version per body', () => {
   for (const ifMatch of [true, false]) {
     it(`the object changes between two piece fetches (origin ${ifMatch ? 'honours' : 'ignores'} If-Match): no body mixes versions, and the next request gets the new one whole`, async () => {

@@ -63,7 +63,7 @@ type Piece = CacheEntry | Uint8Array;
 /** The outcome of asking the origin for a first piece. */
 type Probe =
   /** Sliced: `record` is current and its piece at `index` is stored (`piece`). */
-  | { kind: 'sliced'; record: CacheEntryMeta; piece: Piece; fields: CacheStatusFields }
+  | { kind: 'sliced'; record: CacheEntryMeta; piece?: Piece; fields: CacheStatusFields }
   /** Anything else, answered as the origin's answer (stored whole, passed, or an error). */
   | { kind: 'answer'; answer: Answer };
 
@@ -117,7 +117,9 @@ export class SlicedObjects {
         return this.answer(pull, record, { hit: true, ttl });
       }
       if (this.onlyIfCached(pull)) return undefined;
-      const probe = await this.probeCollapsed(pull, this.firstPiece(pull, record.sliced!.pieceSize), 'stale', record);
+      // A range starting past the end revalidates with the last piece (a Range past the end would be refused or ignored).
+      const { pieceSize, length } = record.sliced!;
+      const probe = await this.probeCollapsed(pull, Math.min(this.firstPiece(pull, pieceSize), Math.ceil(length / pieceSize) - 1), 'stale', record);
       return probe.kind === 'answer' ? probe.answer : this.answer(pull, probe.record, probe.fields, probe.piece);
     }
     if (pull.isHead || this.onlyIfCached(pull)) return undefined;
@@ -250,7 +252,8 @@ export class SlicedObjects {
       land({ kind: 'stored' });
       pull.ctx.log.outcome = 'revalidated';
       const ttl = freshened.policy.freshnessLifetime() - freshened.policy.age();
-      return { kind: 'sliced', record, piece: await this.piece(pull, record, index), fields: { fwd: 'stale', fwdStatus: 304, ttl } };
+      // The pieces the answer needs are read (or fetched) by the answer: a 304, HEAD or 416 needs none.
+      return { kind: 'sliced', record, fields: { fwd: 'stale', fwdStatus: 304, ttl } };
     }
 
     if (status === 206) {
@@ -615,7 +618,8 @@ export class SlicedObjects {
   /** A stored piece of this version of the object, if there is one. */
   private async storedPiece(key: string, record: CacheEntryMeta, index: number): Promise<CacheEntry | undefined> {
     const [entry] = await this.deps.store.get(pieceKey(key, index));
-    if (!entry || entry.meta.invalidated || entry.meta.size !== pieceLength(record, index) || !sameValidators(entry.meta.headers, record.headers)) return undefined;
+    // A soft purge marks the pieces too; they are still good once the record is revalidated (same validators).
+    if (!entry || entry.meta.size !== pieceLength(record, index) || !sameValidators(entry.meta.headers, record.headers)) return undefined;
     return entry;
   }
 
