@@ -11,7 +11,10 @@ import type { AddressInfo, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
+import sharp from 'sharp';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { resolveEdgeOptions } from '../edge/core/options.js';
+import { startTestEdge } from './helpers/edge.js';
 import { startTestOrigin, type TestOrigin } from './helpers/origin.js';
 
 const TOKEN = 'reload-admin-token-0123456789';
@@ -57,6 +60,8 @@ interface Node {
   waitFor(pattern: RegExp): Promise<RegExpExecArray>;
   /** Resolves with the access log record of a request (the log is flushed every second). */
   record(requestId: string): Promise<AccessRecord>;
+  /** Has the access log a record of this request yet? */
+  logged(requestId: string): boolean;
   exited: Promise<number | null>;
 }
 
@@ -91,7 +96,7 @@ async function startNode(config: string, extra: string[] = []): Promise<Node> {
       const seen = lines.findIndex((line) => pattern.test(line));
       if (seen !== -1) return resolve(pattern.exec(lines.splice(seen, 1)[0]!)!);
       waiters.push({ pattern, resolve });
-      void exited.then((code) => reject(new Error(`edge exited with ${code}: ${lines.join('\n')}`)));
+      void exited.then((code) => reject(new Error(`edge exited with ${code ?? child.signalCode}: ${lines.join('\n')}`)));
     });
   const record = (requestId: string) =>
     new Promise<AccessRecord>((resolve) => {
@@ -100,7 +105,7 @@ async function startNode(config: string, extra: string[] = []): Promise<Node> {
       recordWaiters.set(requestId, resolve);
     });
   const [, url] = await waitFor(/listening on (http:\/\/\S+)/);
-  return { child, url: url!, dir, waitFor, record, exited };
+  return { child, url: url!, dir, waitFor, record, logged: (requestId) => records.has(requestId), exited };
 }
 
 async function stopNode(node: Node | undefined): Promise<void> {
@@ -326,6 +331,32 @@ describe('configuration reload, one process', () => {
     expect((await send(`${node.url}/secret/file`)).status).toBe(403);
   }, 60_000);
 
+  it('applies a new log level to the access log, and keeps rate-limit counters across a reload', async () => {
+    // A day-long window: the count cannot roll over between these few requests (short of midnight UTC).
+    await writeFile(file, config(a.url, b.url, 'a', { rateLimit: '3/1d' }));
+    node = await startNode(file);
+    const first = await send(`${node.url}/moved/x`);
+    expect(first.headers.ratelimit).toBe('"default";r=2;t=' + String(first.headers.ratelimit).split(';t=')[1]);
+    await node.record(String(first.headers['x-request-id']));
+
+    await writeFile(file, config(a.url, b.url, 'a', { rateLimit: '3/1d', logLevel: 'warn' }));
+    node.child.kill('SIGHUP');
+    await node.waitFor(/configuration reloaded \(SIGHUP\): changed logLevel$/);
+    const quiet = await send(`${node.url}/moved/x`);
+    // Counted on from before the reload: the second of three.
+    expect(String(quiet.headers.ratelimit)).toMatch(/^"default";r=1;/);
+
+    await writeFile(file, config(a.url, b.url, 'a', { rateLimit: '3/1d' }));
+    node.child.kill('SIGHUP');
+    await node.waitFor(/configuration reloaded \(SIGHUP\): changed logLevel$/);
+    const loud = await send(`${node.url}/moved/x`);
+    expect(String(loud.headers.ratelimit)).toMatch(/^"default";r=0;/);
+    // The log is written in order: once the later request's line is there, the quiet one's would be too.
+    await node.record(String(loud.headers['x-request-id']));
+    expect(node.logged(String(quiet.headers['x-request-id']))).toBe(false);
+    expect((await send(`${node.url}/moved/x`)).status).toBe(429);
+  }, 60_000);
+
   it('lets a request in flight finish on the old origin client, then closes that client', async () => {
     await writeFile(file, config(a.url, b.url, 'a'));
     node = await startNode(file);
@@ -407,4 +438,56 @@ describe('configuration reload, --workers 2', () => {
     expect(json(refused).problems).toEqual(['--workers (EDGE_WORKERS): got 3, running with 2: the worker processes are forked at start-up; restart the node to change it']);
     await fromBothWorkers('/other/a', (answer) => expect(answer.status).toBe(403));
   }, 60_000);
+});
+
+describe('configuration reload, in process', () => {
+  it('applies image options to the next request', async () => {
+    const t = await startTestEdge();
+    try {
+      const jpeg = await sharp({ create: { width: 400, height: 300, channels: 3, background: 'grey' } }).jpeg().toBuffer();
+      t.origin.set('/photo.jpg', { headers: { 'content-type': 'image/jpeg', 'cache-control': 'max-age=600' }, body: jpeg });
+      expect((await t.get('/photo.jpg?width=123')).status).toBe(200);
+
+      const outcome = await t.edge.reload('test', { ...t.options, imageWidths: '100,200' });
+      expect(outcome).toEqual({ applied: true, changed: ['imageWidths'], problems: [] });
+      const refused = await t.get('/photo.jpg?width=123');
+      expect(refused.status).toBe(400);
+      expect(await refused.json()).toMatchObject({ error: 'EDGE_BAD_PARAMETER' });
+      expect((await t.get('/photo.jpg?width=200')).status).toBe(200);
+      // The source was fetched once: the cache outlived the reload.
+      expect(t.origin.count('/photo.jpg')).toBe(1);
+    } finally {
+      await t.close();
+    }
+  });
+
+  it('refuses a reload that changes a restart-only option, naming every one, and applies nothing', async () => {
+    const t = await startTestEdge();
+    try {
+      const next = resolveEdgeOptions({ origin: t.origin.url, port: 0, host: '::1', dataDir: t.dataDir + '-other', logLevel: 'silent', deny: '[{"path":"/x"}]' });
+      const outcome = await t.edge.reload('test', next);
+      expect(outcome.applied).toBe(false);
+      expect(outcome.problems.map((line) => line.split(' ')[0])).toEqual(['--host', '--data-dir']);
+      t.origin.set('/x', { body: 'x' });
+      expect((await t.get('/x')).status).toBe(200);
+    } finally {
+      await t.close();
+    }
+  });
+
+  it('answers POST /_edge/reload with 404 when the admin API is off, or when the node cannot read its configuration again', async () => {
+    const off = await startTestEdge();
+    const on = await startTestEdge({ adminToken: TOKEN });
+    try {
+      const disabled = await off.get('/_edge/reload', { method: 'POST' });
+      expect(disabled.status).toBe(404);
+      expect(await disabled.json()).toMatchObject({ error: 'EDGE_ADMIN_DISABLED' });
+      const unsupported = await on.get('/_edge/reload', { method: 'POST', headers: AUTH });
+      expect(unsupported.status).toBe(404);
+      expect(await unsupported.json()).toMatchObject({ error: 'EDGE_NOT_FOUND' });
+    } finally {
+      await off.close();
+      await on.close();
+    }
+  });
 });

@@ -16,7 +16,6 @@ import type { UploadNonces } from './access/presigned.js';
 import { RateLimiter, type RateCounters } from './access/rate-limit.js';
 import { mountAdminApi, type ContentHasher, type PurgeEvent } from './admin.js';
 import { createAdminAuth } from './admin-session.js';
-import { createBearerCheck } from './bearer-token.js';
 import { formatCacheStatus } from './cache-status.js';
 import type { FillCoordinator } from './collapse.js';
 import type { BodyCoder } from './compression.js';
@@ -396,11 +395,10 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
 
   mountStatusPage(app, { auth: adminAuth, source: deps.statusPage });
 
-  // POST /_edge/reload: the adapter re-reads and applies its configuration; admin token holders only.
-  const checkReloadToken = options.adminToken ? createBearerCheck(options.adminToken, 'POST /_edge/reload') : undefined;
+  // POST /_edge/reload: the adapter re-reads and applies its configuration; admin credentials as for the rest of the admin API.
   app.post('/_edge/reload', async (c) => {
-    if (!checkReloadToken) throw new EdgeError('EDGE_ADMIN_DISABLED', 'The admin API is disabled: start the node with --admin-token (EDGE_ADMIN_TOKEN) to enable it.');
-    await checkReloadToken(c.req.header('authorization'));
+    if (!adminAuth) throw new EdgeError('EDGE_ADMIN_DISABLED', 'The admin API is disabled: start the node with --admin-token (EDGE_ADMIN_TOKEN) to enable it.');
+    await adminAuth.check(credentials(c), 'POST /_edge/reload');
     if (!deps.reload) throw new EdgeError('EDGE_NOT_FOUND', 'This runtime does not reload its configuration: deploy a new version instead.');
     const outcome = await deps.reload();
     if (!outcome.applied) {
