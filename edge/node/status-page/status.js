@@ -195,7 +195,8 @@
       head.append(el('span', tier.name + ' tier, ' + num(tier.entries) + ' entries'), el('span', bytes(tier.bytes) + ' of ' + bytes(tier.maxBytes)));
       const meter = el('div', null, 'meter');
       const bar = el('div', null, fill > 0.9 ? 'high' : '');
-      bar.style.width = Math.min(100, fill * 100).toFixed(1) + '%';
+      // A sliver for any content at all, so a nearly empty tier does not look unused.
+      bar.style.width = (fill > 0 ? Math.min(100, Math.max(1, fill * 100)) : 0).toFixed(1) + '%';
       meter.append(bar);
       meter.setAttribute('role', 'meter');
       meter.setAttribute('aria-valuenow', String(Math.round(fill * 100)));
