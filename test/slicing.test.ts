@@ -254,6 +254,11 @@ describe('a large object in pieces', () => {
     expect(beyond.headers.get('content-range')).toBe(`bytes */${size}`);
     const conditional = await t!.get('/video.mp4', { headers: { 'if-none-match': '"v1"', ...MAY_HIT } });
     expect(conditional.status).toBe(304);
+    // Listed once: the record, with the bytes its pieces hold.
+    const listing = (await (await t!.get('/_edge/objects', { headers: AUTH })).json()) as { objects: { key: string; size: number; sliced?: unknown }[] };
+    expect(listing.objects).toHaveLength(1);
+    expect(listing.objects[0]).toMatchObject({ size, sliced: { pieceSize: PIECE, length: size } });
+    expect(listing.objects[0]!.key).toMatch(/#slice:$/);
     // Pieces 1..4 once each (the last is 123 bytes); nothing twice.
     expect(origin.served.map((served) => served.range)).toEqual([pieceRange(0, size), pieceRange(1, size), pieceRange(2, size), pieceRange(3, size), pieceRange(4, size)]);
   });

@@ -997,7 +997,13 @@ async function listObjects(c: Context, deps: AdminDeps): Promise<Response> {
   // Sorted ascending, at most limit + 1 long (the extra one says whether there is a next page).
   const page: [string, CacheEntryMeta][] = [];
   const filter = { prefix: prefix || undefined, pushed: pushedParam === undefined ? undefined : pushedParam === 'true' };
+  // A sliced object is listed once, as its record with the bytes its pieces hold (README "Range slicing").
+  const pieceBytes = new Map<string, number>();
   for await (const meta of deps.store.list(filter)) {
+    if (meta.sourceKey !== undefined && meta.key.includes('#slice:') && isPiece(meta.key)) {
+      pieceBytes.set(meta.sourceKey, (pieceBytes.get(meta.sourceKey) ?? 0) + meta.size);
+      continue;
+    }
     const position = storageKey(meta);
     if (after !== undefined && position <= after) continue;
     if (page.length > limit && position >= page[page.length - 1]![0]) continue;
@@ -1014,7 +1020,10 @@ async function listObjects(c: Context, deps: AdminDeps): Promise<Response> {
   }
   const more = page.length > limit;
   if (more) page.pop();
-  const objects = page.map(([, meta]) => listedObject(meta));
+  const objects = page.map(([, meta]) => {
+    const listed = listedObject(meta);
+    return meta.sliced ? { ...listed, size: pieceBytes.get(meta.sourceKey ?? '') ?? 0 } : listed;
+  });
   return c.json({ objects, next: more ? encodeCursor(page[page.length - 1]![0]) : null });
 }
 
@@ -1033,5 +1042,12 @@ export function listedObject(meta: CacheEntryMeta) {
     invalidated: Boolean(meta.invalidated),
     storedAt: isoDate(meta.storedAt),
     expiresAt: isoDate(meta.expiresAt),
+    ...(meta.sliced ? { sliced: meta.sliced } : {}),
   };
+}
+
+/** A piece of a sliced object (`<key>#slice:<n>`), as opposed to its record. */
+function isPiece(key: string): boolean {
+  const derived = parseCacheKey(key)?.derived;
+  return derived?.kind === 'slice' && derived.piece !== undefined;
 }
