@@ -142,6 +142,33 @@ describe('GET /_edge/stats', () => {
     expect(s.purges).toEqual([{ at: t.clock.now(), kind: 'urls', targets: ['/x'], soft: true, purged: 1 }]);
   });
 
+  it('lists origin pool members and shields with their health (a single origin keeps none)', async () => {
+    const shield = await startTestEdge();
+    try {
+      shield.origin.set('/s', { headers: { 'cache-control': 'max-age=60' }, body: 's' });
+      t = await startTestEdge({ adminToken: TOKEN, origin: shield.origin.url, shield: shield.edge.url });
+      await drain(await t.get('/s'));
+      let s = await stats(t);
+      expect(s.origins).toEqual([
+        { kind: 'shield', group: null, url: expect.stringContaining(new URL(shield.edge.url).host), healthy: true, available: true, inFlight: null, requests: 1, failures: 0, lastError: null },
+      ]);
+      await t.close();
+      t = undefined;
+
+      // A pool: one live member and one where nothing listens.
+      t = await startTestEdge({ adminToken: TOKEN, origin: `${shield.origin.url},http://127.0.0.1:9` });
+      s = await stats(t);
+      expect(s.origins).toHaveLength(2);
+      expect(s.origins.map((o) => [o.kind, o.url, o.healthy, o.inFlight])).toEqual([
+        ['member', expect.stringContaining(new URL(shield.origin.url).host), true, 0],
+        ['member', expect.stringContaining('127.0.0.1:9'), true, 0],
+      ]);
+      expect(new Set(s.origins.map((o) => o.group)).size).toBe(1);
+    } finally {
+      await shield.close();
+    }
+  });
+
   it('keeps one point per interval for one hour: older points leave the window, totals stay', async () => {
     t = await startTestEdge({ adminToken: TOKEN });
     t.origin.set('/p', { headers: { 'cache-control': 'max-age=60' }, body: 'p' });
