@@ -14,7 +14,9 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { afterEach, describe, expect, it } from 'vitest';
+import { metricSum, send, startCluster, stopCluster, type ClusterAnswer } from './helpers/cluster-node.js';
 import { startTestEdge, type TestEdge } from './helpers/edge.js';
+import { startTestOrigin } from './helpers/origin.js';
 
 const MiB = 1024 * 1024;
 const BIG = 200 * MiB;
@@ -432,4 +434,52 @@ describe('origins and paths', () => {
     expect(() => resolveEdgeOptions({ origin: 'http://127.0.0.1:1', sliceSize: '8MB', maxObjectSize: '4MB' })).toThrow(/--slice-size \(EDGE_SLICE_SIZE\).*at most --max-object-size/);
     expect(() => resolveEdgeOptions({ origin: 'http://127.0.0.1:1', slicePaths: '/video/' })).toThrow(/--slice-paths \(EDGE_SLICE_PATHS\).*needs --slice-size/);
   });
+});
+
+describe('--workers 2', () => {
+  it('20 concurrent viewers of one cold range over separate connections, both workers: one origin request per piece', async () => {
+    const size = 8 * MiB;
+    const origin = await startTestOrigin();
+    const served = objectOrigin(size);
+    // Each piece's answer waits until the test has seen every other request waiting on it.
+    const gates = new Map<string, { open: () => void; opened: Promise<void> }>();
+    const gate = (range: string) => {
+      let entry = gates.get(range);
+      if (!entry) {
+        let open!: () => void;
+        const opened = new Promise<void>((resolve) => (open = resolve));
+        gates.set(range, (entry = { open, opened }));
+      }
+      return entry;
+    };
+    origin.route('/video.mp4', async (req, res) => {
+      await gate(String(req.headers.range)).opened;
+      await served.handler(req, res);
+    });
+    const node = await startCluster(origin.url, ['--slice-size', '1MB', '--collapse-timeout', '300s']);
+    try {
+      const VIEWERS = 20;
+      const [from, to] = [2 * PIECE + 5, 3 * PIECE + 5];
+      const answers = Array.from({ length: VIEWERS }, () => send(`${node.url}/video.mp4`, { headers: { range: `bytes=${from}-${to}` }, timeoutMs: 60_000 }).catch((error: Error) => error));
+      for (const piece of [2, 3]) {
+        const range = pieceRange(piece, size);
+        // Everyone but the one fetching waits on it (in its own worker or in the other one); a second request for it fails below.
+        const asked = () => origin.requests.filter((request) => request.headers.range === range).length;
+        while (asked() < 2 && !(asked() === 1 && (await metricSum(node, 'edge_collapsed_waiting')) === VIEWERS - 1)) {
+          await new Promise((resolve) => setImmediate(resolve));
+        }
+        gate(range).open();
+      }
+      const done = await Promise.all(answers);
+      for (const answer of done) {
+        if (answer instanceof Error) throw answer;
+        expect((answer as ClusterAnswer).status).toBe(206);
+        expect(createHash('sha256').update((answer as ClusterAnswer).body).digest('hex')).toBe(hashOf(1, from, to));
+      }
+      expect(served.served.map((request) => request.range)).toEqual([pieceRange(2, size), pieceRange(3, size)]);
+    } finally {
+      await stopCluster(node);
+      await origin.close();
+    }
+  }, 120_000);
 });

@@ -29,7 +29,7 @@
  */
 import { formatCacheStatus, type CacheStatusFields, type ForwardReason } from './cache-status.js';
 import { derivedKey, parseCacheKey, varyNames } from './cache-key.js';
-import { waitForFlight, type FlightOutcome, type FlightTable } from './collapse.js';
+import { SOLE_PROCESS_FILLS, waitForFlight, type FlightOutcome, type FlightTable } from './collapse.js';
 import { EdgeError } from './errors.js';
 import { originRequestHeaders } from './headers.js';
 import { FILL_STRIPPED_REQUEST_FIELDS, KEEP_WITH_VALIDATOR_SECONDS, storedTags, type OriginFetch } from './origin-fetch.js';
@@ -176,7 +176,18 @@ export class SlicedObjects {
       this.restarts.set(pull, restarts + 1);
       return { kind: 'answer', answer: await this.hooks.restart(pull) };
     }
-    const land = restarts < MAX_RESTARTS ? this.flights.lead(key) : () => {};
+    let land: (outcome: FlightOutcome) => void = () => {};
+    if (restarts < MAX_RESTARTS) {
+      const led = await this.leadAcross(key);
+      if ('followed' in led) {
+        // Another worker probed: the cache holds what it found.
+        pull.ctx.log.collapsed = true;
+        if (led.followed.kind === 'failed') throw led.followed.error;
+        this.restarts.set(pull, restarts + 1);
+        return { kind: 'answer', answer: await this.hooks.restart(pull) };
+      }
+      land = led.land;
+    }
     try {
       return await this.probe(pull, index, reason, stale, land);
     } catch (error) {
@@ -636,15 +647,42 @@ export class SlicedObjects {
       if (outcome !== 'timeout' && outcome.kind === 'failed') throw outcome.error;
       return { piece: await this.piece(pull, record, index), fetched: true };
     }
-    const land = this.flights.lead(key);
+    const led = await this.leadAcross(key);
+    if ('followed' in led) {
+      const after = await this.storedPiece(pull.key, record, index);
+      if (after) return { piece: after, fetched: false };
+      if (led.followed.kind === 'failed') throw led.followed.error;
+      return { piece: await this.piece(pull, record, index), fetched: true };
+    }
     try {
       const piece = await this.piece(pull, record, index);
-      land({ kind: 'stored' });
+      led.land({ kind: 'stored' });
       return { piece, fetched: true };
     } catch (error) {
-      land({ kind: 'failed', error });
+      led.land({ kind: 'failed', error });
       throw error;
     }
+  }
+
+  /**
+   * Lead this process's flight for `key`, and hold the fill lease of the
+   * whole node for it (cluster workers, `collapse.ts`): or learn the
+   * outcome of another worker's fetch of it (this process's followers get it too).
+   */
+  private async leadAcross(key: string): Promise<{ land: (outcome: FlightOutcome) => void } | { followed: FlightOutcome }> {
+    const land = this.flights.lead(key);
+    const lease = await (this.deps.fills ?? SOLE_PROCESS_FILLS).acquire(key);
+    if (lease.role === 'follow') {
+      land(lease.outcome);
+      return { followed: lease.outcome };
+    }
+    if (lease.role === 'alone') return { land };
+    return {
+      land: (outcome) => {
+        lease.land(outcome);
+        land(outcome);
+      },
+    };
   }
 
   /** Fetch piece `index` of the record's version from the origin and store it. */
