@@ -9,6 +9,7 @@
  * (Hits, misses, revalidations and URL/prefix purges: `workers-purge.test.ts`.)
  */
 import { randomBytes } from 'node:crypto';
+import sharp from 'sharp';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { startTestOrigin, type TestOrigin } from './helpers/origin.js';
@@ -159,6 +160,43 @@ describe('admin calls on the Worker stay within 50 subrequests', () => {
       expect(JSON.parse(all.body)).toMatchObject({ pushed: { complete: true }, global: { status: 200 } });
       note('purge everything', all.count);
       console.log('subrequests per admin call (the most over every page):', counts);
+    } finally {
+      await worker.close();
+    }
+  });
+
+  it('a re-push or delete of an image with many variants: one purge marker retires them, within the limit', async () => {
+    const images = { transforms: [] as unknown[] };
+    const worker = await startTestWorker(bundle, { vars: { ORIGIN: origin.url, LOG_LEVEL: 'silent', ADMIN_TOKEN: ADMIN }, images, countSubrequests: true });
+    const jpeg = (width: number, height: number) => sharp({ create: { width, height, channels: 3, background: { r: 10, g: 120, b: 200 } } }).jpeg().toBuffer();
+    const push = (body: Buffer) => worker.subrequests('/_edge/push/img/p.jpg', { method: 'PUT', headers: { ...auth, 'content-type': 'image/jpeg' }, body: new Uint8Array(body) });
+    const heightAt = async (width: number) => {
+      const response = await worker.fetch(`/img/p.jpg?width=${width}&format=png`);
+      expect(response.status).toBe(200);
+      return { height: (await sharp(Buffer.from(await response.arrayBuffer())).metadata()).height, cacheStatus: response.headers.get('cache-status') ?? '' };
+    };
+    try {
+      expect((await push(await jpeg(400, 300))).response.status).toBe(201);
+      const widths = [40, 80, 120, 160, 200, 240];
+      for (const width of widths) expect((await heightAt(width)).height).toBe((width * 3) / 4);
+      for (const width of widths) expect((await heightAt(width)).cacheStatus).toMatch(/^edge; hit/);
+
+      // Six variants, more than the three deleted one by one: the re-push retires them with a marker.
+      const again = await push(await jpeg(400, 100));
+      expect(again.response.status).toBe(201);
+      expect(again.count).toBeLessThanOrEqual(LIMIT);
+      expect(again.calls.filter((call) => call === 'cache.delete').length).toBeLessThanOrEqual(3);
+      for (const width of widths) {
+        const made = await heightAt(width);
+        expect(made.height, `width ${width} after the re-push`).toBe(width / 4);
+        expect(made.cacheStatus).not.toMatch(/^edge; hit/);
+      }
+      // Two variants: deleted one by one with the object.
+      await heightAt(40);
+      const removed = await worker.subrequests('/_edge/push/img/p.jpg', { method: 'DELETE', headers: auth });
+      expect(removed.response.status).toBe(204);
+      expect(removed.count).toBeLessThanOrEqual(LIMIT);
+      console.log('subrequests: re-push over 6 variants', again.count, '; delete', removed.count);
     } finally {
       await worker.close();
     }

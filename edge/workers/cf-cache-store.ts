@@ -356,6 +356,32 @@ export class CfCacheStore implements CacheStore {
   }
 
   /**
+   * The entries derived from `sourceKey` (image variants, codings), for a
+   * caller that is about to delete them (a push replacing the source, its
+   * delete, an invalidation): read from this location's directory (one
+   * call per shard) and returned when there are at most `max`; past that,
+   * one purge marker retires them all (two calls, however many there are:
+   * each delete is six) and nothing is returned. Needs `purgeMarkers`.
+   */
+  async findOrRetireDerived(sourceKey: string, max: number): Promise<CacheEntryMeta[]> {
+    const shards = await Promise.all(Array.from({ length: this.#shards }, (_, n) => this.#readShard(n)));
+    const records: DirectoryRecord[] = [];
+    for (const shard of shards) for (const record of Object.values(shard)) if (record.s === sourceKey) records.push(record);
+    if (records.length === 0) return [];
+    if (records.length > max && this.#purgeMarkers) {
+      await this.addPurgeMarker({ at: this.#clock(), sources: [sourceKey] });
+      return [];
+    }
+    const markers = this.#purgeMarkers ? await this.#readMarkers() : [];
+    const metas: CacheEntryMeta[] = [];
+    for (const record of records) {
+      const entry = (await this.#readIndex(await sha256Hex(record.k), record.k, markers))?.variants[record.v];
+      if (entry) metas.push({ ...entry.meta, variant: record.v });
+    }
+    return metas;
+  }
+
+  /**
    * One page of the listing within `budget` Cache API calls: the directory
    * (one call per shard), this location's purge log (one), then the index
    * of each listed key (one each), in storage-key order (`key`, NUL,

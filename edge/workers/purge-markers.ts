@@ -10,7 +10,7 @@
  * entry written after the marker is not affected; the next fill replaces the
  * purged index and deletes its body.
  */
-import { parseCacheKey, type CacheKey } from '../core/cache-key.js';
+import { formatCacheKey, parseCacheKey, type CacheKey } from '../core/cache-key.js';
 import { sha256Hex } from '../core/bytes.js';
 
 /** A URL or prefix a purge names: a path (every host) or an absolute URL (its scheme and host only). */
@@ -32,6 +32,8 @@ export interface PurgeMarker {
   tags?: string[];
   urls?: PurgeTargetSpec[];
   prefixes?: PurgeTargetSpec[];
+  /** Entries derived from these keys (image variants, codings), not the keys themselves: a re-pushed or deleted source's. */
+  sources?: string[];
 }
 
 /** Does the marker select an entry of this key with these tags (whenever it was stored)? */
@@ -40,6 +42,11 @@ export function markerSelects(marker: PurgeMarker, text: string, tags: readonly 
   if (marker.tags) return tags.some((tag) => marker.tags!.includes(tag));
   const key = parseCacheKey(text);
   if (!key) return false;
+  if (marker.sources) {
+    if (!key.derived) return false;
+    const { derived: _derived, ...source } = key;
+    return marker.sources.includes(formatCacheKey(source as CacheKey));
+  }
   const site = (target: PurgeTargetSpec) => target.host === undefined || key.kind === 'pushed' || (key.scheme === target.scheme && key.host === target.host);
   if (marker.urls) return marker.urls.some((target) => (key.kind === 'pushed' ? key.path === target.pathname : key.path === target.path) && site(target));
   if (marker.prefixes) return marker.prefixes.some((target) => key.path.startsWith(key.kind === 'pushed' ? target.pathname : target.path) && site(target));

@@ -5,6 +5,7 @@
  * (`edge/core/cache-key.ts`), which no pulled or derived key ends with
  * (pulled keys end with a host, image variants with `#img:...`).
  */
+import { matchesFilter } from '../core/store/memory.js';
 import type { CacheEntry, CacheEntryMeta, CacheListFilter, CacheStore, CacheStoreStats, CacheWriter } from '../core/store/types.js';
 
 const PUSHED_SUFFIX = ' push:';
@@ -17,17 +18,33 @@ export interface RoutedCacheStoreOptions {
   pulled: CacheStore;
   /** @default 'workers' */
   name?: string;
+  /**
+   * Derived-entry lookups (`list({ sourceKey })`, made only to delete what
+   * they find) return at most this many entries from a pulled tier that
+   * can retire them with one purge marker (`CfCacheStore.findOrRetireDerived`);
+   * past it the tier retires them all and the lookup yields nothing. Keeps a
+   * push or delete of an object with many image variants within the
+   * subrequest limit. Unset: a plain listing.
+   */
+  retireDerivedOver?: number;
+}
+
+/** A pulled tier that can retire derived entries with a purge marker. */
+interface RetiringTier extends CacheStore {
+  findOrRetireDerived(sourceKey: string, max: number): Promise<CacheEntryMeta[]>;
 }
 
 export class RoutedCacheStore implements CacheStore {
   readonly name: string;
   readonly #pushed: CacheStore;
   readonly #pulled: CacheStore;
+  readonly #retireDerivedOver: number | undefined;
 
   constructor(options: RoutedCacheStoreOptions) {
     this.#pushed = options.pushed;
     this.#pulled = options.pulled;
     this.name = options.name ?? 'workers';
+    this.#retireDerivedOver = options.retireDerivedOver;
   }
 
   /** True for keys made by `pushedKey()`. */
@@ -62,6 +79,11 @@ export class RoutedCacheStore implements CacheStore {
    */
   async *list(filter: CacheListFilter = {}): AsyncIterable<CacheEntryMeta> {
     if (filter.sourceKey === undefined) yield* this.#pushed.list(filter);
+    const retiring = this.#pulled as Partial<RetiringTier>;
+    if (filter.sourceKey !== undefined && this.#retireDerivedOver !== undefined && typeof retiring.findOrRetireDerived === 'function') {
+      for (const meta of await retiring.findOrRetireDerived(filter.sourceKey, this.#retireDerivedOver)) if (matchesFilter(meta, filter)) yield meta;
+      return;
+    }
     yield* this.#pulled.list(filter);
   }
 
