@@ -38,6 +38,8 @@ import { FetchOriginClient } from './fetch-origin.js';
 import { CfImagesTransformer, type ImagesBindingLike } from './images-transformer.js';
 import { R2PushStore, type R2BucketLike } from './r2-push-store.js';
 import { RoutedCacheStore } from './routed-store.js';
+import { RouteOriginClient, routeOriginProblems } from './route-origin.js';
+import { parseApiKeys, type ApiKey } from '../core/access/api-keys.js';
 import { createWebCoder } from './web-coder.js';
 import { handleWorkersPurge } from './purge.js';
 import { handleWorkersListing } from './objects-listing.js';
@@ -69,6 +71,8 @@ export interface WorkersEnv {
   CLOUDFLARE_API_BASE?: string;
   /** Hosts (comma-separated) a path prefix purge covers at the zone; default: the purge request's host. */
   PURGE_HOSTS?: string;
+  /** API keys for routes with `access.apiKey` (a secret): the JSON of Node's `--api-keys-file`. */
+  API_KEYS?: string;
   /** Every other option, under its Node environment name without `EDGE_` (e.g. `MAX_OBJECT_SIZE`). */
   [name: string]: unknown;
 }
@@ -133,6 +137,15 @@ export function resolveWorkersOptions(env: WorkersEnv): EdgeOptions {
     // Bindings are objects with methods; vars are strings, numbers, booleans or JSON.
     if (value === undefined || value === null || typeof value === 'function') continue;
     if (typeof value === 'object' && !Array.isArray(value) && option !== 'origins') continue;
+    // ORIGINS as a secret or `--var` is JSON text; in wrangler.toml it may be a table.
+    if (option === 'origins' && typeof value === 'string') {
+      try {
+        input[option] = JSON.parse(value);
+      } catch (error) {
+        throw new WorkersConfigError([{ variable: 'ORIGINS', option, problem: `not JSON: ${(error as Error).message}` }]);
+      }
+      continue;
+    }
     input[option] = value;
   }
   let options: EdgeOptions;
@@ -154,14 +167,33 @@ export function resolveWorkersOptions(env: WorkersEnv): EdgeOptions {
   // Range slicing is Node-only (README "Range slicing"): off on Workers whatever SLICE_SIZE says.
   options = { ...options, sliceSize: 0, slicePaths: [] };
   const problems: { variable: string; option: string; problem: string }[] = [];
-  if (!options.origin) {
-    problems.push({ variable: 'ORIGIN', option: 'origin', problem: 'required: the upstream URL, e.g. https://origin.example.com (wrangler.toml [vars] or --var ORIGIN:...)' });
-  } else if (options.origin.includes(',') || options.origin.startsWith('s3:')) {
+  if (!options.origin && !options.origins) {
+    problems.push({ variable: 'ORIGIN', option: 'origin', problem: 'required: the upstream URL, e.g. https://origin.example.com (wrangler.toml [vars] or --var ORIGIN:...), or ORIGINS' });
+  } else if (options.origin && (options.origin.includes(',') || options.origin.startsWith('s3:'))) {
     problems.push({ variable: 'ORIGIN', option: 'origin', problem: `got ${JSON.stringify(options.origin)}: on Workers the origin is one http(s):// URL (origin pools and s3:// origins run on the Node node)` });
   }
-  if (options.origins) problems.push({ variable: 'ORIGINS', option: 'origins', problem: 'origin groups and route rules are not supported on Workers yet' });
+  if (options.origins) for (const problem of routeOriginProblems(options.origins)) problems.push({ variable: 'ORIGINS', option: 'origins', problem });
+  if (options.apiKeysFile !== undefined) {
+    problems.push({ variable: 'API_KEYS_FILE', option: 'apiKeysFile', problem: 'a Worker reads no files: put the same JSON in the API_KEYS secret (wrangler secret put API_KEYS)' });
+  }
   if (problems.length > 0) throw new WorkersConfigError(problems);
   return options;
+}
+
+/**
+ * API keys from the `API_KEYS` secret (or var): the JSON of Node's
+ * `--api-keys-file`, `{"keys":[{"name","key","rateLimit"?}]}` or the bare
+ * array, checked by the same schema. A secret changes with a new
+ * deployment (`wrangler secret put` redeploys), so there is nothing to watch.
+ */
+function apiKeysOf(env: WorkersEnv): readonly ApiKey[] | undefined {
+  const value = env.API_KEYS;
+  if (value === undefined || value === null || value === '') return undefined;
+  try {
+    return parseApiKeys(typeof value === 'string' ? value : JSON.stringify(value));
+  } catch (error) {
+    throw new WorkersConfigError([{ variable: 'API_KEYS', option: '', problem: (error as Error).message }]);
+  }
 }
 
 function seconds(value: unknown, fallback: number): number {
@@ -217,10 +249,14 @@ async function createWorkerEdge(env: WorkersEnv): Promise<WorkerEdge> {
   const pushed = bucket
     ? new R2PushStore({ bucket, prefix: typeof env.PUSH_PREFIX === 'string' ? env.PUSH_PREFIX : '', maxEntryBytes: Math.min(options.maxUploadSize, R2_MAX_ENTRY) })
     : undefined;
-  const store: CacheStore = pushed ? new RoutedCacheStore({ pushed, pulled }) : pulled;
+  // Past 3 derived entries (image variants) of a re-pushed or deleted object, one purge marker retires them (see routed-store.ts).
+  const store: CacheStore = pushed ? new RoutedCacheStore({ pushed, pulled, retireDerivedOver: 3 }) : pulled;
 
   const timeouts = { headersTimeout: options.originTimeout, bodyTimeout: options.bodyTimeout };
-  let origin: OriginClient = new FetchOriginClient({ url: options.origin!, ...timeouts });
+  // Route rules pick a group's origin as on Node (route-origin.ts); else the one ORIGIN.
+  let origin: OriginClient = options.origins
+    ? new RouteOriginClient({ config: options.origins, createClient: (url) => new FetchOriginClient({ url, ...timeouts }) })
+    : new FetchOriginClient({ url: options.origin!, ...timeouts });
   let shields: ShieldOriginClient | undefined;
   if (options.shield?.length) {
     // No timers between requests on Workers: health checks run from requests (see `serve`).
@@ -230,8 +266,13 @@ async function createWorkerEdge(env: WorkersEnv): Promise<WorkerEdge> {
   const images = options.images && env.IMAGES ? new CfImagesTransformer({ images: env.IMAGES, maxInputPixels: options.imageMaxPixels, timeoutMs: options.transformTimeout }) : undefined;
   const logRequests = options.logLevel === 'info' || options.logLevel === 'debug' || options.logLevel === 'trace';
 
+  const apiKeys = apiKeysOf(env);
+  if (!apiKeys && options.origins?.routes.some((route) => route.access?.apiKey)) {
+    throw new WorkersConfigError([{ variable: 'API_KEYS', option: '', problem: 'a route requires API keys (access.apiKey): put them in the API_KEYS secret, {"keys":[{"name","key","rateLimit"?}]} (wrangler secret put API_KEYS)' }]);
+  }
   const edge = createEdgeApp({
     options,
+    apiKeys: apiKeys ? () => apiKeys : undefined,
     store,
     origin,
     imageTransformer: images,
