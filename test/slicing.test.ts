@@ -295,6 +295,59 @@ describe('purges and revalidation', () => {
     expect(origin.served.slice(3).map((served) => served.status)).toEqual([304]);
   });
 
+  it('a purge by tag and an unsafe method on the URL each remove the record and every piece', async () => {
+    const size = 3 * MiB;
+    for (const remove of ['tag', 'post'] as const) {
+      const origin = await startSliced(size);
+      const tagged = origin.handler;
+      origin.handler = async (req, res) => {
+        res.setHeader('cache-tag', 'videos');
+        await tagged(req, res);
+      };
+      t!.origin.route('/video.mp4', origin.handler);
+      await hashBody(await t!.get('/video.mp4', { headers: { range: 'bytes=0-' } }));
+      const keys = async () => {
+        const out: string[] = [];
+        for await (const meta of t!.edge.store.list()) out.push(meta.key);
+        return out;
+      };
+      expect((await keys()).filter((key) => key.includes('#slice:'))).toHaveLength(4);
+      const res =
+        remove === 'tag'
+          ? await t!.get('/_edge/purge', { method: 'POST', headers: { ...AUTH, 'content-type': 'application/json' }, body: JSON.stringify({ tags: ['videos'] }) })
+          : await t!.get('/video.mp4', { method: 'POST', body: 'x' });
+      expect(res.status).toBe(200);
+      await res.arrayBuffer();
+      expect(await keys()).toEqual([]);
+      await t!.close();
+      t = undefined;
+    }
+  });
+
+  it('an origin failing on a later piece ends that body with an error, never short; the pieces before it stay', async () => {
+    const size = 4 * MiB;
+    const origin = await startSliced(size);
+    const healthy = origin.handler;
+    t!.origin.route('/video.mp4', async (req, res) => {
+      if (req.headers.range === pieceRange(3, size)) {
+        res.writeHead(503).end();
+        return;
+      }
+      await healthy(req, res);
+    });
+    const res = await t!.get('/video.mp4', { headers: { range: 'bytes=0-' } });
+    expect(res.status).toBe(206);
+    await expect(hashBody(res)).rejects.toThrow();
+    await t!.settle();
+    const first = await t!.get('/video.mp4', { headers: { range: `bytes=0-${3 * PIECE - 1}` } });
+    expect(first.headers.get('cache-status')).toMatch(/^edge; hit/);
+    expect((await hashBody(first)).hash).toBe(hashOf(1, 0, 3 * PIECE - 1));
+    // The first piece needed is fetched before the status line: a failing origin gets a clean 502.
+    const failing = await t!.get('/video.mp4', { headers: { range: `bytes=${3 * PIECE}-` } });
+    expect(failing.status).toBe(502);
+    expect(await failing.json()).toMatchObject({ error: 'EDGE_ORIGIN_BAD_RESPONSE' });
+  });
+
   it('a range starting past the end of a stale object is revalidated with its last piece, then answered 416', async () => {
     const size = 3 * MiB;
     const origin = await startSliced(size, { cacheControl: 'public, max-age=60' });
