@@ -461,6 +461,35 @@ describe('configuration reload, in process', () => {
     }
   });
 
+  it('keeps request collapsing: a request after the reload joins the origin fetch a request before it started', async () => {
+    const t = await startTestEdge();
+    let release!: () => void;
+    try {
+      let arrived!: () => void;
+      const arrival = new Promise<void>((resolve) => (arrived = resolve));
+      const released = new Promise<void>((resolve) => (release = resolve));
+      t.origin.route('/hot', async (_req, res) => {
+        arrived();
+        await released;
+        res.writeHead(200, { 'cache-control': 'max-age=600' }).end('hot');
+      });
+      const before = t.get('/hot');
+      await arrival;
+      const next = resolveEdgeOptions({ origin: t.origin.url, port: 0, host: '127.0.0.1', dataDir: t.dataDir, logLevel: 'silent', deny: [{ path: '/nothing' }] });
+      expect(await t.edge.reload('test', next)).toEqual({ applied: true, changed: ['deny'], problems: [] });
+      const after = t.get('/hot');
+      // The second request waits behind the first one's flight (the table the new configuration uses too).
+      while (t.edge.edge.pull.flightStats().waiters < 1) await new Promise((resolve) => setImmediate(resolve));
+      release();
+      expect(await (await before).text()).toBe('hot');
+      expect(await (await after).text()).toBe('hot');
+      expect(t.origin.count('/hot')).toBe(1);
+    } finally {
+      release();
+      await t.close();
+    }
+  });
+
   it('refuses a reload that changes a restart-only option, naming every one, and applies nothing', async () => {
     const t = await startTestEdge();
     try {

@@ -245,7 +245,7 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
     });
     const pullDeps = { options, store: deps.store, origin: next.origin, policies, now, coder: deps.coder, fills: deps.fills };
     const pull = previous ? previous.pull.reconfigured(pullDeps) : new PullCache(pullDeps);
-    const images = options.images ? new ImageVariants({ options, store: deps.store, pull, policies, transformer: next.imageTransformer, now }) : undefined;
+    const images = options.images ? new ImageVariants({ options, store: deps.store, pull, policies, transformer: next.imageTransformer, now }, previous?.images) : undefined;
     const access = createAccessGate({ options, now, apiKeys: deps.apiKeys, rateCounters });
     return { options, policies, pull, images, access, users: 0 };
   };

@@ -123,8 +123,14 @@ export class ImageVariants {
   /** `--ignore-query-params`: tolerated beside image parameters and not covered by `sig`. */
   private readonly ignoreParam: (name: string) => boolean;
 
-  constructor(deps: ImageVariantDeps) {
+  /**
+   * `carried`: the image variants of the configuration this one replaces (a
+   * reload): transforms under way there are joined, not started again.
+   * Remembered variant keys are not carried (image options may have changed).
+   */
+  constructor(deps: ImageVariantDeps, carried?: ImageVariants) {
     this.deps = deps;
+    if (carried) this.flights = carried.flights;
     if (deps.options.imageWidths) this.allowedWidths = widthsFromRange(deps.options.imageWidths);
     this.ignoreParam = compileParamMatcher(deps.options.ignoreQueryParams);
   }
