@@ -490,6 +490,34 @@ describe('configuration reload, in process', () => {
     }
   });
 
+  it('takes a new --peers list and new --shield URLs into fleet purges', async () => {
+    const t = await startTestEdge({ adminToken: TOKEN, peers: 'http://127.0.0.1:9' });
+    try {
+      const peers = async () => ((await (await t.get('/_edge/origins', { headers: AUTH })).json()) as { peers: { url: string; role: string }[] }).peers.map(({ url, role }) => `${role} ${url}`);
+      expect(await peers()).toEqual(['edge http://127.0.0.1:9']);
+      const next = resolveEdgeOptions({
+        origin: t.origin.url,
+        port: 0,
+        host: '127.0.0.1',
+        dataDir: t.dataDir,
+        logLevel: 'silent',
+        adminToken: TOKEN,
+        peers: 'http://127.0.0.1:10,shield=http://127.0.0.1:12',
+        shield: 'http://127.0.0.1:11',
+      });
+      const outcome = await t.edge.reload('test', next);
+      expect(outcome.applied).toBe(true);
+      expect(outcome.changed.sort()).toEqual(['peers', 'shield']);
+      expect((await peers()).sort()).toEqual(['edge http://127.0.0.1:10', 'shield http://127.0.0.1:11', 'shield http://127.0.0.1:12']);
+      // From a list to a file takes a restart.
+      const file = await t.edge.reload('test', { ...next, peers: '@/etc/edge/peers' });
+      expect(file.problems).toHaveLength(1);
+      expect(file.problems[0]).toMatch(/^--peers \(EDGE_PEERS\): got "@\/etc\/edge\/peers", running with "http:\/\/127\.0\.0\.1:10,shield=http:\/\/127\.0\.0\.1:12": /);
+    } finally {
+      await t.close();
+    }
+  });
+
   it('refuses a reload that changes a restart-only option, naming every one, and applies nothing', async () => {
     const t = await startTestEdge();
     try {
