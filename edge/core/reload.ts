@@ -46,6 +46,7 @@ export const RESTART_ONLY: Readonly<Partial<Record<keyof EdgeOptions, string>>> 
   peerQueue: 'the per-peer purge queues are set up at start-up',
   peerOutbox: 'the per-peer purge queues are set up at start-up',
   rateLimitClients: 'the rate-limit counters are kept across a reload',
+  collapseTimeout: 'cross-worker fill leases (--workers) are timed with it at start-up',
   name: 'the access log and metrics are labelled with it at start-up',
 };
 
