@@ -114,10 +114,10 @@ export class StatsRecorder {
     this.#interval = Math.floor(this.startedAt / this.#intervalMs);
   }
 
-  /** The ring slot of the current interval, clearing the slots of intervals that passed without traffic. */
-  #slot(): number {
-    const interval = Math.floor(this.#now() / this.#intervalMs);
-    // A clock that steps back keeps counting into the newest point.
+  /** The ring slot of the interval holding `at` (the current one by default), clearing the slots of intervals that passed without traffic. */
+  #slot(at = this.#now()): number {
+    const interval = Math.floor(at / this.#intervalMs);
+    // A clock that steps back (or a record finished just before a snapshot moved on) counts into the newest point.
     if (interval > this.#interval) {
       const passed = Math.min(interval - this.#interval, this.#points);
       for (let i = 1; i <= passed; i++) {
@@ -139,7 +139,8 @@ export class StatsRecorder {
     const path = record.path;
     // `/_edge/...`: the node's own endpoints (the page polling) are not traffic.
     if (path.charCodeAt(1) === 95 /* _ */ && path.startsWith('/_edge')) return;
-    const slot = this.#slot();
+    // The record's own time: no second clock read per request.
+    const slot = this.#slot(record.at);
     this.#add(REQUESTS, slot, 1);
     switch (record.outcome) {
       case 'hit':
