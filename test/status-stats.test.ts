@@ -13,7 +13,7 @@ import { createInterface } from 'node:readline';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Agent, fetch as undiciFetch } from 'undici';
 import { startTestOrigin } from './helpers/origin.js';
-import { SERIES_COLUMNS, STATS_INTERVAL_MS, STATS_POINTS, type StatsSnapshot } from '../edge/node/status-stats.js';
+import { mergeStatsSnapshots, SERIES_COLUMNS, StatsRecorder, STATS_INTERVAL_MS, STATS_POINTS, type StatsSnapshot } from '../edge/node/status-stats.js';
 import { TopCounter } from '../edge/node/top-counter.js';
 import { SESSION_LIFETIME_MS } from '../edge/core/admin-session.js';
 import { startTestEdge, type TestEdge } from './helpers/edge.js';
@@ -208,6 +208,40 @@ describe('GET /_edge/stats', () => {
     s = await stats(t);
     expect(s.series.requests.at(-1)).toBe(1);
     expect(s.totals.requests).toBe(7);
+  });
+});
+
+describe('mergeStatsSnapshots (cluster sums)', () => {
+  it('adds series point by point aligned on time, when one worker has moved on an interval more than another', () => {
+    let clockA = 100 * STATS_INTERVAL_MS;
+    let clockB = 100 * STATS_INTERVAL_MS;
+    const a = new StatsRecorder({ now: () => clockA });
+    const b = new StatsRecorder({ now: () => clockB });
+    const record = (at: number, path: string) => ({ method: 'GET', path, status: 200, durationMs: 1, at, bytes: 10, requestId: 'r', answeredBy: 'hit' as const, outcome: 'hit' as const });
+    a.observe(record(clockA, '/x'));
+    b.observe(record(clockB, '/x'));
+    clockA += STATS_INTERVAL_MS;
+    a.observe(record(clockA, '/y'));
+    a.observe(record(clockA, '/y'));
+    const sources = { name: 'edge', tiers: () => [{ name: 'memory', entries: 1, bytes: 10, maxBytes: 100 }, { name: 'disk', entries: 2, bytes: 20, maxBytes: 1000 }], inFlight: () => ({ flights: 1, waiters: 2 }) };
+    // B has not seen the new interval yet: its newest point is A's second newest.
+    const merged = mergeStatsSnapshots([b.snapshot(sources), a.snapshot(sources)]);
+    expect(merged.series.start).toBe(a.snapshot(sources).series.start);
+    expect(merged.series.requests).toHaveLength(STATS_POINTS);
+    expect(merged.series.requests.slice(-3)).toEqual([0, 2, 2]);
+    expect(merged.totals.requests).toBe(4);
+    expect(merged.totals.bytesServed).toBe(40);
+    expect(merged.tiers).toEqual([
+      { name: 'memory', entries: 2, bytes: 20, maxBytes: 200 },
+      { name: 'disk', entries: 2, bytes: 20, maxBytes: 1000 },
+    ]);
+    expect(merged.inFlight).toEqual({ flights: 2, waiters: 4 });
+    expect(merged.images).toBeNull();
+    expect(merged.top.requests).toEqual([
+      { key: '/x', count: 2, error: 0 },
+      { key: '/y', count: 2, error: 0 },
+    ]);
+    expect(merged.workers).toHaveLength(2);
   });
 });
 
