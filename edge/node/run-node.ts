@@ -185,6 +185,9 @@ export async function runNode(program: NodeProgram, argv: string[]): Promise<voi
     return;
   }
   const server = await startEdgeServer(options, { readOptions: () => rereadOptions(program, argv, demo?.url) });
+  // SIGHUP reloads the configuration, and re-reads the certificate and peers files (README "Configuration reload").
+  // Listened for before the start-up line: a supervisor may reload as soon as it sees the node listen.
+  process.on('SIGHUP', () => void server.reload('SIGHUP'));
   const listenHost = options.host === '0.0.0.0' ? 'localhost' : options.host;
   const where = `${server.tls ? 'https' : 'http'}://${listenHost}:${server.port}`;
   const protocols = server.tls ? ' (HTTP/2 and HTTP/1.1)' : '';
@@ -204,8 +207,6 @@ export async function runNode(program: NodeProgram, argv: string[]): Promise<voi
   };
   process.on('SIGINT', () => void stop('SIGINT'));
   process.on('SIGTERM', () => void stop('SIGTERM'));
-  // SIGHUP reloads the configuration, and re-reads the certificate and peers files (README "Configuration reload").
-  process.on('SIGHUP', () => void server.reload('SIGHUP'));
 }
 
 /** Entry-point wrapper: run, and turn a start-up failure into one line and exit 1 (2 for an unusable --data-dir). */
@@ -260,6 +261,8 @@ async function runClustered(
     onReload: () => {},
   });
   member.onReload((trigger) => server.reload(trigger));
+  // The primary turns SIGHUP into a reload of every worker; one sent to a worker itself is ignored, not fatal.
+  process.on('SIGHUP', () => {});
   await member.ready({ port: server.port, url: server.url, tls: server.tls !== undefined, redirectPort: server.redirect?.port, adminUrl: server.adminUrl });
   let stopping = false;
   const stop = async () => {
@@ -272,6 +275,4 @@ async function runClustered(
   process.on('SIGTERM', () => void stop());
   // The primary is gone (crashed or killed): never serve without it.
   process.on('disconnect', () => void stop());
-  // The primary turns SIGHUP into a reload of every worker; one sent to a worker itself is ignored, not fatal.
-  process.on('SIGHUP', () => {});
 }
