@@ -45,7 +45,7 @@ describe('API keys on the Worker', () => {
   it('refuses a missing or unknown key with 401 before the origin, serves a known one from its route, never forwards it', async () => {
     const worker = await startTestWorker(bundle, { vars: { ORIGINS: origins(), API_KEYS: keys, LOG_LEVEL: 'silent' } });
     try {
-      for (const headers of [{}, { 'x-api-key': 'not-a-key-0123456789abcdef' }]) {
+      for (const headers of [{}, { 'x-api-key': 'not-a-key-0123456789abcdef' }] as Record<string, string>[]) {
         const refused = await worker.fetch('/api/items', { headers });
         expect(refused.status).toBe(401);
         expect(await refused.json()).toMatchObject({ error: 'EDGE_UNAUTHORIZED' });

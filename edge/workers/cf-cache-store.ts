@@ -61,6 +61,7 @@ import { sha256Hex } from '../core/bytes.js';
 import { parseCacheKey } from '../core/cache-key.js';
 import { markerSelects, urlTagsOf, type PurgeMarker } from './purge-markers.js';
 import { KeyedLock, LazyStoredBody, skipBytes } from './stored-body.js';
+import { LRUCache } from 'lru-cache';
 
 /** The part of the Workers `Cache` interface this tier uses (also what Miniflare's `getCaches()` returns). */
 export interface CacheLike {
@@ -113,6 +114,15 @@ export interface CfCacheStoreOptions {
    * @default false (the Worker turns it on)
    */
   zoneUrls?: boolean;
+  /**
+   * Check once per isolate that the Cache API keeps what is put: after the
+   * first entry's index is written, read it back (one call). Where it does
+   * not (`*.workers.dev`, the dashboard preview, Miniflare with the cache
+   * off), no commit counts as stored from then on (`storing` is false), so
+   * `Cache-Status` does not say `stored`.
+   * @default false (the Worker turns it on)
+   */
+  verifyPuts?: boolean;
   /**
    * Honour purge markers (`addPurgeMarker`): every index read also reads
    * this location's purge log (one more lookup, in parallel).
@@ -175,6 +185,11 @@ export class CfCacheStore implements CacheStore {
   readonly #zoneUrls: boolean;
   readonly #purgeMarkers: boolean;
   readonly #locks = new KeyedLock();
+  readonly #verifyPuts: boolean;
+  /** Whether the Cache API kept the first index written (undefined: not known yet). */
+  #storing: boolean | undefined;
+  /** The latest commit outcome per key (resolved false when aborted or declined), for `Cache-Status`. */
+  readonly #outcomes = new LRUCache<string, Promise<boolean>>({ max: 1000 });
   /** Entries and bytes per directory shard, as last read or written by this isolate (for `stats()`). */
   readonly #shardStats = new Map<number, { entries: number; bytes: number }>();
 
@@ -199,6 +214,21 @@ export class CfCacheStore implements CacheStore {
     this.#onError = options.onError ?? (() => {});
     this.#zoneUrls = options.zoneUrls ?? false;
     this.#purgeMarkers = options.purgeMarkers ?? false;
+    this.#verifyPuts = options.verifyPuts ?? false;
+  }
+
+  /** False once the Cache API was found keeping nothing (see `verifyPuts`); undefined until known. */
+  get storing(): boolean | undefined {
+    return this.#storing;
+  }
+
+  /**
+   * Whether the latest write of `key` in this isolate was stored: resolves
+   * when its commit settles (false: declined, aborted, a put that failed or
+   * was not kept). Undefined when this isolate wrote no such key lately.
+   */
+  outcomeOf(key: string): Promise<boolean> | undefined {
+    return this.#outcomes.get(key);
   }
 
   async get(key: string): Promise<CacheEntry[]> {
@@ -225,7 +255,12 @@ export class CfCacheStore implements CacheStore {
 
   createWriter(key: string, variant: string, expectedSize?: number): CacheWriter {
     assertKey(key);
-    if (expectedSize !== undefined && expectedSize > this.maxEntryBytes) return new DeclinedWriter(key, variant);
+    if (expectedSize !== undefined && expectedSize > this.maxEntryBytes) {
+      this.#outcomes.set(key, Promise.resolve(false));
+      return new DeclinedWriter(key, variant);
+    }
+    let settle!: (stored: boolean) => void;
+    this.#outcomes.set(key, new Promise<boolean>((resolve) => (settle = resolve)));
     const id = crypto.randomUUID();
     const hashed = sha256Hex(key);
     return new CfCacheWriter(key, variant, this.maxEntryBytes, async (body) => {
@@ -247,7 +282,7 @@ export class CfCacheStore implements CacheStore {
       await this.#cache.put(this.#bodyUrl(hash, id, key), new Response(stream, { headers }));
     }, async (meta, size) => this.#publish(await hashed, id, meta, size), async () => {
       await this.#cache.delete(this.#bodyUrl(await hashed, id, key)).catch(() => false);
-    }, this.#onError);
+    }, this.#onError, settle);
   }
 
   /** Points the key's index at a freshly written body, then retires the body it replaced. */
@@ -261,6 +296,11 @@ export class CfCacheStore implements CacheStore {
         index.variants[meta.variant] = { id, meta: stored };
         await this.#writeIndex(hash, index);
       });
+      if (this.#verifyPuts && this.#storing === undefined) {
+        // The first entry of this isolate: is the Cache API keeping anything here?
+        this.#storing = (await this.#cache.match(this.#indexUrl(hash, meta.key))) !== undefined;
+        if (!this.#storing) this.#onError(new Error('the Cache API keeps nothing here (*.workers.dev or preview?): entries are not stored'));
+      }
     } catch (error) {
       this.#onError(error);
       await this.#cache.delete(this.#bodyUrl(hash, id, meta.key)).catch(() => false);
@@ -268,7 +308,7 @@ export class CfCacheStore implements CacheStore {
     }
     if (replaced !== undefined && replaced !== id) await this.#cache.delete(this.#bodyUrl(hash, replaced, meta.key)).catch(() => false);
     await this.#updateDirectory(hash, [[meta.key + SEP + meta.variant, recordOf(stored)]]);
-    return true;
+    return this.#storing !== false;
   }
 
   async updateMeta(meta: CacheEntryMeta): Promise<boolean> {
@@ -694,6 +734,7 @@ class CfCacheWriter implements CacheWriter {
     private readonly publish: (meta: CacheEntryMeta, size: number) => Promise<boolean>,
     private readonly discard: () => Promise<void>,
     private readonly onError: (error: unknown) => void,
+    private readonly settle: (stored: boolean) => void = () => {},
   ) {
     let controller!: ReadableStreamDefaultController<Uint8Array>;
     const body = new ReadableStream<Uint8Array>({ start: (c) => void (controller = c) });
@@ -721,6 +762,16 @@ class CfCacheWriter implements CacheWriter {
     if (this.#done) throw new TypeError('CfCacheStore: commit() called twice or after abort()');
     this.#done = true;
     assertMetaMatches(meta, this.key, this.variant);
+    let stored = false;
+    try {
+      stored = await this.#commit(meta);
+      return stored;
+    } finally {
+      this.settle(stored);
+    }
+  }
+
+  async #commit(meta: CacheEntryMeta): Promise<boolean> {
     if (this.#declined) {
       await this.#written;
       return false;
@@ -738,6 +789,7 @@ class CfCacheWriter implements CacheWriter {
   async abort(): Promise<void> {
     if (this.#done) return;
     this.#done = true;
+    this.settle(false);
     if (!this.#declined) this.#controller.error(new Error('cache write aborted'));
     await this.#written;
     await this.discard();

@@ -7,7 +7,10 @@
  * | config     | flags, `EDGE_*` env, file     | vars and secrets: the `EDGE_*` names without `EDGE_`  |
  * | pull tier  | memory over LMDB              | Cache API (`CfCacheStore`), per data center           |
  * | push tier  | the same LMDB                 | R2 bucket `PUSH_BUCKET` (`R2PushStore`), global       |
- * | origin     | undici pool                   | `fetch` (`FetchOriginClient`)                         |
+ * | origin     | undici pool                   | `fetch` (`FetchOriginClient`); routes: `RouteOriginClient` |
+ * | API keys   | `--api-keys-file`, watched    | the `API_KEYS` secret (same JSON)                     |
+ * | pushed paths | listed at start-up          | R2 `head` per path, kept per isolate (`pushed-paths.ts`) |
+ * | listing    | the core's scan               | `objects-listing.ts`, pages within 50 subrequests     |
  * | images     | sharp                         | Images binding `IMAGES`, when configured              |
  * | background | tracked promises              | `ctx.waitUntil`                                       |
  * | client IP  | the socket                    | `CF-Connecting-IP`                                    |
@@ -29,6 +32,7 @@
  */
 import { createEdgeApp, type EdgeApp } from '../core/app.js';
 import { EdgeError, errorResponse } from '../core/errors.js';
+import { headersToRecord } from '../core/headers.js';
 import { edgeOptionsSchema, EdgeOptionsError, optionEnv, resolveEdgeOptions, type EdgeOptions } from '../core/options.js';
 import { ShieldOriginClient } from '../core/origin/shield.js';
 import type { OriginClient } from '../core/origin/types.js';
@@ -244,7 +248,7 @@ async function createWorkerEdge(env: WorkersEnv): Promise<WorkerEdge> {
   const zone = zoneOf(env);
   const zoneHosts = typeof env.PURGE_HOSTS === 'string' ? env.PURGE_HOSTS.split(',').map((host) => host.trim().toLowerCase()).filter(Boolean) : [];
   // Entries under the zone's own URLs, tagged, so the zone purge API reaches them in every location.
-  const pulled = new CfCacheStore({ cache, maxEntryBytes: Math.min(options.maxObjectSize, 512 * MiB), onError: logError('cache'), zoneUrls: true, purgeMarkers: true });
+  const pulled = new CfCacheStore({ cache, maxEntryBytes: Math.min(options.maxObjectSize, 512 * MiB), onError: logError('cache'), zoneUrls: true, purgeMarkers: true, verifyPuts: true });
   const bucket = env.PUSH_BUCKET;
   const pushed = bucket
     ? new R2PushStore({ bucket, prefix: typeof env.PUSH_PREFIX === 'string' ? env.PUSH_PREFIX : '', maxEntryBytes: Math.min(options.maxUploadSize, R2_MAX_ENTRY) })
@@ -405,7 +409,46 @@ async function serve(request: Request, env: WorkersEnv, ctx: ExecutionContextLik
     if (response) return response;
     if (retry) request = retry;
   }
-  return prepareResponse(await worker.edge.fetch(request, bindings, ctx));
+  const response = await worker.edge.fetch(request, bindings, ctx);
+  return prepareResponse(await honestCacheStatus(response, request, worker, bindings.clientIp));
+}
+
+/** Bodies up to this size are read whole before answering when their Cache-Status says `stored`, to know it is true. */
+const CONFIRM_STORED_MAX = 1024 * 1024;
+
+/**
+ * `Cache-Status: ...; stored` only when the Cache API took the entry. The
+ * core says `stored` when the response headers go out, before the body (and
+ * so the `cache.put`) is through. Here:
+ * - once this isolate found the Cache API keeping nothing (`*.workers.dev`,
+ *   preview: `CfCacheStore.storing`), `stored` is taken out;
+ * - a body of known length up to 1 MiB is read whole first (the fill
+ *   commits as it ends), and `stored` stays only if the commit stored it
+ *   (a `cache.put` that rejected, or that kept nothing, takes it out);
+ * - a larger body streams at once: its `stored` is the core's promise,
+ *   true unless the put fails after the headers went out (logged).
+ */
+async function honestCacheStatus(response: Response, request: Request, worker: WorkerEdge, clientIp: string | undefined): Promise<Response> {
+  const status = response.headers.get('cache-status');
+  if (!status || !/;\s*stored\s*(;|,|$)/.test(status)) return response;
+  const withoutStored = () => {
+    const headers = new Headers(response.headers);
+    headers.set('cache-status', status.replace(/;\s*stored\s*(?=;|,|$)/, ''));
+    return headers;
+  };
+  if (worker.pulled.storing === false) return new Response(response.body, { status: response.status, statusText: response.statusText, headers: withoutStored() });
+  const length = Number(response.headers.get('content-length') ?? Number.NaN);
+  if (request.method !== 'GET' || !response.body || !(length <= CONFIRM_STORED_MAX)) return response;
+  const body = await response.arrayBuffer();
+  let key: string | undefined;
+  try {
+    key = worker.edge.pull.describe(request.url, clientIp, headersToRecord(request.headers)).key;
+  } catch {
+    key = undefined;
+  }
+  const outcome = key === undefined ? undefined : worker.pulled.outcomeOf(key);
+  const stored = outcome === undefined ? (worker.pulled.storing as boolean | undefined) !== false : await outcome;
+  return new Response(body, { status: response.status, statusText: response.statusText, headers: stored ? response.headers : withoutStored() });
 }
 
 export default {

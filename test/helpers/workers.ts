@@ -53,6 +53,11 @@ export interface TestWorkerOptions {
   vars: Record<string, string | number | boolean>;
   /** Bind an R2 bucket as PUSH_BUCKET. @default true */
   r2?: boolean;
+  /**
+   * Miniflare's Cache API; false makes every put and match a no-op, as the
+   * Cache API is on `*.workers.dev` and in the dashboard preview. @default true
+   */
+  cache?: boolean;
   /** Directory to keep R2 in, so two Workers (isolates) can share a bucket. @default in memory */
   r2Persist?: string;
   /** Bind IMAGES to workerd's Images binding over a local sharp service (`helpers/images-binding.ts`); transforms are logged here. */
@@ -171,6 +176,7 @@ export async function startTestWorker(bundle: WorkerBundle, options: TestWorkerO
     compatibilityDate: bundle.compatibilityDate,
     bindings: options.vars,
     r2Buckets: options.r2 === false ? undefined : ['PUSH_BUCKET'],
+    ...(options.cache === false ? { cache: false } : {}),
     ...(options.images || options.failingImages ? { wrappedBindings: { IMAGES: { scriptName: 'images-binding' } } } : {}),
   };
   const failing = options.failingImages;
