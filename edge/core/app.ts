@@ -234,7 +234,12 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
   const { options } = deps;
   const now = deps.now ?? Date.now;
   // One set of counters for every configuration: a reload does not hand every client a fresh window.
-  const rateCounters = deps.rateCounters ?? new RateLimiter({ maxEntries: options.rateLimitClients, now });
+  // Made on first use: most nodes limit nothing, and lru-cache allocates the table at its full size.
+  let localCounters: RateLimiter | undefined;
+  const rateCounters: RateCounters = deps.rateCounters ?? {
+    inProcess: true,
+    take: (...args) => (localCounters ??= new RateLimiter({ maxEntries: options.rateLimitClients, now })).take(...args),
+  };
 
   const configure = (next: EdgeConfiguration, previous?: Configuration): Configuration => {
     const { options } = next;
