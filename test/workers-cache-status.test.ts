@@ -4,7 +4,9 @@
  * Worker confirms it for bodies up to 1 MiB (read whole, then the commit's
  * outcome), and once an isolate finds the Cache API keeping nothing (as on
  * `*.workers.dev`: here Miniflare with its cache off, which makes every put
- * and match a no-op) it never says `stored` again.
+ * and match a no-op) it never says `stored` again. A put that rejects (a
+ * fault injected by the counting entry, `TEST_FAIL_CACHE_PUTS`) is not
+ * `stored` either, and a known length reaches `cache.put` as Content-Length.
  */
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { startTestOrigin, type TestOrigin } from './helpers/origin.js';
@@ -57,6 +59,28 @@ describe('Cache-Status stored on the Worker', () => {
       // Nothing was kept: every request went to the origin.
       expect(origin.count('/b.txt')).toBe(2);
       expect(origin.count('/big.bin')).toBe(3);
+    } finally {
+      await worker.close();
+    }
+  });
+
+  it('does not say stored when cache.put rejects; bodies of known length go into cache.put with Content-Length', async () => {
+    // Body documents are stored under `?edge-cache=b.<hash>.<id>` on the zone's URL (cf-cache-store.ts).
+    const failing = await startTestWorker(bundle, { vars: { ORIGIN: origin.url, LOG_LEVEL: 'silent', TEST_FAIL_CACHE_PUTS: '[?&]edge-cache=b\\.' }, countSubrequests: true });
+    try {
+      for (let i = 0; i < 2; i++) {
+        const { response, puts } = await failing.subrequests('/a.txt');
+        expect(response.headers.get('cache-status')).toMatch(/^edge; fwd=uri-miss; ttl=\d+$/);
+        expect(puts.some((put) => /edge-cache=b\./.test(put.url))).toBe(true);
+      }
+    } finally {
+      await failing.close();
+    }
+    const worker = await startTestWorker(bundle, { vars: { ORIGIN: origin.url, LOG_LEVEL: 'silent' }, countSubrequests: true });
+    try {
+      const { response, puts } = await worker.subrequests('/big.bin');
+      expect(response.headers.get('cache-status')).toMatch(/stored/);
+      expect(puts.filter((put) => /edge-cache=b\./.test(put.url)).map((put) => put.length)).toEqual([String(2 * 1024 * 1024)]);
     } finally {
       await worker.close();
     }

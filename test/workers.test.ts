@@ -212,7 +212,8 @@ describe('images on the Worker with an Images binding', () => {
 });
 
 describe('pushed objects across isolates', () => {
-  it('are served by an isolate that started before the push, after its next pushed-list refresh', async () => {
+  // The lookup's answers without waiting: test/workers-push.test.ts. Here an isolate's "not pushed" answer lapsing after PUSH_INDEX_REFRESH.
+  it('are served by an isolate that had been told "not pushed", once that answer lapses', async () => {
     const origin = await startTestOrigin();
     origin.set('/shared.txt', { headers: { 'cache-control': 'no-store' }, body: 'origin copy' });
     const r2Persist = await mkdtemp(join(tmpdir(), 'edge-r2-'));
@@ -223,7 +224,7 @@ describe('pushed objects across isolates', () => {
       expect(await (await b.fetch('/shared.txt')).text()).toBe('origin copy');
       const pushed = await a.fetch('/_edge/push/shared.txt', { method: 'PUT', headers: { authorization: `Bearer ${ADMIN}` }, body: 'pushed copy' });
       expect(pushed.status).toBe(201);
-      // b re-reads the pushed list in the background (ctx.waitUntil) once the interval has passed.
+      // b asks R2 again once its answer for the path is older than PUSH_INDEX_REFRESH (50 ms here).
       const deadline = Date.now() + 5000;
       let text = '';
       while (Date.now() < deadline) {

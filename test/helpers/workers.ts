@@ -92,7 +92,10 @@ export interface TestWorker {
    * for its `waitUntil` work, and returns the answer with the subrequests it
    * made (one invocation's calls: what Cloudflare's limit counts).
    */
-  subrequests(path: string, init?: RequestInit): Promise<{ response: Response; body: string; count: number; calls: string[] }>;
+  subrequests(
+    path: string,
+    init?: RequestInit,
+  ): Promise<{ response: Response; body: string; count: number; calls: string[]; puts: { url: string; length: string | null }[] }>;
   close(): Promise<void>;
 }
 
@@ -101,18 +104,29 @@ export interface TestWorker {
  * R2 binding in counting proxies that pass every call on to the real
  * object, and tracks one request at a time (tests send them one by one):
  * its calls until the answer is read to the end and its `waitUntil` work
- * has settled. `GET /__subrequests?id=` reports them.
+ * has settled. `GET /__subrequests?id=` reports them, with each
+ * `cache.put`'s URL and Content-Length. With the variable
+ * `TEST_FAIL_CACHE_PUTS` (a RegExp source), puts to matching URLs reject:
+ * a Cache API fault no local server can produce.
  */
 export const COUNTING_ENTRY = `
 import worker from './index.js';
 let current = null;
+let failPuts = null;
 const runs = new Map();
 const note = (name) => { if (current) current.calls.push(name); };
 const realFetch = globalThis.fetch;
 globalThis.fetch = (input, init) => { note('fetch ' + (typeof input === 'string' ? input : input.url)); return realFetch(input, init); };
 const wrapCache = (cache) => ({
   match: (...args) => { note('cache.match'); return cache.match(...args); },
-  put: (...args) => { note('cache.put'); return cache.put(...args); },
+  put: (request, response) => {
+    note('cache.put');
+    const url = typeof request === 'string' ? request : request.url;
+    if (current) current.puts.push({ url, length: response.headers.get('content-length') });
+    // A fault only a test can make: the Cache API refusing a put (TEST_FAIL_CACHE_PUTS, a RegExp source).
+    if (failPuts && failPuts.test(url)) return Promise.reject(new Error('cache.put refused (test fault)'));
+    return cache.put(request, response);
+  },
   delete: (...args) => { note('cache.delete'); return cache.delete(...args); },
 });
 const realCaches = globalThis.caches;
@@ -131,17 +145,18 @@ export default {
       if (!run) return Response.json(null, { status: 404 });
       await run.done;
       runs.delete(url.searchParams.get('id'));
-      return Response.json({ count: run.calls.length, calls: run.calls });
+      return Response.json({ count: run.calls.length, calls: run.calls, puts: run.puts });
     }
     let wrapped = envs.get(env);
     if (!wrapped) {
       wrapped = Object.create(null);
       for (const name of Object.keys(env)) wrapped[name] = env[name];
       if (env.PUSH_BUCKET) wrapped.PUSH_BUCKET = wrapBucket(env.PUSH_BUCKET);
+      if (env.TEST_FAIL_CACHE_PUTS) failPuts = new RegExp(env.TEST_FAIL_CACHE_PUTS);
       envs.set(env, wrapped);
     }
     const id = request.headers.get('x-test-run');
-    const run = { calls: [], pending: [] };
+    const run = { calls: [], puts: [], pending: [] };
     current = run;
     if (id) runs.set(id, run);
     const context = { waitUntil: (promise) => { run.pending.push(promise); ctx.waitUntil(promise); }, passThroughOnException: () => {} };
@@ -208,7 +223,7 @@ export async function startTestWorker(bundle: WorkerBundle, options: TestWorkerO
       headers.set('x-test-run', id);
       const response = await fetch(url + path, { ...init, headers });
       const body = await response.text();
-      const counted = (await (await fetch(`${url}/__subrequests?id=${id}`)).json()) as { count: number; calls: string[] };
+      const counted = (await (await fetch(`${url}/__subrequests?id=${id}`)).json()) as { count: number; calls: string[]; puts: { url: string; length: string | null }[] };
       return { response, body, ...counted };
     },
     close: () => mf.dispose(),
