@@ -217,6 +217,32 @@ describe('a large object in pieces', () => {
     expect(origin.served).toHaveLength(BIG / PIECE + 1);
   }, 180_000);
 
+  it('the request that fetches a piece gets its bytes as they arrive, before the piece is whole; the piece is stored all the same', async () => {
+    const size = 4 * MiB;
+    t = await startTestEdge({ sliceSize: PIECE });
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    t.origin.route('/video.mp4', async (req, res) => {
+      const [, from, to] = /^bytes=(\d+)-(\d+)$/.exec(String(req.headers.range))!.map(Number) as [number, number, number];
+      res.writeHead(206, { etag: '"v1"', 'cache-control': 'public, max-age=600', 'content-range': `bytes ${from}-${to}/${size}`, 'content-length': String(to - from + 1) });
+      const chunks = [...generate(1, from, to)];
+      for (const chunk of chunks.slice(0, 2)) res.write(chunk);
+      // The rest only once the client has had its bytes: a node that waits for the whole piece never answers.
+      await released;
+      for (const chunk of chunks.slice(2)) res.write(chunk);
+      res.end();
+    });
+    const res = await t.get('/video.mp4', { headers: { range: `bytes=${PIECE + 10}-${PIECE + 109}` } });
+    expect(res.status).toBe(206);
+    expect((await hashBody(res)).hash).toBe(hashOf(1, PIECE + 10, PIECE + 109));
+    release();
+    await t.settle();
+    const again = await t.get('/video.mp4', { headers: { range: `bytes=${PIECE}-${2 * PIECE - 1}` } });
+    expect(again.headers.get('cache-status')).toMatch(/^edge; hit/);
+    expect((await hashBody(again)).hash).toBe(hashOf(1, PIECE, 2 * PIECE - 1));
+    expect(t.origin.count('/video.mp4')).toBe(1);
+  });
+
   it('10 concurrent viewers of one cold range make one origin request per piece', async () => {
     const size = 16 * MiB;
     const origin = await startSliced(size);

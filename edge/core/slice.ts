@@ -31,6 +31,7 @@ import { formatCacheStatus, type CacheStatusFields, type ForwardReason } from '.
 import { derivedKey, parseCacheKey, varyNames } from './cache-key.js';
 import { SOLE_PROCESS_FILLS, waitForFlight, type FlightOutcome, type FlightTable } from './collapse.js';
 import { EdgeError } from './errors.js';
+import { fillWhileStreaming, sliceFill } from './fill.js';
 import { originRequestHeaders } from './headers.js';
 import { FILL_STRIPPED_REQUEST_FIELDS, KEEP_WITH_VALIDATOR_SECONDS, storedTags, type OriginFetch } from './origin-fetch.js';
 import { parseCacheControl, type EdgePolicy } from './policy.js';
@@ -57,13 +58,23 @@ export interface SliceHooks {
   restart(pull: PullRequest): Promise<Answer>;
 }
 
-/** A piece at hand: a stored entry, or the bytes just fetched when the store did not keep them (purged meanwhile). */
-type Piece = CacheEntry | Uint8Array;
+/**
+ * A piece at hand: a stored entry, the bytes just fetched when the store
+ * did not keep them (purged meanwhile), or a piece arriving from the origin
+ * that is stored as it streams (`arriving`: read it, or cancel it, exactly once).
+ */
+type Piece = CacheEntry | Uint8Array | { arriving: ReadableStream<Uint8Array> };
+
+/** The piece a probe brought, and which one it is. */
+interface FirstPiece {
+  index: number;
+  piece: Piece;
+}
 
 /** The outcome of asking the origin for a first piece. */
 type Probe =
   /** Sliced: `record` is current and its piece at `index` is stored (`piece`). */
-  | { kind: 'sliced'; record: CacheEntryMeta; piece?: Piece; fields: CacheStatusFields }
+  | { kind: 'sliced'; record: CacheEntryMeta; first?: FirstPiece; fields: CacheStatusFields }
   /** Anything else, answered as the origin's answer (stored whole, passed, or an error). */
   | { kind: 'answer'; answer: Answer };
 
@@ -120,13 +131,13 @@ export class SlicedObjects {
       // A range starting past the end revalidates with the last piece (a Range past the end would be refused or ignored).
       const { pieceSize, length } = record.sliced!;
       const probe = await this.probeCollapsed(pull, Math.min(this.firstPiece(pull, pieceSize), Math.ceil(length / pieceSize) - 1), 'stale', record);
-      return probe.kind === 'answer' ? probe.answer : this.answer(pull, probe.record, probe.fields, probe.piece);
+      return probe.kind === 'answer' ? probe.answer : this.answer(pull, probe.record, probe.fields, probe.first);
     }
     if (pull.isHead || this.onlyIfCached(pull)) return undefined;
     if (pull.described.headers.range === undefined && !this.prefixes.some((prefix) => pull.described.pathname.startsWith(prefix))) return undefined;
     if (this.ignoresRanges(pull)) return undefined;
     const probe = await this.probeCollapsed(pull, this.firstPiece(pull, this.pieceSize), reason);
-    return probe.kind === 'answer' ? probe.answer : this.answer(pull, probe.record, probe.fields, probe.piece);
+    return probe.kind === 'answer' ? probe.answer : this.answer(pull, probe.record, probe.fields, probe.first);
   }
 
   /** The object's record, if it has one. */
@@ -298,19 +309,15 @@ export class SlicedObjects {
         sourceKey: pull.key,
         sliced: { pieceSize, length: range.length },
       };
-      const fill = this.purges.begin();
-      let piece: Piece;
-      try {
-        const writer = this.deps.store.createWriter(record.key, '', 0);
-        if (!(await writer.commit(record))) throw new EdgeError('EDGE_INTERNAL', 'The store declined a sliced object record.');
-        piece = await this.storePiece(pull, record, index, response, fill.epoch);
-      } finally {
-        fill.end();
-      }
-      land({ kind: 'stored' });
+      // The record is committed while the piece streams (its first byte does not wait for a disk commit);
+      // those waiting on the probe are answered once both are stored.
+      const recordStored = this.deps.store.createWriter(record.key, '', 0).commit(record).catch(() => false);
+      const piece = this.streamingPiece(pull, record, index, response, this.purges.begin(), (outcome) => {
+        void recordStored.then((stored) => land(stored ? outcome : { kind: 'uncacheable' }));
+      });
       pull.ctx.log.outcome = stale ? 'stale' : 'miss';
       const ttl = judged.policy.freshnessLifetime() - judged.policy.age();
-      return { kind: 'sliced', record, piece, fields: stale ? { fwd: 'stale', fwdStatus: 206, stored: true, ttl } : { fwd: reason, stored: true, ttl } };
+      return { kind: 'sliced', record, first: { index, piece }, fields: stale ? { fwd: 'stale', fwdStatus: 206, stored: true, ttl } : { fwd: reason, stored: true, ttl } };
     }
 
     if (stale && status >= 500 && this.hooks.policyOf(stale).canServeStaleOnError(this.hooks.graceFor(pull))) {
@@ -330,7 +337,7 @@ export class SlicedObjects {
     const piece = await this.storedPiece(pull.key, stale, index);
     if (!piece) throw new EdgeError('EDGE_ORIGIN_UNREACHABLE', 'The origin could not be reached.');
     pull.ctx.log.outcome = 'stale';
-    return { kind: 'sliced', record: stale, piece, fields: { fwd: 'stale', detail: 'stale-if-error' } };
+    return { kind: 'sliced', record: stale, first: { index, piece }, fields: { fwd: 'stale', detail: 'stale-if-error' } };
   }
 
   /**
@@ -430,23 +437,10 @@ export class SlicedObjects {
     const commit = async () => {
       const { writer, land } = piece!;
       piece = undefined;
-      const start = index * pieceSize;
-      const size = pieceLength(record, index);
       let stored = false;
       try {
         if (!this.purges.purgedSince(fill.epoch, pull.key, record.tags)) {
-          stored = await writer.commit({
-            key: pieceKey(pull.key, index),
-            variant: '',
-            status: 206,
-            headers: { ...validatorsOf(record.headers), 'content-range': `bytes ${start}-${start + size - 1}/${length}` },
-            policy: record.policy,
-            size,
-            tags: record.tags,
-            storedAt: now(),
-            expiresAt: Math.max(record.expiresAt, now() + KEEP_WITH_VALIDATOR_SECONDS * 1000),
-            sourceKey: pull.key,
-          });
+          stored = await writer.commit(this.pieceMeta(pull, record, index));
         } else {
           await writer.abort();
         }
@@ -518,8 +512,12 @@ export class SlicedObjects {
   }
 
   /** Answer from the record: validators, HEAD, the range (If-Range honoured), the body from pieces. */
-  private async answer(pull: PullRequest, record: CacheEntryMeta, fields: CacheStatusFields, first?: Piece): Promise<Answer> {
+  private async answer(pull: PullRequest, record: CacheEntryMeta, fields: CacheStatusFields, first?: FirstPiece): Promise<Answer> {
     const { pieceSize, length } = record.sliced!;
+    // A piece still arriving that this answer does not send is let go: it is read into the cache on its own.
+    const unused = () => {
+      if (first && 'arriving' in first.piece) void first.piece.arriving.cancel();
+    };
     const { options } = this.deps;
     const policy = this.hooks.policyOf(record);
     const headers: Record<string, string> = {
@@ -528,9 +526,13 @@ export class SlicedObjects {
     };
     const request = pull.described.headers;
     if (clientValidatorsMatch(request, record.headers)) {
+      unused();
       return { status: 304, headers: { ...notModifiedHeaders(headers), 'cache-status': formatCacheStatus(options.name, fields) }, body: null };
     }
-    if (pull.isHead) return { status: 200, headers: { ...headers, 'cache-status': formatCacheStatus(options.name, fields) }, body: null };
+    if (pull.isHead) {
+      unused();
+      return { status: 200, headers: { ...headers, 'cache-status': formatCacheStatus(options.name, fields) }, body: null };
+    }
     let status = 200;
     let start = 0;
     let end = length - 1;
@@ -539,6 +541,7 @@ export class SlicedObjects {
       if (range.kind === 'unsatisfiable') {
         headers['content-range'] = `bytes */${length}`;
         delete headers['content-length'];
+        unused();
         return { status: 416, headers: { ...headers, 'cache-status': formatCacheStatus(options.name, fields) }, body: null };
       }
       if (range.kind === 'partial') {
@@ -549,11 +552,12 @@ export class SlicedObjects {
       }
     }
     const index = Math.floor(start / pieceSize);
-    let piece = first && index === this.firstPiece(pull, pieceSize) ? first : undefined;
+    let piece = first?.index === index ? first.piece : undefined;
     if (!piece) {
-      // The first piece is at hand before the status line, so a changed or failing origin still gets a clean answer.
+      unused();
+      // The first piece's answer is in before the status line, so a changed or failing origin still gets a clean answer.
       try {
-        const got = await this.ensurePiece(pull, record, index);
+        const got = await this.ensurePiece(pull, record, index, true);
         piece = got.piece;
         if (got.fetched && fields.hit) fields = { fwd: 'partial', stored: true, ttl: fields.ttl };
       } catch (error) {
@@ -588,6 +592,7 @@ export class SlicedObjects {
       pending.set(i, promise);
     };
     let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
+    const { waitUntil } = pull.ctx;
     return new ReadableStream<Uint8Array>(
       {
         async pull(controller) {
@@ -604,7 +609,7 @@ export class SlicedObjects {
                 pending.delete(index);
                 const from = index === firstIndex ? start - index * pieceSize : 0;
                 const to = index === last ? end - index * pieceSize : pieceLength(record, index) - 1;
-                reader = pieceStream(piece, from, to).getReader();
+                reader = pieceStream(piece, from, to, waitUntil).getReader();
               }
               const { done, value } = await reader.read();
               if (!done) {
@@ -634,8 +639,13 @@ export class SlicedObjects {
     return entry;
   }
 
-  /** The stored piece, or else the piece fetched now (once for everyone who needs it at the same time). */
-  private async ensurePiece(pull: PullRequest, record: CacheEntryMeta, index: number): Promise<{ piece: Piece; fetched: boolean }> {
+  /**
+   * The stored piece, or else the piece fetched now (once for everyone who
+   * needs it at the same time). `streaming`: the request that fetches it gets
+   * it as it arrives (its first byte need not wait for the piece's last);
+   * others wait until it is stored.
+   */
+  private async ensurePiece(pull: PullRequest, record: CacheEntryMeta, index: number, streaming = false): Promise<{ piece: Piece; fetched: boolean }> {
     const stored = await this.storedPiece(pull.key, record, index);
     if (stored) return { piece: stored, fetched: false };
     const key = pieceKey(pull.key, index);
@@ -653,6 +663,17 @@ export class SlicedObjects {
       if (after) return { piece: after, fetched: false };
       if (led.followed.kind === 'failed') throw led.followed.error;
       return { piece: await this.piece(pull, record, index), fetched: true };
+    }
+    if (streaming) {
+      const fill = this.purges.begin();
+      try {
+        const response = await this.askPiece(pull, record, index);
+        return { piece: this.streamingPiece(pull, record, index, response, fill, led.land), fetched: true };
+      } catch (error) {
+        fill.end();
+        led.land({ kind: 'failed', error });
+        throw error;
+      }
     }
     try {
       const piece = await this.piece(pull, record, index);
@@ -689,6 +710,20 @@ export class SlicedObjects {
   private async piece(pull: PullRequest, record: CacheEntryMeta, index: number): Promise<Piece> {
     const stored = await this.storedPiece(pull.key, record, index);
     if (stored) return stored;
+    const fill = this.purges.begin();
+    try {
+      return await this.storePiece(pull, record, index, await this.askPiece(pull, record, index), fill.epoch);
+    } finally {
+      fill.end();
+    }
+  }
+
+  /**
+   * Ask the origin for piece `index` of the record's version: its answer
+   * once its status and fields say it is that piece of that version (the
+   * body still to be read). A changed object drops the record and pieces.
+   */
+  private async askPiece(pull: PullRequest, record: CacheEntryMeta, index: number): Promise<Response> {
     const start = index * record.sliced!.pieceSize;
     const end = start + pieceLength(record, index) - 1;
     const headers = this.pieceHeaders(pull, start, end);
@@ -696,8 +731,7 @@ export class SlicedObjects {
     const etag = record.headers.etag;
     if (etag !== undefined && !etag.startsWith('W/')) headers.set('if-match', etag);
     else if (record.headers['last-modified'] !== undefined) headers.set('if-unmodified-since', record.headers['last-modified']);
-    const fill = this.purges.begin();
-    try {
+    {
       const response = await this.ask(pull, headers);
       const range = response.status === 206 ? parseContentRange(response.headers.get('content-range') ?? undefined) : undefined;
       const validators = { etag: response.headers.get('etag') ?? undefined, 'last-modified': response.headers.get('last-modified') ?? undefined };
@@ -711,18 +745,71 @@ export class SlicedObjects {
         await response.body?.cancel();
         throw new EdgeError('EDGE_ORIGIN_BAD_RESPONSE', `The origin answered ${response.status} to a request for a piece.`, { details: { upstreamStatus: response.status } });
       }
-      return await this.storePiece(pull, record, index, response, fill.epoch);
-    } finally {
-      fill.end();
+      return response;
     }
+  }
+
+  /**
+   * A piece passed on as it arrives while it is stored (`fill.ts`: a client
+   * that leaves lets the rest be read into the cache); `land` is told once
+   * it is stored or not, `fill` ended then.
+   */
+  private streamingPiece(
+    pull: PullRequest,
+    record: CacheEntryMeta,
+    index: number,
+    response: Response,
+    fill: { epoch: number; end: () => void },
+    land: (outcome: FlightOutcome) => void,
+  ): Piece {
+    const size = pieceLength(record, index);
+    const writer = this.deps.store.createWriter(pieceKey(pull.key, index), '', size);
+    const body = response.body ?? new ReadableStream<Uint8Array>({ start: (controller) => controller.close() });
+    const stream = fillWhileStreaming(body, {
+      writer,
+      maxBytes: size,
+      expectedSize: size,
+      waitUntil: pull.ctx.waitUntil,
+      commit: async () => {
+        // Purged while it was on its way: this request has it, the cache does not.
+        if (this.purges.purgedSince(fill.epoch, pull.key, record.tags)) {
+          await writer.abort();
+          return false;
+        }
+        return writer.commit(this.pieceMeta(pull, record, index));
+      },
+      onSettled: (stored, error) => {
+        fill.end();
+        land(stored ? { kind: 'stored' } : error !== undefined ? { kind: 'failed', error } : { kind: 'uncacheable' });
+      },
+    });
+    return { arriving: stream };
+  }
+
+  /** The stored fields of piece `index`: the version's validators and its place in the object. */
+  private pieceMeta(pull: PullRequest, record: CacheEntryMeta, index: number): CacheEntryMeta {
+    const { now } = this.deps;
+    const size = pieceLength(record, index);
+    const start = index * record.sliced!.pieceSize;
+    return {
+      key: pieceKey(pull.key, index),
+      variant: '',
+      status: 206,
+      headers: { ...validatorsOf(record.headers), 'content-range': `bytes ${start}-${start + size - 1}/${record.sliced!.length}` },
+      policy: record.policy,
+      size,
+      tags: record.tags,
+      storedAt: now(),
+      // Pieces are checked against the record on every use: they may outlive its freshness and serve after a 304.
+      expiresAt: Math.max(record.expiresAt, now() + KEEP_WITH_VALIDATOR_SECONDS * 1000),
+      sourceKey: pull.key,
+    };
   }
 
   /** Read a piece's body into its entry (and memory: the bytes answer even if a purge keeps them out of the store). */
   private async storePiece(pull: PullRequest, record: CacheEntryMeta, index: number, response: Response, epoch: number): Promise<Piece> {
-    const { store, now } = this.deps;
     const size = pieceLength(record, index);
-    const key = pieceKey(pull.key, index);
-    const writer = store.createWriter(key, '', size);
+    const writer = this.deps.store.createWriter(pieceKey(pull.key, index), '', size);
     const bytes = new Uint8Array(size);
     let at = 0;
     try {
@@ -753,20 +840,7 @@ export class SlicedObjects {
       await writer.abort();
       return bytes;
     }
-    const start = index * record.sliced!.pieceSize;
-    const stored = await writer.commit({
-      key,
-      variant: '',
-      status: 206,
-      headers: { ...validatorsOf(record.headers), 'content-range': `bytes ${start}-${start + size - 1}/${record.sliced!.length}` },
-      policy: record.policy,
-      size,
-      tags: record.tags,
-      storedAt: now(),
-      // Pieces are checked against the record on every use: they may outlive its freshness and serve after a 304.
-      expiresAt: Math.max(record.expiresAt, now() + KEEP_WITH_VALIDATOR_SECONDS * 1000),
-      sourceKey: pull.key,
-    });
+    const stored = await writer.commit(this.pieceMeta(pull, record, index));
     if (!stored) return bytes;
     return (await this.storedPiece(pull.key, record, index)) ?? bytes;
   }
@@ -799,7 +873,9 @@ function pieceLength(record: CacheEntryMeta, index: number): number {
   return Math.min(pieceSize, length - index * pieceSize);
 }
 
-function pieceStream(piece: Piece, from: number, to: number): ReadableStream<Uint8Array> {
+function pieceStream(piece: Piece, from: number, to: number, waitUntil: (promise: Promise<unknown>) => void): ReadableStream<Uint8Array> {
+  // A piece still arriving: the bytes wanted, the rest still read into the cache; short of `to` is an error.
+  if ('arriving' in piece) return exactly(sliceFill(piece.arriving, from, to, waitUntil), to - from + 1);
   if (piece instanceof Uint8Array) {
     const bytes = piece.subarray(from, to + 1);
     return new ReadableStream({ start: (controller) => (controller.enqueue(bytes), controller.close()) });
@@ -825,6 +901,31 @@ export function parseContentRange(value: string | undefined): { start: number; e
   if (!match) return undefined;
   const [start, end, length] = [Number(match[1]), Number(match[2]), Number(match[3])];
   return start <= end && end < length ? { start, end, length } : undefined;
+}
+
+/** `source`, failing if it ends before `length` bytes (a piece cut short must not end a body cleanly). */
+function exactly(source: ReadableStream<Uint8Array>, length: number): ReadableStream<Uint8Array> {
+  const reader = source.getReader();
+  let seen = 0;
+  return new ReadableStream<Uint8Array>(
+    {
+      async pull(controller) {
+        const { done, value } = await reader.read();
+        if (!done) {
+          seen += value.byteLength;
+          controller.enqueue(value);
+        } else if (seen === length) {
+          controller.close();
+        } else {
+          controller.error(new EdgeError('EDGE_ORIGIN_UNREACHABLE', "The origin's body broke off before its end."));
+        }
+      },
+      cancel(reason) {
+        return reader.cancel(reason);
+      },
+    },
+    { highWaterMark: 0 },
+  );
 }
 
 /** A 206 that holds the whole object, as the 200 it stands for. */
