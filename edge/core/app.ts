@@ -223,6 +223,8 @@ interface Configuration {
   images?: ImageVariants;
   /** Deny rules, signatures, API keys, rate limits (`access/gate.ts`): undefined when none is configured. */
   access?: AccessGate;
+  /** Neither a node path nor an image request: the pull path's alone (what the fast path may answer). Built once, not per hit. */
+  plainContent: (described: Described) => boolean;
   /** Requests and background work using it now. */
   users: number;
   /** Set once replaced: called when the last user is done. */
@@ -254,7 +256,9 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
     const pull = previous ? previous.pull.reconfigured(pullDeps) : new PullCache(pullDeps);
     const images = options.images ? new ImageVariants({ options, store: deps.store, pull, policies, transformer: next.imageTransformer, now }, previous?.images) : undefined;
     const access = createAccessGate({ options, now, apiKeys: deps.apiKeys, rateCounters });
-    return { options, policies, pull, images, access, users: 0 };
+    const plainContent = (described: Described): boolean =>
+      !RESERVED_PATH.test(described.pathname) && !(images && described.search !== '' && images.applies(described.pathname));
+    return { options, policies, pull, images, access, plainContent, users: 0 };
   };
   let current = configure({ options, origin: deps.origin, imageTransformer: deps.imageTransformer });
   /** Replaced pull caches whose background re-compressions may still run (`settle()` waits for them). */
@@ -479,9 +483,6 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
     }
   }
 
-  /** Neither a node path nor an image request: the pull path's alone (what the fast path may answer). */
-  const isPlainContent = ({ images }: Configuration, described: Described): boolean =>
-    !RESERVED_PATH.test(described.pathname) && !(images && described.search !== '' && images.applies(described.pathname));
 
   /** The one dispatch of content requests: the access check, then image variants or the pull path. */
   async function dispatch(config: Configuration, request: IncomingRequest, ctx: RequestContext): Promise<Answer> {
@@ -541,8 +542,8 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
       const { access } = config;
       let grant: AccessGrant | null = null;
       const isContent = access
-        ? (described: Described) => isPlainContent(config, described) && (grant = access.checkFast(method, described, clientIp)) !== null
-        : (described: Described) => isPlainContent(config, described);
+        ? (described: Described) => config.plainContent(described) && (grant = access.checkFast(method, described, clientIp)) !== null
+        : config.plainContent;
       const answer = config.pull.answerFreshHit(method, url, headers, clientIp, state.log, isContent);
       if (!answer) return undefined;
       (grant as AccessGrant | null)?.finish(answer, 'hit');
