@@ -64,6 +64,7 @@ export function helpText(program: NodeProgram): string {
     program.summary,
     'Every option can also be set by its environment variable or in a JSON file given with --config.',
     'Precedence: flag, then environment, then config file, then default.',
+    'SIGHUP (or POST /_edge/reload with the admin token) reads them again: the new configuration applies without a restart, or is refused naming what is wrong (README "Configuration reload").',
     '',
     `  ${'flag'.padEnd(30)} ${'environment'.padEnd(30)} meaning`,
     ...rows,
