@@ -141,31 +141,33 @@ describe('edge push against the Worker', () => {
   it('stores a push of unknown length (chunked) through a multipart upload, whole and with its SHA-256 ETag', async () => {
     const worker = await startWorker(await tempDir('edge-worker-push-r2-'));
     try {
-      // 20 MiB without Content-Length: two 16 MiB-part uploads (the last one shorter).
-      const body = randomBytes(20 * MiB);
-      const chunks = Array.from({ length: 80 }, (_, i) => body.subarray(i * 256 * 1024, (i + 1) * 256 * 1024));
-      const stream = new ReadableStream<Uint8Array>({
-        pull(controller) {
-          const next = chunks.shift();
-          if (next) controller.enqueue(next);
-          else controller.close();
-        },
-      });
-      const response = await worker.fetch('/_edge/push/chunked.bin', {
-        method: 'PUT',
-        headers: { authorization: `Bearer ${ADMIN}` },
-        body: stream,
-        duplex: 'half',
-      } as RequestInit);
-      expect(response.status, await response.clone().text()).toBe(201);
-      expect(((await response.json()) as { etag: string }).etag).toBe(`"${sha256(body)}"`);
-      const served = await worker.fetch('/chunked.bin');
-      expect(served.headers.get('etag')).toBe(`"${sha256(body)}"`);
-      expect(sha256(Buffer.from(await served.arrayBuffer()))).toBe(sha256(body));
-      // A range is read from R2, not from the upload.
-      const ranged = await worker.fetch('/chunked.bin', { headers: { range: `bytes=${17 * MiB}-${17 * MiB + 99}` } });
-      expect(ranged.status).toBe(206);
-      expect(Buffer.compare(Buffer.from(await ranged.arrayBuffer()), body.subarray(17 * MiB, 17 * MiB + 100))).toBe(0);
+      // Without Content-Length: 20 MiB is a 16 MiB part and a shorter last one; 32 MiB ends on a part boundary.
+      for (const [name, size] of [['chunked.bin', 20 * MiB], ['boundary.bin', 32 * MiB]] as const) {
+        const body = randomBytes(size);
+        const chunks = Array.from({ length: size / (256 * 1024) }, (_, i) => body.subarray(i * 256 * 1024, (i + 1) * 256 * 1024));
+        const stream = new ReadableStream<Uint8Array>({
+          pull(controller) {
+            const next = chunks.shift();
+            if (next) controller.enqueue(next);
+            else controller.close();
+          },
+        });
+        const response = await worker.fetch(`/_edge/push/${name}`, {
+          method: 'PUT',
+          headers: { authorization: `Bearer ${ADMIN}` },
+          body: stream,
+          duplex: 'half',
+        } as RequestInit);
+        expect(response.status, await response.clone().text()).toBe(201);
+        expect(((await response.json()) as { etag: string }).etag).toBe(`"${sha256(body)}"`);
+        const served = await worker.fetch(`/${name}`);
+        expect(served.headers.get('etag')).toBe(`"${sha256(body)}"`);
+        expect(sha256(Buffer.from(await served.arrayBuffer()))).toBe(sha256(body));
+        // A range is read from R2, not from the upload.
+        const ranged = await worker.fetch(`/${name}`, { headers: { range: `bytes=${17 * MiB}-${17 * MiB + 99}` } });
+        expect(ranged.status).toBe(206);
+        expect(Buffer.compare(Buffer.from(await ranged.arrayBuffer()), body.subarray(17 * MiB, 17 * MiB + 100))).toBe(0);
+      }
     } finally {
       await worker.close();
     }

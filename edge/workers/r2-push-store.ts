@@ -588,7 +588,12 @@ class R2Writer implements CacheWriter {
       this.#multipart = this.#o.bucket.createMultipartUpload(this.#o.stagingName, { customMetadata: { staging: '1' } });
       this.#staged = this.#settled(this.#multipart);
     }
-    if (this.#buffered >= this.#o.partBytes) return this.#uploadPart(false);
+    if (this.#buffered >= this.#o.partBytes) return this.#uploadFullParts();
+  }
+
+  /** Uploads every full part held (a chunk may span several), one after the other. */
+  async #uploadFullParts(): Promise<void> {
+    while (this.#buffered >= this.#o.partBytes && this.#failure === undefined) await this.#uploadPart(false);
   }
 
   /** Uploads the next part (every part but the last exactly `partBytes` long); resolves when it is stored. */
@@ -647,7 +652,9 @@ class R2Writer implements CacheWriter {
       await this.#settled(this.#sink!.close());
       await this.#staged;
     } else {
-      await this.#uploadPart(true);
+      await this.#uploadFullParts();
+      // The last part may be shorter; an empty one is not sent (the body ended on a part boundary).
+      if (this.#buffered > 0 || this.#parts.length === 0) await this.#uploadPart(true);
       const upload = await this.#multipart!.catch(() => undefined);
       const parts = await Promise.all(this.#parts.map((part) => this.#settled(part)));
       if (upload && this.#failure === undefined) await this.#settled(upload.complete(parts as R2UploadedPartLike[]));
