@@ -6,6 +6,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { Agent, createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { connect as http2Connect, type ClientHttp2Session } from 'node:http2';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import type { AddressInfo, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -16,6 +17,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { resolveEdgeOptions } from '../edge/core/options.js';
 import { startTestEdge } from './helpers/edge.js';
 import { startTestOrigin, type TestOrigin } from './helpers/origin.js';
+import { createTestCa, issueCertificate } from './helpers/tls.js';
 
 const TOKEN = 'reload-admin-token-0123456789';
 const AUTH = { authorization: `Bearer ${TOKEN}` };
@@ -336,7 +338,7 @@ describe('configuration reload, one process', () => {
     await writeFile(file, config(a.url, b.url, 'a', { rateLimit: '3/1d' }));
     node = await startNode(file);
     const first = await send(`${node.url}/moved/x`);
-    expect(first.headers.ratelimit).toBe('"default";r=2;t=' + String(first.headers.ratelimit).split(';t=')[1]);
+    expect(String(first.headers.ratelimit)).toMatch(/^"default";r=2;/);
     await node.record(String(first.headers['x-request-id']));
 
     await writeFile(file, config(a.url, b.url, 'a', { rateLimit: '3/1d', logLevel: 'warn' }));
@@ -515,6 +517,37 @@ describe('configuration reload, in process', () => {
       expect(file.problems[0]).toMatch(/^--peers \(EDGE_PEERS\): got "@\/etc\/edge\/peers", running with "http:\/\/127\.0\.0\.1:10,shield=http:\/\/127\.0\.0\.1:12": /);
     } finally {
       await t.close();
+    }
+  });
+
+  it('keeps an HTTP/2 session open across a reload, the next stream on it under the new rules', async () => {
+    const certs = await mkdtemp(join(tmpdir(), 'edge-reload-tls-'));
+    const ca = createTestCa(certs);
+    const leaf = issueCertificate(certs, ca, { name: 'leaf', serial: '0A' });
+    const t = await startTestEdge({ tlsCert: leaf.certPath, tlsKey: leaf.keyPath });
+    let session: ClientHttp2Session | undefined;
+    try {
+      t.origin.set('/secret/a', { headers: { 'cache-control': 'no-store' }, body: 'secret' });
+      session = http2Connect(`https://localhost:${t.edge.port}`, { ca: ca.pem });
+      const stream = (path: string) =>
+        new Promise<number>((resolve, reject) => {
+          const req = session!.request({ ':path': path });
+          req.on('response', (headers) => resolve(Number(headers[':status'])));
+          req.on('error', reject);
+          req.resume();
+          req.end();
+        });
+      let closed = false;
+      session.once('close', () => (closed = true));
+      expect(await stream('/secret/a')).toBe(200);
+      const next = resolveEdgeOptions({ origin: t.origin.url, port: 0, host: '127.0.0.1', dataDir: t.dataDir, logLevel: 'silent', tlsCert: leaf.certPath, tlsKey: leaf.keyPath, deny: [{ path: '/secret/*' }] });
+      expect((await t.edge.reload('test', next)).changed).toEqual(['deny']);
+      expect(await stream('/secret/a')).toBe(403);
+      expect(closed).toBe(false);
+    } finally {
+      session?.close();
+      await t.close();
+      await rm(certs, { recursive: true, force: true });
     }
   });
 
