@@ -106,6 +106,7 @@ describe('Worker configuration', () => {
     ['no origin', { ORIGIN: '' }, 'ORIGIN', /ORIGIN: /],
     ['an s3:// origin', { ORIGIN: 's3://bucket' }, 'ORIGIN', /ORIGIN: .*one http\(s\):\/\/ URL/],
     ['a bad refresh interval', { PUSH_INDEX_REFRESH: 'often' }, 'PUSH_INDEX_REFRESH', /PUSH_INDEX_REFRESH: got "often"/],
+    ['objects larger than the Cache API stores', { MAX_OBJECT_SIZE: '600MB' }, 'MAX_OBJECT_SIZE', /MAX_OBJECT_SIZE: got \d+ bytes: the Cache API stores at most 512MB/],
   ];
 
   it('answers every request with a 500 JSON error naming the variable when a value is bad', async () => {

@@ -114,6 +114,8 @@ const NODE_ONLY_OPTIONS = [
 ] as const;
 
 const MiB = 1024 * 1024;
+/** The Cache API's per-object limit. */
+const CACHE_API_MAX_OBJECT = 512 * MiB;
 /** R2's single-upload limit (5 GiB) less room for metadata stored in front of a body. */
 const R2_MAX_ENTRY = 5 * 1024 * MiB - MiB;
 
@@ -177,6 +179,10 @@ export function resolveWorkersOptions(env: WorkersEnv): EdgeOptions {
     problems.push({ variable: 'ORIGIN', option: 'origin', problem: `got ${JSON.stringify(options.origin)}: on Workers the origin is one http(s):// URL (origin pools and s3:// origins run on the Node node)` });
   }
   if (options.origins) for (const problem of routeOriginProblems(options.origins)) problems.push({ variable: 'ORIGINS', option: 'origins', problem });
+  // Larger objects would be declined by the Cache API after Cache-Status had promised `stored`.
+  if (options.maxObjectSize > CACHE_API_MAX_OBJECT) {
+    problems.push({ variable: 'MAX_OBJECT_SIZE', option: 'maxObjectSize', problem: `got ${options.maxObjectSize} bytes: the Cache API stores at most 512MB per object` });
+  }
   if (options.apiKeysFile !== undefined) {
     problems.push({ variable: 'API_KEYS_FILE', option: 'apiKeysFile', problem: 'a Worker reads no files: put the same JSON in the API_KEYS secret (wrangler secret put API_KEYS)' });
   }
@@ -248,7 +254,7 @@ async function createWorkerEdge(env: WorkersEnv): Promise<WorkerEdge> {
   const zone = zoneOf(env);
   const zoneHosts = typeof env.PURGE_HOSTS === 'string' ? env.PURGE_HOSTS.split(',').map((host) => host.trim().toLowerCase()).filter(Boolean) : [];
   // Entries under the zone's own URLs, tagged, so the zone purge API reaches them in every location.
-  const pulled = new CfCacheStore({ cache, maxEntryBytes: Math.min(options.maxObjectSize, 512 * MiB), onError: logError('cache'), zoneUrls: true, purgeMarkers: true, verifyPuts: true });
+  const pulled = new CfCacheStore({ cache, maxEntryBytes: Math.min(options.maxObjectSize, CACHE_API_MAX_OBJECT), onError: logError('cache'), zoneUrls: true, purgeMarkers: true, verifyPuts: true });
   const bucket = env.PUSH_BUCKET;
   const pushed = bucket
     ? new R2PushStore({ bucket, prefix: typeof env.PUSH_PREFIX === 'string' ? env.PUSH_PREFIX : '', maxEntryBytes: Math.min(options.maxUploadSize, R2_MAX_ENTRY) })
