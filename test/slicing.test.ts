@@ -243,6 +243,21 @@ describe('a large object in pieces', () => {
     expect(t.origin.count('/video.mp4')).toBe(1);
   });
 
+  it('a client that reads its piece slowly does not hold up others waiting on that piece', async () => {
+    // Pieces larger than what socket buffers take in for a client that reads nothing.
+    const piece = 32 * MiB;
+    const size = 2 * piece;
+    const origin = await startSliced(size, {}, { sliceSize: piece, collapseTimeout: '300s' });
+    const range = `bytes=${piece}-${2 * piece - 1}`;
+    // The first viewer takes its headers and reads no further.
+    const stalled = await t!.get('/video.mp4', { headers: { range } });
+    expect(stalled.status).toBe(206);
+    const other = await t!.get('/video.mp4', { headers: { range } });
+    expect((await hashBody(other)).hash).toBe(hashOf(1, piece, 2 * piece - 1));
+    expect((await hashBody(stalled)).hash).toBe(hashOf(1, piece, 2 * piece - 1));
+    expect(origin.served).toHaveLength(1);
+  });
+
   it('10 concurrent viewers of one cold range make one origin request per piece', async () => {
     const size = 16 * MiB;
     const origin = await startSliced(size);

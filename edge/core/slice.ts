@@ -31,7 +31,7 @@ import { formatCacheStatus, type CacheStatusFields, type ForwardReason } from '.
 import { derivedKey, parseCacheKey, varyNames } from './cache-key.js';
 import { SOLE_PROCESS_FILLS, waitForFlight, type FlightOutcome, type FlightTable } from './collapse.js';
 import { EdgeError } from './errors.js';
-import { fillWhileStreaming, sliceFill } from './fill.js';
+import { sliceFill } from './fill.js';
 import { originRequestHeaders } from './headers.js';
 import { FILL_STRIPPED_REQUEST_FIELDS, KEEP_WITH_VALIDATOR_SECONDS, storedTags, type OriginFetch } from './origin-fetch.js';
 import { parseCacheControl, type EdgePolicy } from './policy.js';
@@ -712,7 +712,7 @@ export class SlicedObjects {
     if (stored) return stored;
     const fill = this.purges.begin();
     try {
-      return await this.storePiece(pull, record, index, await this.askPiece(pull, record, index), fill.epoch);
+      return (await this.storePiece(pull, record, index, (await this.askPiece(pull, record, index)).body, fill.epoch))!;
     } finally {
       fill.end();
     }
@@ -750,9 +750,11 @@ export class SlicedObjects {
   }
 
   /**
-   * A piece passed on as it arrives while it is stored (`fill.ts`: a client
-   * that leaves lets the rest be read into the cache); `land` is told once
-   * it is stored or not, `fill` ended then.
+   * A piece passed on as it arrives while it is stored. The origin is read
+   * at its own pace, not the client's (`tee`: a slow client has the rest
+   * buffered, at most one piece), so requests waiting on this piece do not
+   * wait for that client. `land` is told once it is stored or not, `fill`
+   * ended then.
    */
   private streamingPiece(
     pull: PullRequest,
@@ -762,28 +764,14 @@ export class SlicedObjects {
     fill: { epoch: number; end: () => void },
     land: (outcome: FlightOutcome) => void,
   ): Piece {
-    const size = pieceLength(record, index);
-    const writer = this.deps.store.createWriter(pieceKey(pull.key, index), '', size);
     const body = response.body ?? new ReadableStream<Uint8Array>({ start: (controller) => controller.close() });
-    const stream = fillWhileStreaming(body, {
-      writer,
-      maxBytes: size,
-      expectedSize: size,
-      waitUntil: pull.ctx.waitUntil,
-      commit: async () => {
-        // Purged while it was on its way: this request has it, the cache does not.
-        if (this.purges.purgedSince(fill.epoch, pull.key, record.tags)) {
-          await writer.abort();
-          return false;
-        }
-        return writer.commit(this.pieceMeta(pull, record, index));
-      },
-      onSettled: (stored, error) => {
-        fill.end();
-        land(stored ? { kind: 'stored' } : error !== undefined ? { kind: 'failed', error } : { kind: 'uncacheable' });
-      },
-    });
-    return { arriving: stream };
+    const [toStore, toClient] = body.tee();
+    const stored = this.storePiece(pull, record, index, toStore, fill.epoch, false).then(
+      (piece) => land(piece ? { kind: 'stored' } : { kind: 'uncacheable' }),
+      (error: unknown) => land({ kind: 'failed', error }),
+    );
+    pull.ctx.waitUntil(stored.finally(fill.end));
+    return { arriving: toClient };
   }
 
   /** The stored fields of piece `index`: the version's validators and its place in the object. */
@@ -806,15 +794,19 @@ export class SlicedObjects {
     };
   }
 
-  /** Read a piece's body into its entry (and memory: the bytes answer even if a purge keeps them out of the store). */
-  private async storePiece(pull: PullRequest, record: CacheEntryMeta, index: number, response: Response, epoch: number): Promise<Piece> {
+  /**
+   * Read a piece's body into its entry. With `keepBytes` also into memory:
+   * the bytes answer even if a purge keeps them out of the store; without,
+   * undefined when the piece was not stored.
+   */
+  private async storePiece(pull: PullRequest, record: CacheEntryMeta, index: number, body: ReadableStream<Uint8Array> | null, epoch: number, keepBytes = true): Promise<Piece | undefined> {
     const size = pieceLength(record, index);
     const writer = this.deps.store.createWriter(pieceKey(pull.key, index), '', size);
-    const bytes = new Uint8Array(size);
+    const bytes = keepBytes ? new Uint8Array(size) : undefined;
     let at = 0;
     try {
-      if (response.body) {
-        const reader = response.body.getReader();
+      if (body) {
+        const reader = body.getReader();
         for (;;) {
           const { done, value } = await reader.read();
           if (done) break;
@@ -822,7 +814,7 @@ export class SlicedObjects {
             await reader.cancel();
             break;
           }
-          bytes.set(value, at);
+          bytes?.set(value, at);
           at += value.byteLength;
           writer.write(value);
         }
