@@ -61,10 +61,23 @@ describe('API keys on the Worker', () => {
       expect((await worker.fetch('/api/items', { headers: { 'x-api-key': KEY } })).headers.get('cache-status')).toMatch(/^edge; hit/);
       expect((await worker.fetch('/api/items')).status).toBe(401);
       expect(api.count('/api/items')).toBe(1);
-      // Paths no route claims go to the default group, without a key.
-      expect(await (await worker.fetch('/index.html')).text()).toBe('home');
+      // Paths no route claims go to the default group, without a key; a key sent there is not forwarded either.
+      expect(await (await worker.fetch('/index.html', { headers: { 'x-api-key': KEY } })).text()).toBe('home');
       expect(web.count('/index.html')).toBe(1);
+      expect(web.requests.at(-1)!.headers['x-api-key']).toBeUndefined();
       expect(api.count('/index.html')).toBe(0);
+    } finally {
+      await worker.close();
+    }
+  });
+
+  it('keeps the key header out of origin requests with API_KEYS and no route requiring keys (as with a key file on Node)', async () => {
+    const worker = await startTestWorker(bundle, { vars: { ORIGIN: web.url, API_KEYS: keys, LOG_LEVEL: 'silent' } });
+    try {
+      web.set('/plain.txt', { headers: { 'cache-control': 'no-store' }, body: 'plain' });
+      expect(await (await worker.fetch('/plain.txt', { headers: { 'x-api-key': KEY } })).text()).toBe('plain');
+      expect(web.requests.at(-1)!.url).toBe('/plain.txt');
+      expect(web.requests.at(-1)!.headers['x-api-key']).toBeUndefined();
     } finally {
       await worker.close();
     }

@@ -280,6 +280,9 @@ async function createWorkerEdge(env: WorkersEnv): Promise<WorkerEdge> {
   if (!apiKeys && options.origins?.routes.some((route) => route.access?.apiKey)) {
     throw new WorkersConfigError([{ variable: 'API_KEYS', option: '', problem: 'a route requires API keys (access.apiKey): put them in the API_KEYS secret, {"keys":[{"name","key","rateLimit"?}]} (wrangler secret put API_KEYS)' }]);
   }
+  // The core keeps the key header out of keys and origin requests wherever keys are configured, which on
+  // Node means a key file; here they come from the secret (a file is refused above, so nothing reads this path).
+  if (apiKeys) options.apiKeysFile = '(the API_KEYS secret)';
   const edge = createEdgeApp({
     options,
     apiKeys: apiKeys ? () => apiKeys : undefined,
