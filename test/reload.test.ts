@@ -440,6 +440,27 @@ describe('configuration reload, --workers 2', () => {
     expect(json(refused).problems).toEqual(['--workers (EDGE_WORKERS): got 3, running with 2: the worker processes are forked at start-up; restart the node to change it']);
     await fromBothWorkers('/other/a', (answer) => expect(answer.status).toBe(403));
   }, 60_000);
+  it('a replacement worker does not start from a file that changes what takes a restart', async () => {
+    const base = { origin: origin.url, port: 0, host: '127.0.0.1', workers: 2, adminToken: TOKEN, logLevel: 'warn' };
+    await writeFile(file, JSON.stringify({ ...base, memorySize: '1MB' }));
+    const refused = await send(`${node!.url}/_edge/reload`, { method: 'POST', headers: AUTH });
+    expect(refused.status).toBe(400);
+
+    const { workers } = json(await send(`${node!.url}/_edge/health`)) as { workers: { pid: number }[] };
+    const victim = workers[0]!.pid;
+    process.kill(victim, 'SIGKILL');
+    const [line] = await node!.waitFor(/^edge: --memory-size \(EDGE_MEMORY_SIZE\): .*$/);
+    expect(line).toBe('edge: --memory-size (EDGE_MEMORY_SIZE): got 1048576, running with 268435456: the cache is kept across a reload; restart the node to change it');
+    await node!.waitFor(/^edge: worker \d+ not started: the config file differs from what the cluster started with$/);
+    // The other worker goes on serving.
+    expect((await send(`${node!.url}/open`)).body).toBe('origin /open');
+
+    // Once the file is fixed, the next replacement starts.
+    await writeFile(file, JSON.stringify(base));
+    let now = workers;
+    while (now.length < 2 || now.some((w) => w.pid === victim)) now = (json(await send(`${node!.url}/_edge/health`)) as { workers: { pid: number }[] }).workers;
+    await fromBothWorkers('/open', (answer) => expect(answer.body).toBe('origin /open'));
+  }, 60_000);
 });
 
 describe('configuration reload, in process', () => {

@@ -100,6 +100,9 @@ export async function runPrimary(config: ClusterPrimaryOptions): Promise<void> {
 
   const publish = () => bus.notify('workers', [...started.values()].filter((info) => ready.has(info.id)));
   bus.handle('metrics', () => aggregator.clusterMetrics());
+  // The options the cluster started with: a replacement worker reads the config file as it is now, and must
+  // not start with another port, data dir... than its siblings (a reload refused for them may be in the file).
+  bus.handle('options', () => options);
 
   /** Every listening worker reloads its configuration; one outcome, logged once, when all have applied or refused. */
   const reloadAll = async (trigger: string): Promise<ReloadOutcome> => {
@@ -212,6 +215,8 @@ export interface ClusterWorker {
   health(): Record<string, unknown>;
   /** Tell the primary this worker listens. */
   ready(ready: WorkerReady): Promise<void>;
+  /** The options the primary started the cluster with (what a worker's own reading may not change: `restartProblems`). */
+  startOptions(): Promise<EdgeOptions>;
   /** Reload every worker's configuration through the primary (`POST /_edge/reload`); resolves once all have applied or refused. */
   reloadAll(): Promise<ReloadOutcome>;
   /** Apply the primary's reload requests to this worker (before `ready()`). */
@@ -265,6 +270,7 @@ export function joinCluster(): ClusterWorker {
       };
     },
     ready: (info) => bus.request('ready', info).then(() => undefined),
+    startOptions: () => bus.request<EdgeOptions>('options'),
     reloadAll: () => bus.request<ReloadOutcome>('reload'),
     onReload: (reload) => bus.handle('reload', (trigger) => reload(String(trigger))),
     shared: (options) => ({

@@ -13,6 +13,7 @@ import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
 import { edgeOptionsSchema, EdgeOptionsError, optionEnv, optionFlag, resolveEdgeOptions, type EdgeOptions } from '../core/options.js';
+import { restartProblems } from '../core/reload.js';
 import { joinCluster, runPrimary } from './cluster.js';
 import { startDemoOrigin } from './demo-origin.js';
 import { prepareDataDir } from './lmdb-store.js';
@@ -254,6 +255,13 @@ async function runClustered(
   // Image transforms are bounded per machine: the per-process limit (one per core by default) is shared out.
   const perWorker = (given: EdgeOptions): EdgeOptions => ({ ...given, transformConcurrency: Math.max(1, Math.floor((given.transformConcurrency || availableParallelism()) / workers)) });
   const member = joinCluster();
+  // A replacement reads the config file as it is now: what takes a restart must still be what the cluster runs with.
+  const fixed = restartProblems(await member.startOptions(), options);
+  if (fixed.length > 0) {
+    for (const problem of fixed) console.error(`${tag}: ${problem}`);
+    console.error(`${tag}: worker ${process.pid} not started: the config file differs from what the cluster started with`);
+    process.exit(2);
+  }
   const server = await startEdgeServer(perWorker(options), {
     cluster: member,
     // The worker's own environment holds the demo origin's URL (EDGE_ORIGIN).

@@ -431,11 +431,11 @@ const CONFIRM_STORED_MAX = 1024 * 1024;
  * so the `cache.put`) is through. Here:
  * - once this isolate found the Cache API keeping nothing (`*.workers.dev`,
  *   preview: `CfCacheStore.storing`), `stored` is taken out;
- * - a body of known length up to 1 MiB is read whole first (the fill
+ * - a 200 of known length up to 1 MiB is read whole first (the fill
  *   commits as it ends), and `stored` stays only if the commit stored it
  *   (a `cache.put` that rejected, or that kept nothing, takes it out);
- * - a larger body streams at once: its `stored` is the core's promise,
- *   true unless the put fails after the headers went out (logged).
+ * - a larger body (or a 206, a 304, a HEAD) goes at once: its `stored` is
+ *   the core's promise, true unless the put fails afterwards (logged).
  */
 async function honestCacheStatus(response: Response, request: Request, worker: WorkerEdge, clientIp: string | undefined): Promise<Response> {
   const status = response.headers.get('cache-status');
@@ -447,7 +447,8 @@ async function honestCacheStatus(response: Response, request: Request, worker: W
   };
   if (worker.pulled.storing === false) return new Response(response.body, { status: response.status, statusText: response.statusText, headers: withoutStored() });
   const length = Number(response.headers.get('content-length') ?? Number.NaN);
-  if (request.method !== 'GET' || !response.body || !(length <= CONFIRM_STORED_MAX)) return response;
+  // Whole 200s only: a range's length says nothing of the fill behind it, which may be far longer.
+  if (request.method !== 'GET' || response.status !== 200 || !response.body || !(length <= CONFIRM_STORED_MAX)) return response;
   const body = await response.arrayBuffer();
   let key: string | undefined;
   try {
