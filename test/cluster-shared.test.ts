@@ -215,6 +215,58 @@ describe('--workers 2: request collapsing across workers, shared upload nonces',
   }, 30_000);
 });
 
+describe('--workers 2 --collapse-timeout 3s: a fill that stalls', () => {
+  let origin: TestOrigin;
+  let node: ClusterNode;
+
+  beforeAll(async () => {
+    origin = await startTestOrigin();
+    node = await startCluster(origin.url, ['--collapse-timeout', '3s']);
+  }, 60_000);
+
+  afterAll(async () => {
+    await stopCluster(node);
+    await origin?.close();
+  });
+
+  it('past --collapse-timeout one waiter in the whole node takes the fill over: two origin requests, not one per worker', async () => {
+    const path = '/stalled/one.bin';
+    const body = patterned(64 * 1024, 3);
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let first = true;
+    origin.route(path, async (_req, res) => {
+      // The first fill stalls before its headers until the test lets it go; later ones answer at once.
+      if (first) {
+        first = false;
+        await released;
+      }
+      res.writeHead(200, { 'cache-control': 'max-age=600', 'content-type': 'application/octet-stream', 'content-length': String(body.length) });
+      res.end(body);
+    });
+    let settled = 0;
+    let allButOne!: () => void;
+    const allButOneSettled = new Promise<void>((resolve) => (allButOne = resolve));
+    const pending = Array.from({ length: CONCURRENT }, () =>
+      send(`${node.url}${path}`, { timeoutMs: 30_000 }).finally(() => {
+        if (++settled === CONCURRENT - 1) allButOne();
+      }),
+    );
+    await until(async () => origin.count(path) > 1 || (await metricSum(node, 'edge_collapsed_waiting')) === CONCURRENT - 1);
+    // Everyone but the stalled leader's own client is answered by the one fill that took over.
+    await allButOneSettled;
+    expect(origin.count(path)).toBe(2);
+    release();
+    const answers = await Promise.all(pending);
+    for (const answer of answers) {
+      expect(answer.status).toBe(200);
+      expect(answer.body.equals(body)).toBe(true);
+    }
+    expect(new Set(answers.map(answeredBy)).size).toBe(2);
+    expect(origin.count(path)).toBe(2);
+  }, 60_000);
+});
+
 describe('--workers 2 --rate-limit 5/1s: one limit for the node', () => {
   let origin: TestOrigin;
   let node: ClusterNode;

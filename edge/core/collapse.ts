@@ -122,8 +122,12 @@ export interface FillCoordinator {
 export type FillLease =
   /** Fetch from the origin; call `land` exactly once with the outcome (others wait on it). */
   | { role: 'lead'; land(outcome: FlightOutcome): void }
-  /** Another process filled (or failed): act on its outcome as an in-process follower would. */
-  | { role: 'follow'; outcome: FlightOutcome }
+  /**
+   * Another process filled (or failed): act on its outcome as an in-process
+   * follower would. `since` (ms): when that fill began, so an entry it
+   * stored counts as new even for a request that asked after it landed.
+   */
+  | { role: 'follow'; outcome: FlightOutcome; since?: number }
   /** Waited past the bound twice (or the coordinator is gone): fetch alone, nobody waits on it. */
   | { role: 'alone' };
 

@@ -444,14 +444,10 @@ export class PullCache {
   }
 
   /** One origin request per flight key; others wait and then read the cache. */
-  private async collapsed(pull: PullRequest, flightKey: string, plan: OriginFetchPlan, rejoined = false): Promise<Answer> {
-    const joinedAt = this.deps.now();
+  private async collapsed(pull: PullRequest, flightKey: string, plan: OriginFetchPlan, rejoined = false, joinedAt = this.deps.now()): Promise<Answer> {
     const flight = this.flights.join(flightKey);
     if (!flight) {
-      // This process's leader; other processes (cluster workers) may be filling the same key.
-      const land = this.remembering(pull.key, this.flights.lead(flightKey));
-      const lease = this.fills.acquire(flightKey);
-      return lease instanceof Promise ? lease.then((granted) => this.withLease(pull, plan, land, granted, joinedAt)) : this.withLease(pull, plan, land, lease, joinedAt);
+      return this.leadFlight(pull, flightKey, plan, this.remembering(pull.key, this.flights.lead(flightKey)), joinedAt);
     }
 
     const outcome = await waitForFlight(flight, this.deps.options.collapseTimeout);
@@ -459,13 +455,25 @@ export class PullCache {
     if (outcome === 'timeout') {
       // A slow origin: one follower takes the lead, the others wait for it once more.
       const land = this.flights.takeOver(flightKey, flight);
-      if (land) return this.origin.fetch(pull, { reason: plan.reason, stale: plan.stale, land: this.remembering(pull.key, land) });
-      if (!rejoined) return this.collapsed(pull, flightKey, plan, true);
+      // It asks for the fill lease too: in a cluster the stalled fill may be another worker's, and its lease passes to one waiter only.
+      if (land) return this.leadFlight(pull, flightKey, { reason: plan.reason, stale: plan.stale }, this.remembering(pull.key, land), joinedAt);
+      if (!rejoined) {
+        // The fill that took over may have landed already (in a cluster it may be another worker's): look before queueing again.
+        const stored = await this.followed(pull, plan, { kind: 'stored' }, joinedAt);
+        // Still waiting since it first joined: an entry stored since then answers it.
+        return stored ?? this.collapsed(pull, flightKey, plan, true, joinedAt);
+      }
     } else {
       const answer = await this.followed(pull, plan, outcome, joinedAt);
       if (answer) return answer;
     }
     return this.origin.fetch(pull, { reason: plan.reason, stale: plan.stale });
+  }
+
+  /** This process's flight leader: other processes (cluster workers) may be filling the same key, so it asks for the fill lease first. */
+  private leadFlight(pull: PullRequest, flightKey: string, plan: OriginFetchPlan, land: (outcome: FlightOutcome) => void, joinedAt: number): Promise<Answer> {
+    const lease = this.fills.acquire(flightKey);
+    return lease instanceof Promise ? lease.then((granted) => this.withLease(pull, plan, land, granted, joinedAt)) : this.withLease(pull, plan, land, lease, joinedAt);
   }
 
   /**
@@ -486,7 +494,8 @@ export class PullCache {
     if (lease.role === 'alone') return this.origin.fetch(pull, { ...plan, land });
     pull.ctx.log.collapsed = true;
     land(lease.outcome);
-    return (await this.followed(pull, plan, lease.outcome, joinedAt)) ?? this.origin.fetch(pull, { reason: plan.reason, stale: plan.stale });
+    const since = Math.min(joinedAt, lease.since ?? joinedAt);
+    return (await this.followed(pull, plan, lease.outcome, since)) ?? this.origin.fetch(pull, { reason: plan.reason, stale: plan.stale });
   }
 
   /** A follower's answer from its leader's outcome; undefined when it must go to the origin itself. */

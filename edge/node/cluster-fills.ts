@@ -18,6 +18,10 @@
  * - The holder stalls past `--collapse-timeout`: as in one process, one
  *   waiter takes the lease over and the others wait once more; a waiter
  *   that has already waited twice is told to go `alone`.
+ * - A fill stored less than a second ago still answers `acquire` for its key
+ *   (`follow`, stored): a worker whose lookup missed just before the fill
+ *   landed (or whose own followers timed out just after) reads the entry
+ *   instead of fetching it again.
  */
 import cluster, { type Worker } from 'node:cluster';
 import type { FillCoordinator, FillLease, FlightOutcome } from '../core/collapse.js';
@@ -33,7 +37,17 @@ export type WireOutcome =
   | { kind: 'shared'; status: number; headers: Record<string, string>; body: string; upstreamStatus: string | null };
 
 /** What the primary answers to `fill-acquire`. */
-export type WireLease = { role: 'lead' } | { role: 'follow'; outcome: WireOutcome } | { role: 'alone' };
+export type WireLease = { role: 'lead' } | { role: 'follow'; outcome: WireOutcome; since: number } | { role: 'alone' };
+
+/**
+ * A fill stored this recently still answers `acquire` for its key with its
+ * outcome: a worker that missed just before the fill landed (its lookup and
+ * its request crossed the landing) reads the entry instead of fetching again.
+ * Short, so that a key asked again later is looked at afresh. @default 1000
+ */
+export const RECENT_FILL_MS = 1000;
+/** Recent fills remembered at most (oldest dropped first). */
+const MAX_RECENT_FILLS = 10_000;
 
 export function toWire(outcome: FlightOutcome): WireOutcome {
   switch (outcome.kind) {
@@ -80,6 +94,8 @@ interface Waiter {
 
 interface Lease {
   holder: Worker;
+  /** When the fill began (ms): what it stores is newer. */
+  since: number;
   waiters: Waiter[];
   timer: NodeJS.Timeout;
 }
@@ -87,10 +103,14 @@ interface Lease {
 /** The primary's side: one lease per flight key being filled anywhere in the cluster. */
 export class FillLeaseTable {
   readonly #leases = new Map<string, Lease>();
+  /** Keys whose fill was stored lately: when it landed and when it began. */
+  readonly #recent = new Map<string, { landedAt: number; since: number }>();
   readonly #stallMs: number;
+  readonly #now: () => number;
 
-  constructor(options: { stallMs: number }) {
+  constructor(options: { stallMs: number; now?: () => number }) {
     this.#stallMs = options.stallMs;
+    this.#now = options.now ?? Date.now;
   }
 
   /** Answer `fill-acquire` and `fill-land` on this bus, and hand over the leases of workers that exit. */
@@ -107,7 +127,10 @@ export class FillLeaseTable {
   acquire(key: string, from: Worker): WireLease | Promise<WireLease> {
     const lease = this.#leases.get(key);
     if (!lease) {
-      this.#leases.set(key, { holder: from, waiters: [], timer: this.#stallTimer(key) });
+      const recent = this.#recent.get(key);
+      if (recent && this.#now() - recent.landedAt < RECENT_FILL_MS) return { role: 'follow', outcome: { kind: 'stored' }, since: recent.since };
+      this.#recent.delete(key);
+      this.#leases.set(key, { holder: from, since: this.#now(), waiters: [], timer: this.#stallTimer(key) });
       return { role: 'lead' };
     }
     return new Promise<WireLease>((answer) => lease.waiters.push({ worker: from, rejoined: false, answer }));
@@ -119,7 +142,19 @@ export class FillLeaseTable {
     if (!lease || lease.holder !== from) return;
     this.#leases.delete(key);
     clearTimeout(lease.timer);
-    for (const waiter of lease.waiters) waiter.answer({ role: 'follow', outcome });
+    if (outcome.kind === 'stored') this.#remember(key, lease.since);
+    for (const waiter of lease.waiters) waiter.answer({ role: 'follow', outcome, since: lease.since });
+  }
+
+  #remember(key: string, since: number): void {
+    const now = this.#now();
+    this.#recent.delete(key);
+    this.#recent.set(key, { landedAt: now, since });
+    // Insertion order is landing order: drop what has lapsed, and the oldest past the bound.
+    for (const [old, { landedAt }] of this.#recent) {
+      if (now - landedAt < RECENT_FILL_MS && this.#recent.size <= MAX_RECENT_FILLS) break;
+      this.#recent.delete(old);
+    }
   }
 
   /** A worker exited: the leases it held pass to a waiter (a new fill), its own waits are dropped. */
@@ -156,6 +191,7 @@ export class FillLeaseTable {
       return;
     }
     lease.holder = next.worker;
+    lease.since = this.#now();
     lease.waiters = [];
     for (const waiter of live) {
       if (stalled && waiter.rejoined) waiter.answer({ role: 'alone' });
@@ -213,7 +249,7 @@ export class ClusterFillCoordinator implements FillCoordinator {
     if (lease.role === 'alone') return lease;
     if (lease.role === 'follow') {
       if (lease.outcome.kind === 'stored') await this.#beforeFollow(key);
-      return { role: 'follow', outcome: fromWire(lease.outcome) };
+      return { role: 'follow', outcome: fromWire(lease.outcome), since: lease.since };
     }
     let landed = false;
     return {
