@@ -389,6 +389,19 @@ describe('purges and revalidation', () => {
     expect(await failing.json()).toMatchObject({ error: 'EDGE_ORIGIN_BAD_RESPONSE' });
   });
 
+  it('a stale record whose revalidation fails is answered from its stored pieces under stale-if-error', async () => {
+    const size = 3 * MiB;
+    const origin = await startSliced(size, { cacheControl: 'public, max-age=60, stale-if-error=600' });
+    await hashBody(await t!.get('/video.mp4', { headers: { range: 'bytes=0-' } }));
+    t!.clock.advance(61_000);
+    t!.origin.route('/video.mp4', (_req, res) => res.writeHead(503).end());
+    const res = await t!.get('/video.mp4', { headers: { range: `bytes=${PIECE + 1}-${PIECE + 100}` } });
+    expect(res.status).toBe(206);
+    expect(res.headers.get('cache-status')).toMatch(/detail=stale-if-error/);
+    expect((await hashBody(res)).hash).toBe(hashOf(1, PIECE + 1, PIECE + 100));
+    expect(origin.served).toHaveLength(3);
+  });
+
   it('a range starting past the end of a stale object is revalidated with its last piece, then answered 416', async () => {
     const size = 3 * MiB;
     const origin = await startSliced(size, { cacheControl: 'public, max-age=60' });
