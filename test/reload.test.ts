@@ -484,6 +484,31 @@ describe('configuration reload, in process', () => {
     }
   });
 
+  it('a refused reload that would have turned images off leaves the transformer in use working', async () => {
+    const t = await startTestEdge();
+    try {
+      const jpeg = await sharp({ create: { width: 400, height: 300, channels: 3, background: 'grey' } }).jpeg().toBuffer();
+      t.origin.set('/photo.jpg', { headers: { 'content-type': 'image/jpeg', 'cache-control': 'max-age=600' }, body: jpeg });
+      // Valid for the schema, refused when the access gate is built: a route wants API keys and there is no key file.
+      const next = resolveEdgeOptions({
+        port: 0,
+        host: '127.0.0.1',
+        dataDir: t.dataDir,
+        logLevel: 'silent',
+        images: false,
+        origins: { groups: [{ name: 'a', members: [t.origin.url] }], routes: [{ match: { pathPrefix: '/keys/' }, access: { apiKey: true } }] },
+      });
+      const outcome = await t.edge.reload('test', next);
+      expect(outcome.applied).toBe(false);
+      expect(outcome.problems).toEqual([expect.stringContaining('access.apiKey')]);
+      const image = await t.get('/photo.jpg?width=100&format=webp');
+      expect(image.status).toBe(200);
+      expect(image.headers.get('content-type')).toBe('image/webp');
+    } finally {
+      await t.close();
+    }
+  });
+
   it('keeps request collapsing: a request after the reload joins the origin fetch a request before it started', async () => {
     const t = await startTestEdge();
     let release!: () => void;

@@ -499,7 +499,8 @@ export async function startEdgeServer(options: EdgeOptions, overrides: EdgeServe
       }));
     } catch (error) {
       void nextOrigin?.close?.();
-      void nextTransformer?.close();
+      // Only one made for this reload: the one in use may stand in for it (images turned off).
+      if (nextTransformer !== imageTransformer) void nextTransformer?.close();
       return refused(reloadProblems(error));
     }
     const oldOrigin = origin;
