@@ -73,7 +73,7 @@ interface FirstPiece {
 
 /** The outcome of asking the origin for a first piece. */
 type Probe =
-  /** Sliced: `record` is current and its piece at `index` is stored (`piece`). */
+  /** Sliced: `record` is current; `first` is the piece the probe brought, if it brought one (still arriving, or stored). */
   | { kind: 'sliced'; record: CacheEntryMeta; first?: FirstPiece; fields: CacheStatusFields }
   /** Anything else, answered as the origin's answer (stored whole, passed, or an error). */
   | { kind: 'answer'; answer: Answer };
@@ -418,8 +418,8 @@ export class SlicedObjects {
    * A client that leaves stops the origin: the pieces so far stay stored.
    */
   private piecesWhileStreaming(pull: PullRequest, record: CacheEntryMeta, source: ReadableStream<Uint8Array>): ReadableStream<Uint8Array> {
-    const { store, now } = this.deps;
-    const { pieceSize, length } = record.sliced!;
+    const { store } = this.deps;
+    const { length } = record.sliced!;
     const reader = source.getReader();
     const fill = this.purges.begin();
     let index = 0;
