@@ -464,6 +464,33 @@ describe('origins and paths', () => {
     expect(origin.served[1]!.range).toBeUndefined();
   });
 
+  it('a 206 that may not be sliced (no-store; only a weak ETag; a content coding) gets the client its range from the origin, nothing stored', async () => {
+    const size = 3 * MiB;
+    for (const change of [{ 'cache-control': 'no-store' }, { etag: 'W/"v1"' }, { 'content-encoding': 'aes128gcm' }] as Record<string, string>[]) {
+      t = await startTestEdge({ sliceSize: PIECE });
+      const origin = objectOrigin(size);
+      t.origin.route('/video.mp4', (req, res) => {
+        // The origin's own fields, with the changed ones in their place.
+        const setHeader = res.setHeader.bind(res);
+        res.setHeader = (name: string, value: string | number | readonly string[]) => setHeader(name, change[name.toLowerCase()] ?? value);
+        for (const [name, value] of Object.entries(change)) setHeader(name, value);
+        return origin.handler(req, res);
+      });
+      const res = await t.get('/video.mp4', { headers: { range: `bytes=${PIECE + 5}-${PIECE + 14}`, 'accept-encoding': 'identity' } });
+      expect(res.status).toBe(206);
+      expect(res.headers.get('content-range')).toBe(`bytes ${PIECE + 5}-${PIECE + 14}/${size}`);
+      expect((await hashBody(res)).hash).toBe(hashOf(1, PIECE + 5, PIECE + 14));
+      // The probe (one piece), then the client's own range.
+      expect(origin.served.map((served) => served.range)).toEqual([pieceRange(1, size), `bytes=${PIECE + 5}-${PIECE + 14}`]);
+      await t.settle();
+      const stored: string[] = [];
+      for await (const meta of t.edge.store.list()) stored.push(meta.key);
+      expect(stored).toEqual([]);
+      await t.close();
+      t = undefined;
+    }
+  });
+
   it('an object that fits one piece is stored whole, as a 200', async () => {
     const size = PIECE - 5;
     const origin = await startSliced(size);
