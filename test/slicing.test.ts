@@ -88,7 +88,7 @@ interface ObjectOrigin {
  * `a-` or `-n` range, If-Match and If-Range (strong), and If-None-Match;
  * `ranges: false` makes it ignore Range, `ifMatch: false` ignore If-Match.
  */
-function objectOrigin(size: number, opts: { ranges?: boolean; ifMatch?: boolean; cacheControl?: string } = {}): ObjectOrigin {
+function objectOrigin(size: number, opts: { ranges?: boolean; ifMatch?: boolean; cacheControl?: string; now?: () => number } = {}): ObjectOrigin {
   const origin: ObjectOrigin = {
     served: [],
     salt: 1,
@@ -100,6 +100,8 @@ function objectOrigin(size: number, opts: { ranges?: boolean; ifMatch?: boolean;
       const served: Served = { range: header('range'), ifMatch: header('if-match'), status: 200, bytes: 0 };
       origin.served.push(served);
       res.setHeader('etag', etag);
+      // The edge's clock, so that moving it ages responses as it ages stored ones.
+      if (opts.now) res.setHeader('date', new Date(opts.now()).toUTCString());
       res.setHeader('cache-control', opts.cacheControl ?? 'public, max-age=600');
       res.setHeader('content-type', 'video/mp4');
       if (opts.ranges !== false) res.setHeader('accept-ranges', 'bytes');
@@ -151,7 +153,7 @@ function objectOrigin(size: number, opts: { ranges?: boolean; ifMatch?: boolean;
 
 async function startSliced(size: number, opts: Parameters<typeof objectOrigin>[1] = {}, input: Record<string, unknown> = {}) {
   t = await startTestEdge({ sliceSize: PIECE, adminToken: TOKEN, ...input });
-  const origin = objectOrigin(size, opts);
+  const origin = objectOrigin(size, { now: t.clock.now, ...opts });
   t.origin.route('/video.mp4', origin.handler);
   return origin;
 }
@@ -387,6 +389,23 @@ describe('purges and revalidation', () => {
     const failing = await t!.get('/video.mp4', { headers: { range: `bytes=${3 * PIECE}-` } });
     expect(failing.status).toBe(502);
     expect(await failing.json()).toMatchObject({ error: 'EDGE_ORIGIN_BAD_RESPONSE' });
+  });
+
+  it('within stale-while-revalidate the stale record answers at once and is revalidated in the background', async () => {
+    const size = 3 * MiB;
+    const origin = await startSliced(size, { cacheControl: 'public, max-age=60, stale-while-revalidate=600' });
+    await hashBody(await t!.get('/video.mp4', { headers: { range: 'bytes=0-' } }));
+    t!.clock.advance(61_000);
+    const stale = await t!.get('/video.mp4', { headers: { range: `bytes=${PIECE}-${PIECE + 99}` } });
+    expect(stale.status).toBe(206);
+    expect(stale.headers.get('cache-status')).toMatch(/^edge; hit; ttl=-1; detail=stale-while-revalidate/);
+    expect((await hashBody(stale)).hash).toBe(hashOf(1, PIECE, PIECE + 99));
+    await t!.settle();
+    expect(origin.served.slice(3).map((served) => served.status)).toEqual([304]);
+    const fresh = await t!.get('/video.mp4', { headers: { range: `bytes=${PIECE}-${PIECE + 99}` } });
+    expect(fresh.headers.get('cache-status')).toMatch(/^edge; hit; ttl=60/);
+    await fresh.arrayBuffer();
+    expect(origin.served).toHaveLength(4);
   });
 
   it('a stale record whose revalidation fails is answered from its stored pieces under stale-if-error', async () => {

@@ -91,6 +91,8 @@ export class SlicedObjects {
   /** Origin hosts that answered a Range probe with a whole 200, until when (ms). */
   private readonly rangeIgnored = new Map<string, number>();
   private readonly restarts = new WeakMap<PullRequest, number>();
+  /** Records being revalidated in the background (stale-while-revalidate). */
+  private readonly refreshing = new Set<string>();
   private readonly pieceSize: number;
   private readonly prefixes: readonly string[];
 
@@ -122,10 +124,14 @@ export class SlicedObjects {
       const policy = this.hooks.policyOf(record);
       const freshness = record.invalidated ? 'revalidate' : policy.evaluate(pull.policyRequest, this.deps.options.honorRequestCacheControl);
       const ttl = policy.freshnessLifetime() - policy.age();
-      // stale-while-revalidate revalidates in line here: a conditional piece request is cheap.
       if (freshness === 'fresh' || freshness === 'stale-allowed') {
         pull.ctx.log.outcome = freshness === 'fresh' ? 'hit' : 'stale';
         return this.answer(pull, record, { hit: true, ttl });
+      }
+      if (freshness === 'stale-while-revalidate') {
+        pull.ctx.log.outcome = 'stale';
+        this.refreshInBackground(pull, record);
+        return this.answer(pull, record, { hit: true, ttl, detail: 'stale-while-revalidate' });
       }
       if (this.onlyIfCached(pull)) return undefined;
       // A range starting past the end revalidates with the last piece (a Range past the end would be refused or ignored).
@@ -138,6 +144,28 @@ export class SlicedObjects {
     if (this.ignoresRanges(pull)) return undefined;
     const probe = await this.probeCollapsed(pull, this.firstPiece(pull, this.pieceSize), reason);
     return probe.kind === 'answer' ? probe.answer : this.answer(pull, probe.record, probe.fields, probe.first);
+  }
+
+  /**
+   * Stale-while-revalidate: one conditional piece request in the
+   * background per record at a time; its answer (a 304, or a new version's
+   * first piece, read into the cache) is no client's.
+   */
+  private refreshInBackground(pull: PullRequest, record: CacheEntryMeta): void {
+    if (this.refreshing.has(record.key)) return;
+    this.refreshing.add(record.key);
+    const background: PullRequest = { ...pull, isHead: true, ctx: { ...pull.ctx, log: {}, sendEarlyHints: undefined } };
+    const { pieceSize, length } = record.sliced!;
+    const work = this.probeCollapsed(background, Math.min(this.firstPiece(pull, pieceSize), Math.ceil(length / pieceSize) - 1), 'stale', record)
+      .then(async (probe) => {
+        if (probe.kind === 'answer' && probe.answer.body instanceof ReadableStream) await probe.answer.body.cancel();
+        if (probe.kind === 'sliced' && probe.first && 'arriving' in probe.first.piece) await probe.first.piece.arriving.cancel();
+      })
+      .catch(() => {
+        // A failed refresh leaves the stale record; the next request tries again.
+      })
+      .finally(() => this.refreshing.delete(record.key));
+    pull.ctx.waitUntil(work);
   }
 
   /** The object's record, if it has one. */
