@@ -308,6 +308,19 @@ describe('a large object in pieces', () => {
     expect(origin.served.map((served) => served.range)).toEqual([pieceRange(0, size), pieceRange(1, size), pieceRange(2, size), pieceRange(3, size), pieceRange(4, size)]);
   });
 
+  it('only-if-cached is answered from stored pieces, and gets 504 when a piece it needs is not stored', async () => {
+    const size = 4 * MiB;
+    const origin = await startSliced(size);
+    await hashBody(await t!.get('/video.mp4', { headers: { range: 'bytes=0-9' } }));
+    const cached = await t!.get('/video.mp4', { headers: { range: 'bytes=10-19', 'cache-control': 'only-if-cached' } });
+    expect(cached.status).toBe(206);
+    expect((await hashBody(cached)).hash).toBe(hashOf(1, 10, 19));
+    const partly = await t!.get('/video.mp4', { headers: { range: `bytes=${PIECE - 10}-${PIECE + 9}`, 'cache-control': 'only-if-cached' } });
+    expect(partly.status).toBe(504);
+    expect(partly.headers.get('cache-status')).toMatch(/detail=only-if-cached/);
+    expect(origin.served).toHaveLength(1);
+  });
+
   it('a stale record is revalidated with one conditional piece request (304), and its pieces keep serving', async () => {
     const size = 3 * MiB;
     const origin = await startSliced(size, { cacheControl: 'public, max-age=60' });

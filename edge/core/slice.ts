@@ -37,7 +37,7 @@ import { FILL_STRIPPED_REQUEST_FIELDS, KEEP_WITH_VALIDATOR_SECONDS, storedTags, 
 import { parseCacheControl, type EdgePolicy } from './policy.js';
 import type { PurgeLog } from './purge-log.js';
 import type { OriginFetchPlan, PullDeps, PullRequest } from './request.js';
-import { clientValidatorsMatch, decideRange, notModifiedHeaders, storedAnswerHeaders, type Answer } from './responder.js';
+import { answerGatewayTimeout, clientValidatorsMatch, decideRange, notModifiedHeaders, storedAnswerHeaders, type Answer } from './responder.js';
 import type { CacheEntry, CacheEntryMeta, CacheWriter } from './store/types.js';
 
 type StoredFields = ReturnType<OriginFetch['storedFields']>;
@@ -580,6 +580,12 @@ export class SlicedObjects {
       }
     }
     const index = Math.floor(start / pieceSize);
+    if (this.onlyIfCached(pull) && !(await this.allStored(pull.key, record, index, Math.floor(end / pieceSize)))) {
+      // RFC 9111 5.2.1.7: part of it would have to come from the origin.
+      unused();
+      pull.ctx.log.outcome = 'miss';
+      return answerGatewayTimeout(options.name, { fwd: 'partial', detail: 'only-if-cached' });
+    }
     let piece = first?.index === index ? first.piece : undefined;
     if (!piece) {
       unused();
@@ -657,6 +663,12 @@ export class SlicedObjects {
       },
       { highWaterMark: 0 },
     );
+  }
+
+  /** Are pieces `from` to `to` of this version all stored? */
+  private async allStored(key: string, record: CacheEntryMeta, from: number, to: number): Promise<boolean> {
+    for (let index = from; index <= to; index++) if (!(await this.storedPiece(key, record, index))) return false;
+    return true;
   }
 
   /** A stored piece of this version of the object, if there is one. */
