@@ -574,6 +574,16 @@ describe('origins and paths', () => {
     expect(origin.served).toHaveLength(1);
   });
 
+  it('plain GETs arriving together for such an object: one whole stream from the origin, the others answered from its pieces', async () => {
+    const size = 8 * MiB;
+    const origin = await startSliced(size, {}, { maxObjectSize: '4MB' });
+    const answers = await Promise.all(Array.from({ length: 4 }, () => t!.get('/video.mp4')));
+    for (const res of answers) expect(res.status).toBe(200);
+    const bodies = await Promise.all(answers.map((res) => hashBody(res)));
+    for (const body of bodies) expect(body.hash).toBe(hashOf(1, 0, size - 1));
+    expect(origin.served).toEqual([{ range: undefined, ifMatch: undefined, status: 200, bytes: size }]);
+  });
+
   it('a client that leaves such a fill early keeps the pieces it got past; a later GET fetches only the others', async () => {
     const size = 9 * MiB;
     const origin = await startSliced(size, {}, { maxObjectSize: '4MB' });

@@ -524,6 +524,8 @@ export class PullCache {
       // The leader stored another coding: this one is made from it.
       const sibling = entry ? undefined : this.codingSibling(pull, entries);
       if (sibling) return this.recoded(pull, sibling.entry, sibling.plan, { key: pull.key, variant: sibling.variant });
+      // The leader is storing the object in pieces (too large to store whole, `slice.ts`): answered from them.
+      if (!entry && this.slices.enabled && !plan.stale && pull.described.credentials === undefined) return this.slices.serve(pull, plan.reason);
     }
     return undefined;
   }

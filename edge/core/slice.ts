@@ -31,7 +31,7 @@ import { formatCacheStatus, type CacheStatusFields, type ForwardReason } from '.
 import { derivedKey, parseCacheKey, varyNames } from './cache-key.js';
 import { SOLE_PROCESS_FILLS, waitForFlight, type FlightOutcome, type FlightTable } from './collapse.js';
 import { EdgeError } from './errors.js';
-import { sliceFill } from './fill.js';
+import { drainInBackground, sliceFill } from './fill.js';
 import { originRequestHeaders } from './headers.js';
 import { FILL_STRIPPED_REQUEST_FIELDS, KEEP_WITH_VALIDATOR_SECONDS, storedTags, type OriginFetch } from './origin-fetch.js';
 import { parseCacheControl, type EdgePolicy } from './policy.js';
@@ -422,30 +422,46 @@ export class SlicedObjects {
       sourceKey: pull.key,
       sliced: { pieceSize: this.pieceSize, length },
     };
-    const writer = this.deps.store.createWriter(record.key, '', 0);
-    if (!(await writer.commit(record))) return undefined;
-    // Followers of this fill find the record (and each piece once it is stored) when they look again.
-    plan.land?.({ kind: 'stored' });
+    // The first pieces' flights are led before the record can be seen: a request that finds the record waits on them.
+    const ahead = new Map<number, (outcome: FlightOutcome) => void>();
+    for (let i = 0; i <= Math.min(READ_AHEAD, Math.ceil(length / this.pieceSize) - 1); i++) ahead.set(i, this.flights.lead(pieceKey(pull.key, i)));
+    const stored = await this.deps.store.createWriter(record.key, '', 0).commit(record).catch(() => false);
+    if (!stored) {
+      for (const land of ahead.values()) land({ kind: 'uncacheable' });
+      return undefined;
+    }
     const ttl = judged.policy.freshnessLifetime() - judged.policy.age();
     const headers: Record<string, string> = {
       ...storedAnswerHeaders({ ...record, size: length }, this.dropped, options.name),
       age: '0',
       'cache-status': formatCacheStatus(options.name, { fwd: plan.reason, stored: true, ttl }, split.upstreamStatus),
     };
+    const body = this.piecesWhileStreaming(pull, record, response.body, ahead);
+    // Followers of this fill find the record, then wait on the pieces' flights.
+    plan.land?.({ kind: 'stored' });
     if (clientValidatorsMatch(pull.described.headers, record.headers)) {
-      await response.body.cancel();
+      // No client reads it: it is stored all the same (as a fill for a 304 is).
+      drainInBackground(body, pull.ctx.waitUntil);
       return { status: 304, headers: notModifiedHeaders(headers), body: null };
     }
-    return { status: 200, headers, body: this.piecesWhileStreaming(pull, record, response.body) };
+    return { status: 200, headers, body };
   }
 
   /**
    * Pass `source` (the whole object) through, storing it piece by piece:
-   * each piece is committed before its last bytes go on, and is a flight
-   * of its own meanwhile (a request for it waits instead of fetching it).
+   * each piece is committed before its last bytes go on. The piece being
+   * written and the {@link READ_AHEAD} after it are flights led by this
+   * stream, so requests that need them (collapsed requests for the same
+   * object, which read that far ahead) wait instead of fetching them.
    * A client that leaves stops the origin: the pieces so far stay stored.
    */
-  private piecesWhileStreaming(pull: PullRequest, record: CacheEntryMeta, source: ReadableStream<Uint8Array>): ReadableStream<Uint8Array> {
+  private piecesWhileStreaming(
+    pull: PullRequest,
+    record: CacheEntryMeta,
+    source: ReadableStream<Uint8Array>,
+    /** Flights of the pieces ahead, led before their bytes arrive (the first ones by the caller). */
+    ahead: Map<number, (outcome: FlightOutcome) => void>,
+  ): ReadableStream<Uint8Array> {
     const { store } = this.deps;
     const { length } = record.sliced!;
     const reader = source.getReader();
@@ -454,13 +470,20 @@ export class SlicedObjects {
     let filled = 0;
     let total = 0;
     let piece: { writer: CacheWriter; land: (outcome: FlightOutcome) => void } | undefined;
+    const last = Math.ceil(length / record.sliced!.pieceSize) - 1;
+    const leadThrough = (through: number) => {
+      for (let i = index; i <= Math.min(through, last); i++) if (!ahead.has(i)) ahead.set(i, this.flights.lead(pieceKey(pull.key, i)));
+    };
     const stop = async (error?: unknown) => {
       fill.end();
+      const outcome: FlightOutcome = error === undefined ? { kind: 'uncacheable' } : { kind: 'failed', error };
+      for (const land of ahead.values()) land(outcome);
+      ahead.clear();
       if (!piece) return;
       const { writer, land } = piece;
       piece = undefined;
       await writer.abort().catch(() => {});
-      land(error === undefined ? { kind: 'uncacheable' } : { kind: 'failed', error });
+      land(outcome);
     };
     const commit = async () => {
       const { writer, land } = piece!;
@@ -511,8 +534,10 @@ export class SlicedObjects {
           }
           for (let offset = 0; offset < chunk.byteLength; ) {
             if (!piece) {
-              const key = pieceKey(pull.key, index);
-              piece = { writer: store.createWriter(key, '', pieceLength(record, index)), land: this.flights.lead(key) };
+              leadThrough(index + READ_AHEAD);
+              const land = ahead.get(index)!;
+              ahead.delete(index);
+              piece = { writer: store.createWriter(pieceKey(pull.key, index), '', pieceLength(record, index)), land };
             }
             const n = Math.min(chunk.byteLength - offset, pieceLength(record, index) - filled);
             try {
