@@ -4,93 +4,17 @@
  * X-Request-Id prefix (one per process). Nothing here sleeps: it waits on
  * log lines, exits and answers.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { request } from 'node:http';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  answeredBy as worker,
+  CLUSTER_AUTH as AUTH,
+  clusterHealth as health,
+  send,
+  startCluster,
+  stopCluster,
+  type ClusterNode as Node,
+} from './helpers/cluster-node.js';
 import { startTestOrigin, type TestOrigin } from './helpers/origin.js';
-
-const TOKEN = 'cluster-admin-token-0123456789';
-const AUTH = { authorization: `Bearer ${TOKEN}` };
-
-interface Answer {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  body: Buffer;
-}
-
-/** One request on its own connection (so the cluster spreads them over its workers). */
-function send(url: string, options: { method?: string; headers?: Record<string, string>; body?: string; timeoutMs?: number } = {}): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const req = request(url, { method: options.method ?? 'GET', agent: false, headers: { connection: 'close', ...options.headers } }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (chunk: Buffer) => chunks.push(chunk));
-      res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body: Buffer.concat(chunks) }));
-      res.on('error', reject);
-      res.on('aborted', () => reject(new Error('aborted')));
-    });
-    req.on('error', reject);
-    if (options.timeoutMs !== undefined) req.setTimeout(options.timeoutMs, () => req.destroy(new Error('no answer')));
-    req.end(options.body);
-  });
-}
-
-const worker = (answer: Answer) => String(answer.headers['x-request-id']).split('-')[0];
-
-interface Node {
-  child: ChildProcess;
-  url: string;
-  dir: string;
-  /** Resolves with the first stderr line matching. */
-  waitFor(pattern: RegExp): Promise<RegExpExecArray>;
-  exited: Promise<number | null>;
-}
-
-async function startCluster(origin: string, extra: string[] = []): Promise<Node> {
-  const dir = await mkdtemp(join(tmpdir(), 'edge-cluster-'));
-  const child = spawn(
-    process.execPath,
-    ['--import', 'tsx', 'edge/node/cli.ts', '--workers', '2', '--origin', origin, '--port', '0', '--host', '127.0.0.1', '--data-dir', dir, '--admin-token', TOKEN, ...extra],
-    { stdio: ['ignore', 'ignore', 'pipe'] },
-  );
-  const lines: string[] = [];
-  const waiters: Array<{ pattern: RegExp; resolve: (match: RegExpExecArray) => void }> = [];
-  createInterface({ input: child.stderr! }).on('line', (line) => {
-    if (process.env.DEBUG_CLUSTER) console.error(line);
-    lines.push(line);
-    for (const waiter of [...waiters]) {
-      const match = waiter.pattern.exec(line);
-      if (match) {
-        waiters.splice(waiters.indexOf(waiter), 1);
-        waiter.resolve(match);
-      }
-    }
-  });
-  const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
-  const waitFor = (pattern: RegExp) =>
-    new Promise<RegExpExecArray>((resolve, reject) => {
-      const seen = lines.map((line) => pattern.exec(line)).find(Boolean);
-      if (seen) return resolve(seen);
-      waiters.push({ pattern, resolve });
-      void exited.then((code) => reject(new Error(`edge exited with ${code}: ${lines.join('\n')}`)));
-    });
-  const [, url] = await waitFor(/listening on (http:\/\/\S+) .*2 workers/);
-  return { child, url: url!, dir, waitFor, exited };
-}
-
-async function stopCluster(node: Node | undefined): Promise<void> {
-  if (!node) return;
-  if (node.child.exitCode === null && node.child.signalCode === null) node.child.kill('SIGTERM');
-  await node.exited;
-  await rm(node.dir, { recursive: true, force: true });
-}
-
-async function health(node: Node): Promise<{ pid: number; workers: Array<{ pid: number; uptime: number }> }> {
-  return JSON.parse((await send(`${node.url}/_edge/health`)).body.toString());
-}
 
 function requestsCounted(text: string): number {
   let total = 0;
