@@ -324,19 +324,7 @@ export class SlicedObjects {
       }
       const sameVersion = stale !== undefined && sameValidators(stale.headers, judged.headers);
       if (stale && !sameVersion) await this.drop(pull.key, stale);
-      const record: CacheEntryMeta = {
-        key: recordKey(pull.key),
-        variant: '',
-        status: 200,
-        headers: judged.headers,
-        policy: judged.policy.toObject(),
-        size: 0,
-        tags: storedTags(judged.headers),
-        storedAt: now(),
-        expiresAt: judged.policy.usefulUntil(this.hooks.graceFor(pull), KEEP_WITH_VALIDATOR_SECONDS),
-        sourceKey: pull.key,
-        sliced: { pieceSize, length: range.length },
-      };
+      const record = this.recordFor(pull, judged, pieceSize, range.length);
       // The record is committed while the piece streams (its first byte does not wait for a disk commit);
       // those waiting on the probe are answered once both are stored.
       const recordStored = this.deps.store.createWriter(record.key, '', 0).commit(record).catch(() => false);
@@ -366,6 +354,23 @@ export class SlicedObjects {
     if (!piece) throw new EdgeError('EDGE_ORIGIN_UNREACHABLE', 'The origin could not be reached.');
     pull.ctx.log.outcome = 'stale';
     return { kind: 'sliced', record: stale, first: { index, piece }, fields: { fwd: 'stale', detail: 'stale-if-error' } };
+  }
+
+  /** The object's record (no body): the fields and freshness every piece is judged and served by. */
+  private recordFor(pull: PullRequest, judged: { headers: Record<string, string>; policy: EdgePolicy }, pieceSize: number, length: number): CacheEntryMeta {
+    return {
+      key: recordKey(pull.key),
+      variant: '',
+      status: 200,
+      headers: judged.headers,
+      policy: judged.policy.toObject(),
+      size: 0,
+      tags: storedTags(judged.headers),
+      storedAt: this.deps.now(),
+      expiresAt: judged.policy.usefulUntil(this.hooks.graceFor(pull), KEEP_WITH_VALIDATOR_SECONDS),
+      sourceKey: pull.key,
+      sliced: { pieceSize, length },
+    };
   }
 
   /**
@@ -408,20 +413,8 @@ export class SlicedObjects {
     if (pull.described.headers.range !== undefined || pull.described.credentials !== undefined || length <= this.pieceSize) return undefined;
     const judged = this.judge(pull, split, length);
     if (!judged) return undefined;
-    const { options, now } = this.deps;
-    const record: CacheEntryMeta = {
-      key: recordKey(pull.key),
-      variant: '',
-      status: 200,
-      headers: judged.headers,
-      policy: judged.policy.toObject(),
-      size: 0,
-      tags: storedTags(judged.headers),
-      storedAt: now(),
-      expiresAt: judged.policy.usefulUntil(this.hooks.graceFor(pull), KEEP_WITH_VALIDATOR_SECONDS),
-      sourceKey: pull.key,
-      sliced: { pieceSize: this.pieceSize, length },
-    };
+    const { options } = this.deps;
+    const record = this.recordFor(pull, judged, this.pieceSize, length);
     // The first pieces' flights are led before the record can be seen: a request that finds the record waits on them.
     const ahead = new Map<number, (outcome: FlightOutcome) => void>();
     for (let i = 0; i <= Math.min(READ_AHEAD, Math.ceil(length / this.pieceSize) - 1); i++) ahead.set(i, this.flights.lead(pieceKey(pull.key, i)));
