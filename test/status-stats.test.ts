@@ -4,14 +4,9 @@
  * bound, and the page's gate: off without an admin token, a wrong token
  * refused, the session cookie's CSRF check, the admin listener only.
  */
-import { spawn } from 'node:child_process';
-import { request } from 'node:http';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Agent, fetch as undiciFetch } from 'undici';
+import { answeredBy, CLUSTER_AUTH, send, startCluster, stopCluster } from './helpers/cluster-node.js';
 import { startTestOrigin } from './helpers/origin.js';
 import { mergeStatsSnapshots, SERIES_COLUMNS, StatsRecorder, STATS_INTERVAL_MS, STATS_POINTS, type StatsSnapshot } from '../edge/node/status-stats.js';
 import { TopCounter } from '../edge/node/top-counter.js';
@@ -416,48 +411,19 @@ describe('status page access', () => {
   });
 });
 
-/** One GET on its own connection, so node:cluster hands each to the next worker. */
-function send(url: string, headers: Record<string, string> = {}): Promise<{ status: number; requestId: string; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request(url, { agent: false, headers: { connection: 'close', ...headers } }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (chunk: string) => (body += chunk));
-      res.on('end', () => resolve({ status: res.statusCode!, requestId: String(res.headers['x-request-id']), body }));
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
-
 describe('GET /_edge/stats with --workers 2', () => {
   it('sums every worker: requests, series, memory tiers (one per worker), the shared disk tier once, top URLs; lists both workers', async () => {
     const origin = await startTestOrigin();
     origin.set('/c', { headers: { 'cache-control': 'max-age=60' }, body: 'c'.repeat(100) });
-    const dir = await mkdtemp(join(tmpdir(), 'edge-status-cluster-'));
-    const child = spawn(
-      process.execPath,
-      ['--import', 'tsx', 'edge/node/cli.ts', '--workers', '2', '--origin', origin.url, '--port', '0', '--host', '127.0.0.1', '--data-dir', dir, '--admin-token', TOKEN, '--memory-size', '8MB', '--disk-size', '64MB'],
-      { stdio: ['ignore', 'ignore', 'pipe'] },
-    );
-    const exited = new Promise((resolve) => child.once('exit', resolve));
+    const node = await startCluster(origin.url, ['--memory-size', '8MB', '--disk-size', '64MB']);
+    const { url } = node;
     try {
-      const lines: string[] = [];
-      const url = await new Promise<string>((resolve, reject) => {
-        createInterface({ input: child.stderr! }).on('line', (line) => {
-          lines.push(line);
-          const match = /listening on (http:\/\/\S+) .*2 workers/.exec(line);
-          if (match) resolve(match[1]!);
-        });
-        void exited.then((code) => reject(new Error(`edge exited with ${code}: ${lines.join('\n')}`)));
-      });
       const answers = [];
       for (let i = 0; i < 20; i++) answers.push(await send(`${url}/c`));
-      const processes = new Set(answers.map((answer) => answer.requestId.split('-')[0]));
+      const processes = new Set(answers.map(answeredBy));
       expect(processes.size).toBe(2);
 
-      const s = JSON.parse((await send(`${url}/_edge/stats`, AUTH)).body) as StatsSnapshot;
+      const s = JSON.parse((await send(`${url}/_edge/stats`, { headers: CLUSTER_AUTH })).body.toString()) as StatsSnapshot;
       expect(s.totals.requests).toBe(20);
       expect(s.totals.hits + s.totals.misses).toBe(20);
       expect(s.totals.bytesServed).toBe(20 * 100);
@@ -473,9 +439,7 @@ describe('GET /_edge/stats with --workers 2', () => {
       expect(s.tiers[1]!.entries).toBe(1);
       expect(s.top.requests).toEqual([{ key: '/c', count: 20, error: 0 }]);
     } finally {
-      child.kill('SIGTERM');
-      await exited;
-      await rm(dir, { recursive: true, force: true });
+      await stopCluster(node);
       await origin.close();
     }
   }, 60_000);
