@@ -31,7 +31,7 @@ import { splitList } from './headers.js';
 import { parseSize, type EdgeOptions } from './options.js';
 import { parseCacheControl, type PolicyFactory } from './policy.js';
 import type { PullCache } from './pull.js';
-import type { PurgeMatcher } from './purge-log.js';
+import { keysMatcher, type PurgeMatcher, type PurgeScope } from './purge-log.js';
 import { parseDuration } from './routes.js';
 import type { CacheEntryMeta, CacheStore } from './store/types.js';
 
@@ -812,8 +812,19 @@ async function deleteDerived(store: CacheStore, sources: Set<string>): Promise<n
   return removed;
 }
 
+/** What another process needs to select what this purge selects. */
+function purgeScopeOf(request: PurgeRequest): Extract<PurgeScope, { kind: 'request' }>['request'] {
+  const { urls, prefixes, tags, all } = request;
+  return { ...(urls ? { urls } : {}), ...(prefixes ? { prefixes } : {}), ...(tags ? { tags } : {}), ...(all ? { all } : {}) };
+}
+
+/** A purge recorded by another process sharing the store, as a matcher for this one's fills in flight. */
+export function sharedPurgeMatcher(scope: PurgeScope, pull: PullCache): PurgeMatcher {
+  return scope.kind === 'keys' ? keysMatcher(scope.keys) : purgeMatcher(scope.request, pull);
+}
+
 /** What a purge selects, as a predicate on keys and tags, for fills in flight (derived entries with their source). */
-function purgeMatcher(request: PurgeRequest, pull: PullCache): PurgeMatcher {
+function purgeMatcher(request: Pick<PurgeRequest, 'urls' | 'prefixes' | 'tags' | 'all'>, pull: PullCache): PurgeMatcher {
   if (request.all) return () => true;
   if (request.tags) {
     const tags = new Set(request.tags);
@@ -839,8 +850,10 @@ function purgeMatcher(request: PurgeRequest, pull: PullCache): PurgeMatcher {
 /** Apply a purge to this node's store; resolves with the number of entries purged. */
 async function applyPurge(request: PurgeRequest, deps: AdminDeps): Promise<number> {
   const { store, pull } = deps;
-  // First, so that a fill landing while the purge runs is not stored either.
-  if (!request.soft) pull.purges.record(purgeMatcher(request, pull));
+  // First, in this process and every other one sharing the store (cluster
+  // workers), so that a fill landing while the purge runs is not stored
+  // either (or, after a soft purge, is stored invalidated).
+  await pull.purges.recordEverywhere(purgeMatcher(request, pull), { kind: 'request', request: purgeScopeOf(request) }, request.soft === true);
   const selected = await selectForPurge(request, deps);
   if (!request.all) {
     const sources = new Set([...selected.values()].map((meta) => meta.key));

@@ -352,6 +352,8 @@ export class OriginFetch {
           tags,
           storedAt: now(),
           expiresAt: policy.usefulUntil(this.answers.graceFor(pull), KEEP_WITH_VALIDATOR_SECONDS),
+          // Soft-purged while it was on its way: stored, but revalidated before its next use.
+          ...(this.purges.softPurgedSince(fill.epoch, pull.key, tags) ? { invalidated: true } : {}),
         });
       },
       onSettled: (ok, error) => {

@@ -18,7 +18,7 @@ import { ORIGIN_ETAG_FIELD, VARY_ADDED_FIELD, withVaryMember, type Coding, type 
 import { RequestDescriber, type Described } from './describe.js';
 import { forwardRequestHeaders, withoutHopByHop } from './headers.js';
 import { OriginFetch } from './origin-fetch.js';
-import { PurgeLog } from './purge-log.js';
+import { keysMatcher, PurgeLog } from './purge-log.js';
 import { Recoder, type RecodeTarget } from './recode.js';
 import { SlicedObjects } from './slice.js';
 import type { EdgePolicy } from './policy.js';
@@ -698,6 +698,8 @@ export class PullCache {
   /** Remove a key, every variant of it, and everything derived from it (image variants). */
   async invalidate(key: string): Promise<number> {
     const { store } = this.deps;
+    // Like a purge: a fill of this key already under way (in any worker) is not stored.
+    await this.purges.recordEverywhere(keysMatcher([key]), { kind: 'keys', keys: [key] });
     let removed = await store.delete(key);
     const derived: string[] = [];
     for await (const meta of store.list({ sourceKey: key })) derived.push(meta.key);

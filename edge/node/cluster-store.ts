@@ -16,13 +16,22 @@
  * The pushed-object index is kept per worker and changed here on a
  * peer's notice, from what LMDB holds for the key.
  */
+import { sharedPurgeMatcher } from '../core/admin.js';
 import { parseCacheKey } from '../core/cache-key.js';
+import type { PullCache } from '../core/pull.js';
+import type { PurgeScope } from '../core/purge-log.js';
 import type { CacheEntry, CacheEntryMeta, CacheListFilter, CacheStore, CacheStoreStats, CacheWriter, CommitOptions } from '../core/store/types.js';
 
 /** What a worker tells the others: forget this key (one variant, or all of them). */
 export interface ForgetNotice {
   key: string;
   variant?: string;
+}
+
+/** What a worker tells the others before a purge (or an invalidation) changes the store. */
+export interface PurgeNotice {
+  scope: PurgeScope;
+  soft: boolean;
 }
 
 /** The store a worker wraps: a tiered store (`forgetAbove`) or the disk tier alone. */
@@ -34,6 +43,8 @@ type WrappedStore = CacheStore & {
 
 export class ClusterCacheStore implements CacheStore {
   readonly name: string;
+  /** Commits under way (each began after its fill checked the purge log). */
+  readonly #committing = new Set<Promise<unknown>>();
   readonly getSync?: (key: string) => CacheEntry[];
   readonly pushedBytes?: () => number;
 
@@ -57,7 +68,15 @@ export class ClusterCacheStore implements CacheStore {
       write: (chunk) => writer.write(chunk),
       abort: () => writer.abort(),
       commit: async (meta: CacheEntryMeta, options?: CommitOptions) => {
-        const stored = await writer.commit(meta, options);
+        // Called in the same synchronous step as the fill's purge-log check: see `landed`.
+        const committing = writer.commit(meta, options);
+        this.#committing.add(committing);
+        let stored: boolean;
+        try {
+          stored = await committing;
+        } finally {
+          this.#committing.delete(committing);
+        }
         if (stored) {
           const told = this.tell({ key, variant });
           // A push is answered once every worker serves it; a fill does not wait.
@@ -80,6 +99,18 @@ export class ClusterCacheStore implements CacheStore {
     // Told even when nothing was on disk here: another worker's memory may outlive the disk's copy.
     await this.tell(variant === undefined ? { key } : { key, variant });
     return removed;
+  }
+
+  /**
+   * Resolves once every commit under way now has landed (or failed). A
+   * purge recorded in this worker's log before calling this is seen by
+   * every later fill's check, and every commit that passed its check
+   * earlier is in LMDB when this resolves: the purging worker's deletion,
+   * a later write transaction (LMDB serialises them across processes),
+   * then finds and removes it.
+   */
+  async landed(): Promise<void> {
+    await Promise.allSettled([...this.#committing]);
   }
 
   list(filter?: CacheListFilter): AsyncIterable<CacheEntryMeta> {
@@ -124,5 +155,24 @@ export function createForgetHandler(deps: {
       else deps.pushedPaths.delete(parsed.path);
     }
     return dropped;
+  };
+}
+
+/**
+ * Apply another worker's purge notice here, before that worker changes the
+ * store: record it in this worker's purge log (fills here that started
+ * before it are then not stored, or stored invalidated), then wait until
+ * every commit that passed its check before has landed in LMDB, so the
+ * purge's deletion comes after all of them.
+ */
+export function createPurgeHandler(deps: {
+  /** The pull path in use (a reload replaces it; its purge log carries over). */
+  pull: () => PullCache;
+  store: ClusterCacheStore;
+}): (notice: PurgeNotice) => Promise<void> {
+  return async ({ scope, soft }) => {
+    const pull = deps.pull();
+    pull.purges.record(sharedPurgeMatcher(scope, pull), soft);
+    await deps.store.landed();
   };
 }

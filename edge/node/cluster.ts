@@ -38,7 +38,7 @@ import { mergeStatsSnapshots, tierFills, type StatsSnapshot, type TierFill } fro
 import { ClusterFillCoordinator, FillLeaseTable, registerCollapseGauge } from './cluster-fills.js';
 import { ClusterUploadNonces, serveUploadNonces } from './cluster-nonces.js';
 import { ClusterRateCounters, serveRateCounters } from './cluster-rate-limit.js';
-import { ClusterCacheStore, createForgetHandler, type ForgetNotice } from './cluster-store.js';
+import { ClusterCacheStore, createForgetHandler, createPurgeHandler, type ForgetNotice, type PurgeNotice } from './cluster-store.js';
 import { LmdbCacheStore } from './lmdb-store.js';
 import { createTieredStore } from './server.js';
 
@@ -234,20 +234,31 @@ export function joinCluster(): ClusterWorker {
   });
   let tiers: CacheStore | undefined;
   let disk: LmdbCacheStore | undefined;
+  let store: ClusterCacheStore | undefined;
   let localStats: (() => StatsSnapshot) | undefined;
   let fills: ClusterFillCoordinator | undefined;
   return {
     createStore(options, now) {
       disk = new LmdbCacheStore({ path: options.dataDir, maxBytes: options.diskSize, clock: now, evictPushed: options.evictPushed, housekeeping: false });
       tiers = createTieredStore(options, now, disk);
-      return new ClusterCacheStore(tiers, (notice: ForgetNotice) => bus.broadcast('forget', notice));
+      return (store = new ClusterCacheStore(tiers, (notice: ForgetNotice) => bus.broadcast('forget', notice)));
     },
     async attach(edge, registry, stats) {
       localStats = stats;
       if (stats) bus.handle('stats', () => stats());
-      if (!tiers || !disk) throw new TypeError('joinCluster: attach() before createStore()');
+      if (!tiers || !disk || !store) throw new TypeError('joinCluster: attach() before createStore()');
       const forget = createForgetHandler({ store: tiers as TieredCacheStore, disk, pushedPaths: edge.pull.pushedPaths });
       bus.handle('forget', (payload) => forget(payload as ForgetNotice));
+      // A purge made here is recorded in every other worker's purge log (and
+      // their commits that did not see it have landed) before it changes the
+      // store; then this process reads LMDB afresh, those commits included.
+      const purgeHere = createPurgeHandler({ pull: () => edge.pull, store });
+      bus.handle('purge-begin', (payload) => purgeHere(payload as PurgeNotice));
+      const sharedDisk = disk;
+      edge.pull.purges.sharing = async (scope, soft) => {
+        await bus.broadcast('purge-begin', { scope, soft } satisfies PurgeNotice);
+        sharedDisk.refresh();
+      };
       // Constructing one installs prom-client's worker-side listener; it then answers with this registry.
       new AggregatorRegistry();
       AggregatorRegistry.setRegistries([registry]);
