@@ -7,9 +7,9 @@
  * whole old body, and no later request, on either worker, is answered with
  * it: the fill was not stored (or was stored invalidated, soft purge).
  */
-import { Agent, request, type IncomingHttpHeaders } from 'node:http';
+import { request, type Agent, type IncomingHttpHeaders } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { answeredBy, CLUSTER_AUTH, send, startCluster, stopCluster, type ClusterNode } from './helpers/cluster-node.js';
+import { answeredBy, CLUSTER_AUTH, connectionAvoiding, onConnection, send, startCluster, stopCluster, type ClusterNode } from './helpers/cluster-node.js';
 import { createGate, startTestOrigin, type Gate, type TestOrigin } from './helpers/origin.js';
 
 const OLD_HALF = 'old version, first half; ';
@@ -52,36 +52,6 @@ function startSlowGet(url: string): Promise<{ worker: string; body: Promise<stri
     req.on('error', reject);
     req.end();
   });
-}
-
-/** One request on `agent`'s single kept-alive connection. */
-function onConnection(agent: Agent, url: string, init: { method?: string; headers?: Record<string, string>; body?: string } = {}): Promise<{ status: number; headers: IncomingHttpHeaders; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request(url, { agent, method: init.method ?? 'GET', headers: init.headers }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (chunk: Buffer) => chunks.push(chunk));
-      res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body: Buffer.concat(chunks).toString() }));
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    req.end(init.body);
-  });
-}
-
-/**
- * A kept-alive connection served by a worker other than `notWorker`:
- * connections are opened until one is (asking only /_edge/health on
- * them), so nothing but the request the test then sends reaches `notWorker`.
- */
-async function connectionAvoiding(node: ClusterNode, notWorker: string): Promise<{ agent: Agent; worker: string }> {
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
-    const probe = await onConnection(agent, `${node.url}/_edge/health`);
-    const worker = String(probe.headers['x-request-id']).split('-')[0]!;
-    if (worker !== notWorker) return { agent, worker };
-    agent.destroy();
-  }
-  throw new Error(`every connection landed on worker ${notWorker}`);
 }
 
 describe('--workers 2: a purge through one worker reaches fills in flight in the other', () => {

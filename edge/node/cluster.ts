@@ -239,7 +239,7 @@ export function joinCluster(): ClusterWorker {
   let fills: ClusterFillCoordinator | undefined;
   return {
     createStore(options, now) {
-      disk = new LmdbCacheStore({ path: options.dataDir, maxBytes: options.diskSize, clock: now, evictPushed: options.evictPushed, housekeeping: false });
+      disk = new LmdbCacheStore({ path: options.dataDir, maxBytes: options.diskSize, clock: now, evictPushed: options.evictPushed, housekeeping: false, sharedReaders: true });
       tiers = createTieredStore(options, now, disk);
       return (store = new ClusterCacheStore(tiers, (notice: ForgetNotice) => bus.broadcast('forget', notice)));
     },

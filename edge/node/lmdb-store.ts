@@ -20,6 +20,26 @@
  * environment's few reader slots and stops page reuse for as long as a
  * client takes to read.)
  *
+ * Readers in other processes (`sharedReaders`: cluster workers) cannot be
+ * counted here, so there a body unlinked by any process is retired instead:
+ * in the same write transaction that unlinks it, it is listed in the
+ * `retired` database (bodyId → chunk count, size, deadline) and its bytes
+ * move from the live total to the retired total. Every process runs a
+ * reclaim pass every {@link RECLAIM_EVERY_MS}: it first moves the deadline
+ * on for the retired bodies it is still streaming, then removes the chunks
+ * of those past their deadline (in one transaction with their listing and
+ * the totals). A stream in any process therefore gets the whole version it
+ * started with, however long its client takes, as long as its process
+ * keeps running passes; a crashed process's holds lapse after
+ * {@link RETIRED_GRACE_MS}. Retired bytes are counted in `stats().bytes`
+ * until reclaimed (the disk does hold them), not in the eviction decision
+ * (evicting could not free them sooner). Chosen over LMDB read
+ * transactions held per stream: those take one of the environment's
+ * reader slots each (126 by default: a cap on concurrent disk streams) and
+ * keep every page freed since they began from being reused, so one slow
+ * client would make the file grow with all write traffic for as long as it
+ * reads; a retired body keeps only its own chunks.
+ *
  * Several processes may open one directory (cluster mode: `--workers`).
  * What they share lives in LMDB itself: the byte, entry and pushed-byte
  * totals are a record in the `state` database, changed in the same write
@@ -31,9 +51,8 @@
  * not used by `storedAt`). The start-up sweep of orphan chunks and the
  * recount run only where `housekeeping` is on: in the cluster's primary,
  * once, before any worker writes (a sweep beside a live writer would take
- * its chunks for orphans). Readers are counted per process: a body
- * replaced by another process while a stream here reads it fails that
- * stream (the client sees a cut transfer, never a mix of versions).
+ * its chunks for orphans), and clears the retired list with them (nothing
+ * reads before it).
  */
 import { randomBytes } from 'node:crypto';
 import { accessSync, constants, existsSync, mkdirSync, statSync } from 'node:fs';
@@ -101,7 +120,29 @@ export interface LmdbCacheStoreOptions {
    * @default true
    */
   housekeeping?: boolean;
+  /**
+   * Other processes stream bodies from this directory too (cluster
+   * workers): unlinked bodies are retired and reclaimed by the passes
+   * described at the top of this file, instead of being removed once this
+   * process's own readers are done.
+   * @default false
+   */
+  sharedReaders?: boolean;
 }
+
+/**
+ * How long a retired body's chunks stay without a process saying it still
+ * streams them. Each pass moves a held body's deadline on once less than
+ * half of this is left, so a process may miss passes for up to
+ * RETIRED_GRACE_MS / 2 - RECLAIM_EVERY_MS (45 s) before a body it streams
+ * could go (an event loop blocked that long is a dead worker: the cluster's
+ * broadcasts kill it after 5 s); and a crashed process's holds lapse within
+ * this. Bodies unlinked within it are the only bytes the disk holds beyond
+ * the live total.
+ */
+export const RETIRED_GRACE_MS = 120_000;
+/** Each process's reclaim pass over the retired list (see RETIRED_GRACE_MS). */
+export const RECLAIM_EVERY_MS = 15_000;
 
 /** What the `meta` database holds: the public metadata plus where the body lives. */
 interface StoredMeta extends CacheEntryMeta {
@@ -117,6 +158,16 @@ interface Tally {
   bytes: number;
   entries: number;
   pushedBytes: number;
+  /** Bytes of retired bodies (`sharedReaders`): unlinked, chunks kept until reclaimed. Absent in totals written before. */
+  retiredBytes?: number;
+}
+
+/** A retired body in the `retired` database. */
+interface RetiredBody {
+  count: number;
+  size: number;
+  /** Reclaimed by the first pass after this time (ms, the store's clock) unless a process still streaming it moves it on. */
+  until: number;
 }
 
 type PublishOutcome =
@@ -219,6 +270,11 @@ export class LmdbCacheStore implements CacheStore {
   readonly #sources;
   /** `totals` → {@link Tally}: the counts every process sharing the directory reads. */
   readonly #state;
+  /** bodyId → {@link RetiredBody} (`sharedReaders` only). */
+  readonly #retired;
+  readonly #sharedReaders: boolean;
+  #reclaimTimer: NodeJS.Timeout | undefined;
+  #reclaiming: Promise<void> | undefined;
   readonly #maxBytes: number;
   readonly #chunkSize: number;
   readonly #clock: () => number;
@@ -259,6 +315,7 @@ export class LmdbCacheStore implements CacheStore {
     this.#clock = options.clock ?? Date.now;
     this.#evictPushed = options.evictPushed ?? false;
     this.#onError = options.onError ?? (() => {});
+    this.#sharedReaders = options.sharedReaders ?? false;
 
     prepareDataDir(path);
     // noSync: a cache does not need each commit fsynced (2.6 ms vs 0.2 ms per
@@ -274,12 +331,13 @@ export class LmdbCacheStore implements CacheStore {
       this.#tags = this.#root.openDB<string, string>('tags', { dupSort: true, encoding: 'ordered-binary' });
       this.#sources = this.#root.openDB<string, string>('sources', { dupSort: true, encoding: 'ordered-binary' });
       this.#state = this.#root.openDB<Tally, string>('state', {});
+      this.#retired = this.#root.openDB<RetiredBody, string>('retired', {});
     } catch (error) {
       throw new DataDirError(path, `LMDB cannot open it (${(error as Error).message})`, { cause: error });
     }
 
     if ((options.housekeeping ?? true) || this.#state.get(TOTALS) === undefined) {
-      const totals: Tally = { bytes: 0, entries: 0, pushedBytes: 0 };
+      const totals: Tally = { bytes: 0, entries: 0, pushedBytes: 0, retiredBytes: 0 };
       const live = new Set<string>();
       for (const { value } of this.#meta.getRange()) {
         totals.bytes += value.size;
@@ -287,10 +345,17 @@ export class LmdbCacheStore implements CacheStore {
         totals.entries++;
         live.add(value.bodyId);
       }
+      // Housekeeping runs before anything reads: retired bodies go with the orphans.
+      if (options.housekeeping ?? true) this.#retired.clearSync();
+      else for (const { value } of this.#retired.getRange()) totals.retiredBytes! += value.size;
       this.#state.putSync(TOTALS, totals);
       if (options.housekeeping ?? true) this.#sweepOrphans(live);
     }
     if (this.#totals().bytes > this.#maxBytes) this.#scheduleEviction();
+    if (this.#sharedReaders) {
+      this.#reclaimTimer = setInterval(() => void this.reclaimRetired(), RECLAIM_EVERY_MS);
+      this.#reclaimTimer.unref();
+    }
   }
 
   /**
@@ -468,8 +533,8 @@ export class LmdbCacheStore implements CacheStore {
 
   stats(): CacheStoreStats {
     if (this.#closed) return { entries: 0, bytes: 0, maxBytes: this.#maxBytes };
-    const { entries, bytes } = this.#totals();
-    return { entries, bytes, maxBytes: this.#maxBytes };
+    const { entries, bytes, retiredBytes = 0 } = this.#totals();
+    return { entries, bytes: bytes + retiredBytes, maxBytes: this.#maxBytes };
   }
 
   pushedBytes(): number {
@@ -490,14 +555,59 @@ export class LmdbCacheStore implements CacheStore {
    * removal of released bodies are finished.
    */
   async settled(): Promise<void> {
-    while (this.#evicting || this.#sweeping || this.#dropping.size > 0) {
-      await Promise.all([this.#evicting, this.#sweeping, ...this.#dropping]);
+    while (this.#evicting || this.#sweeping || this.#reclaiming || this.#dropping.size > 0) {
+      await Promise.all([this.#evicting, this.#sweeping, this.#reclaiming, ...this.#dropping]);
     }
+  }
+
+  /** Bytes of retired bodies not reclaimed yet (`sharedReaders`), included in `stats().bytes`. */
+  retiredBytes(): number {
+    return this.#closed ? 0 : (this.#totals().retiredBytes ?? 0);
+  }
+
+  /**
+   * One reclaim pass (`sharedReaders`; run every RECLAIM_EVERY_MS): move
+   * the deadline on for retired bodies this process streams, then remove
+   * those past it that it does not. Never rejects (failures go to `onError`).
+   */
+  reclaimRetired(): Promise<void> {
+    if (!this.#sharedReaders || this.#closed) return Promise.resolve();
+    this.#reclaiming ??= this.#reclaimPass()
+      .catch((err: unknown) => this.#onError(err))
+      .finally(() => {
+        this.#reclaiming = undefined;
+      });
+    return this.#reclaiming;
+  }
+
+  async #reclaimPass(): Promise<void> {
+    this.refresh();
+    const now = this.#clock();
+    const due = (bodyId: string, body: RetiredBody) => (this.#readers.has(bodyId) ? body.until - now < RETIRED_GRACE_MS / 2 : body.until <= now);
+    // Read first: a pass with nothing to do costs no write transaction.
+    let work = false;
+    for (const { key, value } of this.#retired.getRange()) if (due(key, value)) work = true;
+    if (!work || this.#closed) return;
+    await this.#transact((tally) => {
+      // Re-read inside the transaction: another process may have reclaimed or moved a deadline since.
+      const now = this.#clock();
+      for (const { key: bodyId, value } of [...this.#retired.getRange()]) {
+        if (this.#readers.has(bodyId)) {
+          if (value.until - now < RETIRED_GRACE_MS / 2) this.#retired.putSync(bodyId, { ...value, until: now + RETIRED_GRACE_MS });
+          continue;
+        }
+        if (value.until > now) continue;
+        for (let i = 0; i < value.count; i++) this.#chunks.removeSync([bodyId, i]);
+        this.#retired.removeSync(bodyId);
+        tally.retiredBytes! -= value.size;
+      }
+    });
   }
 
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    clearInterval(this.#reclaimTimer);
     await this.settled();
     await this.#root.close();
   }
@@ -590,14 +700,15 @@ export class LmdbCacheStore implements CacheStore {
    */
   async #transact<T>(work: (tally: Tally) => T): Promise<T> {
     return this.#root.transaction(() => {
-      const tally: Tally = { bytes: 0, entries: 0, pushedBytes: 0 };
+      const tally: Tally = { bytes: 0, entries: 0, pushedBytes: 0, retiredBytes: 0 };
       const result = work(tally);
-      if (tally.bytes !== 0 || tally.entries !== 0 || tally.pushedBytes !== 0) {
+      if (tally.bytes !== 0 || tally.entries !== 0 || tally.pushedBytes !== 0 || tally.retiredBytes !== 0) {
         const totals = this.#totals();
         this.#state.putSync(TOTALS, {
           bytes: totals.bytes + tally.bytes,
           entries: totals.entries + tally.entries,
           pushedBytes: totals.pushedBytes + tally.pushedBytes,
+          retiredBytes: (totals.retiredBytes ?? 0) + tally.retiredBytes!,
         });
       }
       return result;
@@ -624,7 +735,10 @@ export class LmdbCacheStore implements CacheStore {
       }
       // The new pointer replaces the old one in one transaction; the old
       // body's chunks go once this has committed and nobody reads them.
-      if (previous) this.#unindex(storageKey, previous);
+      if (previous) {
+        this.#unindex(storageKey, previous);
+        this.#retire(previous, tally);
+      }
       this.#meta.putSync(storageKey, record);
       this.#index(storageKey, record);
       tally.bytes += size - (previous?.size ?? 0);
@@ -640,7 +754,7 @@ export class LmdbCacheStore implements CacheStore {
       );
     }
     this.#touch(storageKey);
-    if (outcome.previous) await this.#releaseBodies([outcome.previous]);
+    if (outcome.previous && !this.#sharedReaders) await this.#releaseBodies([outcome.previous]);
     if (this.#totals().bytes > this.#maxBytes) this.#scheduleEviction();
     return true;
   }
@@ -653,16 +767,26 @@ export class LmdbCacheStore implements CacheStore {
   /** After the transaction that removed these records has committed. */
   async #forget(removed: Array<[string, StoredMeta]>): Promise<void> {
     for (const [storageKey] of removed) this.#recent.delete(storageKey);
-    await this.#releaseBodies(removed.map(([, record]) => record));
+    if (!this.#sharedReaders) await this.#releaseBodies(removed.map(([, record]) => record));
   }
 
-  /** Must run inside a write transaction; the body's chunks are released after it commits. */
+  /** Must run inside a write transaction; the body's chunks are released after it commits (or retired in it). */
   #removeRecord(storageKey: string, record: StoredMeta, tally: Tally): void {
     this.#unindex(storageKey, record);
     this.#meta.removeSync(storageKey);
+    this.#retire(record, tally);
     tally.bytes -= record.size;
     tally.entries--;
     tally.pushedBytes -= pushedSize(record);
+  }
+
+  /** With `sharedReaders`, inside the transaction that unlinks a body: list it as retired, its bytes with it. */
+  #retire(record: StoredMeta, tally: Tally): void {
+    if (!this.#sharedReaders) return;
+    const count = Math.ceil(record.size / record.chunkSize);
+    if (count === 0) return;
+    this.#retired.putSync(record.bodyId, { count, size: record.size, until: this.#clock() + RETIRED_GRACE_MS });
+    tally.retiredBytes! += record.size;
   }
 
   // Over-long tags or source keys are simply not indexed; list() falls back

@@ -5,7 +5,7 @@
  * X-Request-Id prefix, one per process), read the aggregated metrics.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { request } from 'node:http';
+import { Agent, request, type IncomingHttpHeaders } from 'node:http';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -100,4 +100,35 @@ export async function metricSum(node: ClusterNode, name: string): Promise<number
     if (match) total += Number(match[1]);
   }
   return total;
+}
+
+/** One request on `agent`'s single kept-alive connection. */
+export function onConnection(agent: Agent, url: string, init: { method?: string; headers?: Record<string, string>; body?: string | Uint8Array } = {}): Promise<{ status: number; headers: IncomingHttpHeaders; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, { agent, method: init.method ?? 'GET', headers: init.headers }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (chunk: Buffer) => chunks.push(chunk));
+      res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body: Buffer.concat(chunks).toString() }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(init.body);
+  });
+}
+
+/**
+ * A kept-alive connection served by a worker other than `notWorker`:
+ * connections are opened until one is (asking only /_edge/health on
+ * them), so what the test sends on it next is handled by another worker
+ * and nothing of it reaches `notWorker` first.
+ */
+export async function connectionAvoiding(node: ClusterNode, notWorker: string): Promise<{ agent: Agent; worker: string }> {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    const probe = await onConnection(agent, `${node.url}/_edge/health`);
+    const worker = String(probe.headers['x-request-id']).split('-')[0]!;
+    if (worker !== notWorker) return { agent, worker };
+    agent.destroy();
+  }
+  throw new Error(`every connection landed on worker ${notWorker}`);
 }
