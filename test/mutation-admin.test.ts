@@ -163,6 +163,39 @@ describe('purge by URLs', () => {
     }
   });
 
+  it('takes the record and every piece of a sliced object (--slice-size) along', async () => {
+    t = await startTestEdge({ adminToken: TOKEN, sliceSize: 1024 });
+    const object = Buffer.alloc(4096, 'x');
+    t.origin.route('/movie.bin', (req, res) => {
+      const match = /^bytes=(\d+)-(\d+)$/.exec(String(req.headers.range ?? ''));
+      const [start, end] = match ? [Number(match[1]), Math.min(Number(match[2]), object.length - 1)] : [0, object.length - 1];
+      res.setHeader('cache-control', 'public, max-age=600');
+      res.setHeader('etag', '"m"');
+      res.setHeader('accept-ranges', 'bytes');
+      if (match) {
+        res.statusCode = 206;
+        res.setHeader('content-range', `bytes ${start}-${end}/${object.length}`);
+      }
+      res.end(object.subarray(start, end + 1));
+    });
+    const range = async () => {
+      const res = await t.get('/movie.bin', { headers: { range: 'bytes=1500-1599' } });
+      await res.arrayBuffer();
+      return { status: res.status, cacheStatus: res.headers.get('cache-status') ?? '' };
+    };
+    expect((await range()).status).toBe(206);
+    await t.settle();
+    expect((await range()).cacheStatus).toMatch(/^edge; hit/);
+    expect(t.origin.count('/movie.bin')).toBe(1);
+
+    expect(await purged({ urls: ['/movie.bin'] })).toBeGreaterThanOrEqual(2);
+    const left: string[] = [];
+    for await (const meta of t.edge.store.list()) left.push(meta.key);
+    expect(left).toEqual([]);
+    expect((await range()).cacheStatus).not.toMatch(/hit/);
+    expect(t.origin.count('/movie.bin')).toBe(2);
+  });
+
   it('`//a` is a path, not a host', async () => {
     t = await startTestEdge({ adminToken: TOKEN });
     t.origin.set('//a', cacheable('double'));

@@ -157,4 +157,27 @@ describe('PullCache.selectVariant', () => {
     expect(fromDisk.cacheStatus).toMatch(/^edge; hit/);
     expect(t.origin.count('/v')).toBe(2);
   });
+
+  it('an entry a 304 turned into Vary: * (RFC 9111 4.1: it matches no request) is never served again; the next request goes to the origin', async () => {
+    await start();
+    set('/star-later', [
+      { headers: { 'cache-control': 'max-age=10', etag: '"s"' }, body: 'star later' },
+      { status: 304, headers: { 'cache-control': 'max-age=600', etag: '"s"', vary: '*' } },
+      { headers: { 'cache-control': 'max-age=600', etag: '"s"', vary: '*' }, body: 'star later' },
+    ]);
+    expect((await get('/star-later')).body).toBe('star later');
+    await t.settle();
+    advance(20);
+    // Stale: revalidated; the 304 freshens the stored entry and brings Vary: * into it.
+    const revalidated = await get('/star-later');
+    expect(revalidated.status).toBe(200);
+    expect(revalidated.body).toBe('star later');
+    expect(t.origin.count('/star-later')).toBe(2);
+    await t.settle();
+    const next = await get('/star-later');
+    expect(next.status).toBe(200);
+    expect(next.body).toBe('star later');
+    expect(next.cacheStatus).not.toMatch(/hit/);
+    expect(t.origin.count('/star-later')).toBe(3);
+  });
 });
