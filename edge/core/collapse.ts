@@ -7,8 +7,14 @@
  */
 
 export type FlightOutcome =
-  /** The leader stored a response: followers read it from the cache. */
-  | { kind: 'stored' }
+  /**
+   * The leader stored a response: followers read it from the cache.
+   * `since`: set when the leader followed another process's fill (a cluster
+   * worker's, through the primary's lease): when that fill began. Its entry
+   * may have been committed before a follower here joined (the follower's
+   * lookup crossed the commit), so an entry stored since then answers them.
+   */
+  | { kind: 'stored'; since?: number }
   /** The response could not be shared (not storable): followers go upstream themselves. */
   | { kind: 'uncacheable' }
   /** Upstream failed: followers get the same error (or serve stale). */

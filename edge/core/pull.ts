@@ -464,7 +464,8 @@ export class PullCache {
         return stored ?? this.collapsed(pull, flightKey, plan, true, joinedAt);
       }
     } else {
-      const answer = await this.followed(pull, plan, outcome, joinedAt);
+      const since = outcome.kind === 'stored' && outcome.since !== undefined ? Math.min(joinedAt, outcome.since) : joinedAt;
+      const answer = await this.followed(pull, plan, outcome, since);
       if (answer) return answer;
     }
     return this.origin.fetch(pull, { reason: plan.reason, stale: plan.stale });
@@ -493,8 +494,9 @@ export class PullCache {
     }
     if (lease.role === 'alone') return this.origin.fetch(pull, { ...plan, land });
     pull.ctx.log.collapsed = true;
-    land(lease.outcome);
     const since = Math.min(joinedAt, lease.since ?? joinedAt);
+    // This process's followers joined before the lease was answered, perhaps after the other worker committed: its fill counts from when it began for them too.
+    land(lease.outcome.kind === 'stored' ? { kind: 'stored', since } : lease.outcome);
     return (await this.followed(pull, plan, lease.outcome, since)) ?? this.origin.fetch(pull, { reason: plan.reason, stale: plan.stale });
   }
 
