@@ -367,6 +367,8 @@ export class ImageVariants {
     let stored = false;
     // A purge of the source (or its tags) since this work began: the client gets the variant, the cache does not.
     if (storable && !this.deps.pull.purges.purgedSince(job.purgeEpoch, variantKey, meta.tags)) {
+      // A soft purge meanwhile: stored, but revalidated before its next use.
+      if (this.deps.pull.purges.softPurgedSince(job.purgeEpoch, variantKey, meta.tags)) meta.invalidated = true;
       const writer = store.createWriter(variantKey, '', output.body.byteLength);
       writer.write(output.body);
       stored = await writer.commit(meta);

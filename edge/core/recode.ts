@@ -142,6 +142,8 @@ export class Recoder {
           return false;
         }
         meta.size = size;
+        // Soft-purged (it or its source) while it was being made: stored, but revalidated before its next use.
+        if (purges.softPurgedSince(fill.epoch, target.key, meta.tags) || (target.sourceKey !== undefined && purges.softPurgedSince(fill.epoch, target.sourceKey, meta.tags))) meta.invalidated = true;
         return writer.commit(meta);
       },
       onSettled: (stored, error) => {
