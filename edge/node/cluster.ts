@@ -250,13 +250,16 @@ export function joinCluster(): ClusterWorker {
       const forget = createForgetHandler({ store: tiers as TieredCacheStore, disk, pushedPaths: edge.pull.pushedPaths });
       bus.handle('forget', (payload) => forget(payload as ForgetNotice));
       // A purge made here is recorded in every other worker's purge log (and
-      // their commits that did not see it have landed) before it changes the
+      // their commits that did not see it have landed, this worker's own too:
+      // a commit's publishing transaction follows its chunk writes, so it could
+      // otherwise come after the purge's deletion) before it changes the
       // store; then this process reads LMDB afresh, those commits included.
       const purgeHere = createPurgeHandler({ pull: () => edge.pull, store });
       bus.handle('purge-begin', (payload) => purgeHere(payload as PurgeNotice));
       const sharedDisk = disk;
+      const ownStore = store;
       edge.pull.purges.sharing = async (scope, soft) => {
-        await bus.broadcast('purge-begin', { scope, soft } satisfies PurgeNotice);
+        await Promise.all([bus.broadcast('purge-begin', { scope, soft } satisfies PurgeNotice), ownStore.landed()]);
         sharedDisk.refresh();
       };
       // Constructing one installs prom-client's worker-side listener; it then answers with this registry.
