@@ -1,14 +1,17 @@
 /**
  * The cluster section of `npm run bench` (`BENCH_ONLY=cluster`, about 80 s
- * with the defaults): the CLI with `--workers 1` against `--workers 2`, in
- * front of one bare node:http origin, in interleaved rounds (median and
- * min-max spread):
+ * with the defaults): the CLI with `--workers 1` against `--workers N` (N:
+ * one per core, at least 2), in front of one bare node:http origin, in
+ * interleaved rounds (median and min-max spread), with the scaling factor
+ * per core (the ratio to `--workers 1` divided by N: 1 is perfect scaling)
+ * and the CPU the load generator itself used, in cores of the machine (on a
+ * 2-core machine it competes with the second worker for the second core):
  *   - 1 KB memory-tier hits (hits never touch the cluster's IPC);
  *   - the same with `--rate-limit 999999999/1s` (a limit never reached): with
  *     one process the counters are in memory and hits keep the synchronous
- *     path; with two workers every limited request asks the primary's
+ *     path; with N workers every limited request asks the primary's
  *     counters (one IPC round trip) and takes the general path;
- *   - misses (a unique query string per request): with two workers each miss
+ *   - misses (a unique query string per request): with N workers each miss
  *     also asks the primary for its fill lease (cross-worker collapsing).
  * Servers run in their own process groups (bench/procs.ts); the workers are
  * in their primary's group, so "server CPU" covers the whole cluster.
@@ -31,6 +34,9 @@ export interface ClusterBenchConfig {
 const KB = 1024;
 const WARMUP_SECONDS = 1;
 const NEVER_REACHED = '999999999/1s';
+/** Workers of the cluster compared with one process: one per core, as `npx edge` defaults to (at least two, to have a cluster). */
+const WORKERS = Math.max(2, availableParallelism());
+const CORES = availableParallelism();
 
 interface Scenario {
   key: string;
@@ -46,7 +52,9 @@ const progress = (text: string) => process.stderr.write(text);
 const fmtRps = (n: number) => (Number.isFinite(n) ? (n >= 100 ? Math.round(n).toString() : n.toFixed(1)) : 'n/a');
 const fmtMs = (n: number) => (Number.isFinite(n) ? (n >= 10 ? n.toFixed(1) : n.toFixed(2)) : 'n/a');
 const fmtRatio = (n: number) => (Number.isFinite(n) ? `${n.toFixed(2)}x` : 'n/a');
-const fmtCpu = (n: number) => (Number.isFinite(n) ? `${Math.round(n * 100)}` : 'n/a');
+const fmtCores = (n: number) => (Number.isFinite(n) ? n.toFixed(2) : 'n/a');
+/** CPU the machine used besides the server and the load generator: other processes (for misses, the origin too). */
+const otherCpu = (r: LoadResult) => Math.max(0, r.machineCpu - r.serverCpu - r.loadCpu);
 
 function median(values: number[]): number {
   const sorted = values.filter(Number.isFinite).sort((a, b) => a - b);
@@ -72,27 +80,27 @@ async function prime(url: string): Promise<void> {
 export async function clusterSection(config: ClusterBenchConfig): Promise<void> {
   const { generator, duration, rounds, connections, threads } = config;
   const started = performance.now();
-  progress(`\ncluster: --workers 1 vs --workers 2, ${connections} connections, ${rounds} interleaved rounds of ${duration} s, ${generator.name}\n`);
+  progress(`\ncluster: --workers 1 vs --workers ${WORKERS}, ${connections} connections, ${rounds} interleaved rounds of ${duration} s, ${generator.name}\n`);
   progress('  starting servers ');
   const origin = await startChild(['bare', String(KB)]);
   const edges: Started[] = [];
   try {
     const [one, two, oneLimited, twoLimited] = await Promise.all([
       startEdgeCli(['--origin', origin.url, '--workers', '1']),
-      startEdgeCli(['--origin', origin.url, '--workers', '2']),
+      startEdgeCli(['--origin', origin.url, '--workers', String(WORKERS)]),
       startEdgeCli(['--origin', origin.url, '--workers', '1', '--rate-limit', NEVER_REACHED]),
-      startEdgeCli(['--origin', origin.url, '--workers', '2', '--rate-limit', NEVER_REACHED]),
+      startEdgeCli(['--origin', origin.url, '--workers', String(WORKERS), '--rate-limit', NEVER_REACHED]),
     ]);
     edges.push(one, two, oneLimited, twoLimited);
     progress('done\n');
     const hit = `/blob/${KB}`;
     const scenarios: Scenario[] = [
       { key: 'hit1', label: '--workers 1, memory-tier hit 1 KB', url: one.url + hit, group: one.child.pid! },
-      { key: 'hit2', label: '--workers 2, memory-tier hit 1 KB', url: two.url + hit, group: two.child.pid!, baseline: 'hit1' },
+      { key: 'hitN', label: `--workers ${WORKERS}, memory-tier hit 1 KB`, url: two.url + hit, group: two.child.pid!, baseline: 'hit1' },
       { key: 'limited1', label: `--workers 1 --rate-limit ${NEVER_REACHED}, hit 1 KB`, url: oneLimited.url + hit, group: oneLimited.child.pid! },
-      { key: 'limited2', label: `--workers 2 --rate-limit ${NEVER_REACHED}, hit 1 KB`, url: twoLimited.url + hit, group: twoLimited.child.pid!, baseline: 'limited1' },
+      { key: 'limitedN', label: `--workers ${WORKERS} --rate-limit ${NEVER_REACHED}, hit 1 KB`, url: twoLimited.url + hit, group: twoLimited.child.pid!, baseline: 'limited1' },
       { key: 'miss1', label: '--workers 1, miss 1 KB (unique paths)', url: one.url + hit, group: one.child.pid!, uniquePaths: true },
-      { key: 'miss2', label: '--workers 2, miss 1 KB (unique paths)', url: two.url + hit, group: two.child.pid!, uniquePaths: true, baseline: 'miss1' },
+      { key: 'missN', label: `--workers ${WORKERS}, miss 1 KB (unique paths)`, url: two.url + hit, group: two.child.pid!, uniquePaths: true, baseline: 'miss1' },
     ];
     for (const s of scenarios) if (!s.uniquePaths) await prime(s.url);
 
@@ -110,7 +118,7 @@ export async function clusterSection(config: ClusterBenchConfig): Promise<void> 
         const result = await generator.run(s.url, { duration, connections, threads, uniquePaths: s.uniquePaths, serverGroups: [s.group] });
         runs.get(s.key)!.push(result);
         progress(
-          `${fmtRps(result.rps).padStart(6)} req/s  p99 ${fmtMs(result.p99).padStart(5)} ms  CPU: server ${fmtCpu(result.serverCpu)} %, ${generator.name} ${fmtCpu(result.loadCpu)} %` +
+          `${fmtRps(result.rps).padStart(6)} req/s  p99 ${fmtMs(result.p99).padStart(5)} ms  CPU cores: server ${fmtCores(result.serverCpu)}, ${generator.name} ${fmtCores(result.loadCpu)}, others ${fmtCores(otherCpu(result))} of ${CORES}` +
             `${result.errors || result.non2xx ? `  ${result.errors} errors, ${result.non2xx} bad status` : ''}\n`,
         );
         // Let background work (LMDB commits after misses, GC) finish before the next scenario.
@@ -129,10 +137,15 @@ export async function clusterSection(config: ClusterBenchConfig): Promise<void> 
 
 function report(scenarios: Scenario[], runs: Map<string, LoadResult[]>, config: ClusterBenchConfig, ipc: IpcCost[]): void {
   const { generator, rounds, duration, connections } = config;
-  console.log(`\n### Cluster mode: --workers 2 against --workers 1, same load, same round\n`);
-  console.log(`Median of ${rounds} interleaved rounds of ${duration} s (min-max over rounds in parentheses), ${connections} connections, ${availableParallelism()} cores.\n`);
-  console.log(`| scenario | req/s | p99 ms | vs --workers 1 | CPU % server / ${generator.name} |`);
-  console.log('|---|---:|---:|---:|---:|');
+  const gen = generator.name;
+  console.log(`\n### Cluster mode: --workers ${WORKERS} against --workers 1, same load, same round\n`);
+  console.log(
+    `Median of ${rounds} interleaved rounds of ${duration} s (min-max over rounds in parentheses), ${connections} connections, ${CORES} cores. ` +
+      `Per core: the ratio to --workers 1 divided by ${WORKERS} (1 would be perfect scaling). CPU in cores of the ${CORES}: the server's process group, ` +
+      `the load generator (${gen}) and everything else on the machine.\n`,
+  );
+  console.log(`| scenario | req/s | p99 ms | vs --workers 1 | per core | server CPU | ${gen} used | others |`);
+  console.log('|---|---:|---:|---:|---:|---:|---:|---:|');
   for (const s of scenarios) {
     const own = runs.get(s.key)!;
     const rps = own.map((r) => r.rps);
@@ -140,17 +153,28 @@ function report(scenarios: Scenario[], runs: Map<string, LoadResult[]>, config: 
     const base = s.baseline ? runs.get(s.baseline)! : undefined;
     // Per round: each ratio pairs two runs made seconds apart.
     const ratio = base ? own.map((r, i) => r.rps / base[i]!.rps) : [];
+    const perCore = ratio.map((r) => r / WORKERS);
+    const load = own.map((r) => r.loadCpu);
     const errors = own.reduce((n, r) => n + r.errors + r.non2xx, 0);
     console.log(
       `| ${s.label}${errors ? ` (**${errors} errors / bad status**)` : ''} | ${fmtRps(median(rps))}${spread(rps, fmtRps)} | ${fmtMs(median(p99))}${spread(p99, fmtMs)} | ` +
-        `${base ? `**${fmtRatio(median(ratio))}**${spread(ratio, fmtRatio)}` : '1x'} | ${fmtCpu(median(own.map((r) => r.serverCpu)))} / ${fmtCpu(median(own.map((r) => r.loadCpu)))} |`,
+        `${base ? `**${fmtRatio(median(ratio))}**${spread(ratio, fmtRatio)}` : '1x'} | ${base ? `${fmtCores(median(perCore))}${spread(perCore, fmtCores)}` : '1'} | ` +
+        `${fmtCores(median(own.map((r) => r.serverCpu)))} | ${fmtCores(median(load))}${spread(load, fmtCores)} of ${CORES} cores | ${fmtCores(median(own.map(otherCpu)))} |`,
     );
   }
-  const limited = (key: string, plain: string) => median(runs.get(key)!.map((r) => r.rps)) / median(runs.get(plain)!.map((r) => r.rps));
+  const rpsOf = (key: string) => median(runs.get(key)!.map((r) => r.rps));
+  const hitRatio = runs.get('hitN')!.map((r, i) => r.rps / runs.get('hit1')![i]!.rps);
+  const hitLoad = [...runs.get('hit1')!, ...runs.get('hitN')!].map((r) => r.loadCpu);
   console.log('');
   console.log(
-    `- Hits under a rate limit never reached, against unlimited hits of the same node (medians): ${fmtRatio(limited('limited1', 'hit1'))} with one process ` +
-      `(counters in memory, synchronous hit path), ${fmtRatio(limited('limited2', 'hit2'))} with two workers (a round trip to the primary's counters per request, general path).`,
+    `- Hit throughput, --workers ${WORKERS} against --workers 1: ${fmtRatio(median(hitRatio))}${spread(hitRatio, fmtRatio)}, ` +
+      `a scaling factor of ${fmtCores(median(hitRatio) / WORKERS)} per core; generator used ${fmtCores(median(hitLoad))}${spread(hitLoad, fmtCores)} of ${CORES} cores ` +
+      `(${gen}, median over the hit rounds of both)` +
+      (CORES <= WORKERS ? `: on a ${CORES}-core machine the generator competes with the workers for the cores, so the second worker gets what it leaves.` : '.'),
+  );
+  console.log(
+    `- Hits under a rate limit never reached, against unlimited hits of the same node (medians): ${fmtRatio(rpsOf('limited1') / rpsOf('hit1'))} with one process ` +
+      `(counters in memory, synchronous hit path), ${fmtRatio(rpsOf('limitedN') / rpsOf('hitN'))} with ${WORKERS} workers (a round trip to the primary's counters per request, general path).`,
   );
   for (const cost of ipc) {
     console.log(
@@ -158,8 +182,9 @@ function report(scenarios: Scenario[], runs: Map<string, LoadResult[]>, config: 
         `${cost.wallUs.toFixed(1)} µs of wall time per take, CPU ${cost.workerCpuUs.toFixed(1)} µs in the worker and ${cost.primaryCpuUs.toFixed(1)} µs in the primary.`,
     );
   }
+  const others = scenarios.flatMap((s) => runs.get(s.key)!.map(otherCpu)).filter(Number.isFinite);
   console.log(
-    `- The load generator shares the ${availableParallelism()} cores with the servers (${generator.describe}): a second worker can only use what it leaves, ` +
-      'and on a machine shared with other work every figure is noisy; compare rows of the same round, not runs.',
+    `- The load generator shares the ${CORES} cores with the servers (${generator.describe}); other processes used a median ${fmtCores(median(others))} ` +
+      `of ${CORES} cores (up to ${others.length ? fmtCores(Math.max(...others)) : 'n/a'}) during the rounds: compare rows of the same round, not runs.`,
   );
 }

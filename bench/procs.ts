@@ -97,21 +97,25 @@ export async function startChild(args: string[]): Promise<Started> {
 
 let cliRuns = 0;
 
+/** The CLIs the bench can start: `npx edge` and `npx origin-shield` (the same node with shield defaults). */
+const CLI_ENTRY = { edge: '../edge/node/cli.ts', 'origin-shield': '../origin-shield/cli.ts' } as const;
+
 /**
- * Start the CLI (`edge/node/cli.ts`, so `--workers N` forks a real cluster)
- * on a free loopback port with its data under the scratch directory; resolve
- * once it prints that it listens. The access log is on, as shipped, and goes
- * to /dev/null; the workers share the primary's process group.
+ * Start the CLI (`edge/node/cli.ts`, or `origin-shield/cli.ts`; so
+ * `--workers N` forks a real cluster) on a free loopback port with its data
+ * under the scratch directory; resolve once it prints that it listens. The
+ * access log is on, as shipped, and goes to /dev/null; the workers share the
+ * primary's process group.
  */
-export async function startEdgeCli(args: string[]): Promise<Started> {
+export async function startEdgeCli(args: string[], command: keyof typeof CLI_ENTRY = 'edge'): Promise<Started> {
   devNull ??= openSync('/dev/null', 'w');
   const dataDir = join(scratch, `cli-${++cliRuns}`);
-  const cli = new URL('../edge/node/cli.ts', import.meta.url).pathname;
+  const cli = new URL(CLI_ENTRY[command], import.meta.url).pathname;
   const child = spawnGroup(process.execPath, ['--import', 'tsx', cli, '--port', '0', '--host', '127.0.0.1', '--data-dir', dataDir, ...args], ['ignore', devNull, 'pipe']);
   let output = '';
   const lines = createInterface({ input: child.stderr! });
   const url = await new Promise<string>((resolve, reject) => {
-    child.once('exit', (code) => reject(new Error(`edge ${args.join(' ')} exited with ${code}: ${output.slice(-600)}`)));
+    child.once('exit', (code) => reject(new Error(`${command} ${args.join(' ')} exited with ${code}: ${output.slice(-600)}`)));
     lines.on('line', (line) => {
       output = `${output}${line}\n`.slice(-4000);
       const listening = /listening on (http:\/\/\S+)/.exec(line);

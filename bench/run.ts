@@ -19,8 +19,13 @@
  * The compression section (bench/compression.ts, about 50 s) measures bytes
  * saved per type, the cold-miss cost per brotli level, and br / gzip hits
  * against identity hits of the same object on one edge.
+ * The shield section (bench/shield.ts, about 3 minutes) counts origin
+ * requests for one Zipf workload over 3 edges, with and without a shield, in
+ * this process and as CLI processes with --workers 2 (edges and shield).
  * The cluster section (bench/cluster.ts, about 80 s) compares the CLI with
- * --workers 1 and --workers 2: hits, hits under a rate limit, misses.
+ * --workers 1 and --workers N (one per core, at least 2): hits, hits under a
+ * rate limit, misses; the scaling factor per core and the load generator's
+ * own CPU.
  * The slicing section (bench/slicing.ts, about a minute) measures seeks into
  * cold 1 GB objects with and without --slice-size, and a full GET of a 200 MB
  * object from its pieces against bare node:http.
@@ -81,7 +86,7 @@ async function main(): Promise<void> {
   }
   if (only.has('shield')) {
     const { shieldSection } = await import('./shield.js');
-    await shieldSection();
+    await shieldSection({ rounds: ROUNDS });
   }
   if (only.has('tls')) {
     const { tlsSection } = await import('./tls.js');
