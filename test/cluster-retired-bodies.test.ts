@@ -139,6 +139,39 @@ describe('LmdbCacheStore with sharedReaders: two processes on one directory', ()
   });
 });
 
+/** A GET that reads one chunk of the body, then nothing until `resume()`. */
+function startSlowRead(url: string): Promise<{ worker: string; length: number; body: Promise<Buffer>; resume: () => void }> {
+  let resume!: () => void;
+  const resumed = new Promise<void>((resolve) => (resume = resolve));
+  return new Promise((resolve, reject) => {
+    const req = request(url, { agent: false, headers: { connection: 'close' } }, (res) => {
+      const chunks: Buffer[] = [];
+      const body = new Promise<Buffer>((done, fail) => {
+        res.on('end', () => done(Buffer.concat(chunks)));
+        res.on('error', fail);
+        res.on('aborted', () => fail(new Error('the transfer was cut')));
+      });
+      res.once('data', (chunk: Buffer) => {
+        chunks.push(chunk);
+        res.pause();
+        resolve({ worker: answeredBy({ status: res.statusCode!, headers: res.headers, body: Buffer.alloc(0) }), length: Number(res.headers['content-length']), body, resume });
+        void resumed.then(() => {
+          res.on('data', (more: Buffer) => chunks.push(more));
+          res.resume();
+        });
+      });
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+/** The disk tier's figures in `/_edge/stats` (one LMDB environment for every worker). */
+async function diskStats(node: ClusterNode): Promise<{ entries: number; bytes: number }> {
+  const stats = JSON.parse((await send(`${node.url}/_edge/stats`, { headers: CLUSTER_AUTH })).body.toString()) as { tiers: Array<{ name: string; entries: number; bytes: number }> };
+  return stats.tiers.find((tier) => tier.name === 'disk')!;
+}
+
 describe('--workers 2: a large body replaced by one worker while another streams it', () => {
   const SIZE = 8 * 1024 ** 2;
   const oldBody = Buffer.from(bytes(SIZE, 5));
@@ -161,30 +194,7 @@ describe('--workers 2: a large body replaced by one worker while another streams
     const pushed = await send(`${node.url}/_edge/push/retired/big.bin`, { method: 'PUT', headers: CLUSTER_AUTH, body: oldBody as unknown as string });
     expect(pushed.status).toBe(201);
 
-    // A client that reads one chunk, then nothing until the replacement is done.
-    let resume!: () => void;
-    const resumed = new Promise<void>((resolve) => (resume = resolve));
-    const slow = await new Promise<{ worker: string; length: number; body: Promise<Buffer> }>((resolve, reject) => {
-      const req = request(`${node.url}/retired/big.bin`, { agent: false, headers: { connection: 'close' } }, (res) => {
-        const chunks: Buffer[] = [];
-        const body = new Promise<Buffer>((done, fail) => {
-          res.on('end', () => done(Buffer.concat(chunks)));
-          res.on('error', fail);
-          res.on('aborted', () => fail(new Error('the transfer was cut')));
-        });
-        res.once('data', (chunk: Buffer) => {
-          chunks.push(chunk);
-          res.pause();
-          resolve({ worker: answeredBy({ status: res.statusCode!, headers: res.headers, body: Buffer.alloc(0) }), length: Number(res.headers['content-length']), body });
-          void resumed.then(() => {
-            res.on('data', (more: Buffer) => chunks.push(more));
-            res.resume();
-          });
-        });
-      });
-      req.on('error', reject);
-      req.end();
-    });
+    const slow = await startSlowRead(`${node.url}/retired/big.bin`);
     expect(slow.length).toBe(SIZE);
 
     const { agent, worker } = await connectionAvoiding(node, slow.worker);
@@ -196,7 +206,7 @@ describe('--workers 2: a large body replaced by one worker while another streams
       agent.destroy();
     }
 
-    resume();
+    slow.resume();
     const received = await slow.body;
     expect(received.length).toBe(SIZE);
     expect(received.equals(oldBody)).toBe(true);
@@ -206,7 +216,37 @@ describe('--workers 2: a large body replaced by one worker while another streams
     for (const answer of later) expect(answer.body.equals(newBody)).toBe(true);
 
     // The old body is retired, not gone: counted with the new one until a pass reclaims it (RETIRED_GRACE_MS after the replacement).
-    const stats = JSON.parse((await send(`${node.url}/_edge/stats`, { headers: CLUSTER_AUTH })).body.toString()) as { tiers: Array<{ name: string; entries: number; bytes: number }> };
-    expect(stats.tiers.find((tier) => tier.name === 'disk')).toMatchObject({ entries: 1, bytes: oldBody.length + newBody.length });
+    expect(await diskStats(node)).toMatchObject({ entries: 1, bytes: oldBody.length + newBody.length });
+  });
+
+  it('the same when the other worker purges a pulled object under the slow client', async () => {
+    origin.set('/retired/pulled.bin', { headers: { 'cache-control': 'max-age=600' }, body: oldBody });
+    expect((await send(`${node.url}/retired/pulled.bin`)).body.equals(oldBody)).toBe(true);
+    const before = await diskStats(node);
+
+    const slow = await startSlowRead(`${node.url}/retired/pulled.bin`);
+    expect(slow.length).toBe(SIZE);
+    origin.set('/retired/pulled.bin', { headers: { 'cache-control': 'max-age=600' }, body: newBody });
+    const { agent, worker } = await connectionAvoiding(node, slow.worker);
+    try {
+      const purged = await onConnection(agent, `${node.url}/_edge/purge`, { method: 'POST', headers: { ...CLUSTER_AUTH, 'content-type': 'application/json' }, body: JSON.stringify({ urls: ['/retired/pulled.bin'] }) });
+      expect(purged.status).toBe(200);
+      expect(String(purged.headers['x-request-id']).split('-')[0]).toBe(worker);
+    } finally {
+      agent.destroy();
+    }
+
+    slow.resume();
+    const received = await slow.body;
+    expect(received.length).toBe(SIZE);
+    expect(received.equals(oldBody)).toBe(true);
+
+    const later = await Promise.all(Array.from({ length: 6 }, () => send(`${node.url}/retired/pulled.bin`)));
+    expect(new Set(later.map(answeredBy)).size).toBe(2);
+    for (const answer of later) expect(answer.body.equals(newBody)).toBe(true);
+    // One refill for all of them: the purge made the primary forget that the key was filled a moment ago.
+    expect(origin.count('/retired/pulled.bin')).toBe(2);
+    // One entry still (the refill), the purged body retired and counted beside it.
+    expect(await diskStats(node)).toMatchObject({ entries: before.entries, bytes: before.bytes + newBody.length });
   });
 });

@@ -140,6 +140,8 @@ export class PrimaryBus {
   /** Workers whose handlers are in place (they asked `join`): the targets of broadcasts. */
   readonly #joined = new Set<Worker>();
   readonly #onLaggard: (worker: Worker, type: string) => void;
+  /** The primary's own listeners to broadcasts it relays, by type. */
+  readonly #observers = new Map<string, (payload: unknown) => void>();
   #next = 0;
 
   constructor(options: { broadcastTimeoutMs?: number; onLaggard?: (worker: Worker, type: string) => void } = {}) {
@@ -153,6 +155,7 @@ export class PrimaryBus {
     });
     this.handle('broadcast', async (payload, from) => {
       const { type, payload: inner } = payload as { type: string; payload: unknown };
+      this.#observers.get(type)?.(inner);
       const others = [...this.#joined].filter((worker) => worker !== from);
       await Promise.all(others.map((worker) => this.#deliverOrKill(worker, type, inner, timeoutMs)));
       return others.length;
@@ -197,6 +200,11 @@ export class PrimaryBus {
 
   handle(type: string, handler: RequestHandler): void {
     this.#handlers.set(type, handler);
+  }
+
+  /** Called with each broadcast of `type` a worker sends, before it is delivered to the others. */
+  observe(type: string, listener: (payload: unknown) => void): void {
+    this.#observers.set(type, listener);
   }
 
   /** A message to every live worker, unanswered. */

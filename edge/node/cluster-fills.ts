@@ -105,6 +105,8 @@ export class FillLeaseTable {
   readonly #leases = new Map<string, Lease>();
   /** Keys whose fill was stored lately: when it landed and when it began. */
   readonly #recent = new Map<string, { landedAt: number; since: number }>();
+  /** The flight keys in `#recent` by cache key (a flight key is the cache key, then NUL and a variant for a revalidation). */
+  readonly #recentByKey = new Map<string, Set<string>>();
   readonly #stallMs: number;
   readonly #now: () => number;
 
@@ -122,6 +124,15 @@ export class FillLeaseTable {
       this.land(key, from, outcome);
       return null;
     });
+    // A key deleted or changed (purge, DELETE, invalidation) no longer holds what its recent fill stored:
+    // workers that miss it now fetch it again under one lease, not each alone after reading nothing.
+    bus.observe('forget', (payload) => this.forgetRecent((payload as { key: string }).key));
+  }
+
+  /** Forget the recent fills of `key` (every flight key of it: the key, and the key NUL a variant). */
+  forgetRecent(key: string): void {
+    for (const flightKey of this.#recentByKey.get(key) ?? []) this.#recent.delete(flightKey);
+    this.#recentByKey.delete(key);
   }
 
   acquire(key: string, from: Worker): WireLease | Promise<WireLease> {
@@ -129,7 +140,7 @@ export class FillLeaseTable {
     if (!lease) {
       const recent = this.#recent.get(key);
       if (recent && this.#now() - recent.landedAt < RECENT_FILL_MS) return { role: 'follow', outcome: { kind: 'stored' }, since: recent.since };
-      this.#recent.delete(key);
+      if (recent) this.#dropRecent(key);
       this.#leases.set(key, { holder: from, since: this.#now(), waiters: [], timer: this.#stallTimer(key) });
       return { role: 'lead' };
     }
@@ -150,11 +161,22 @@ export class FillLeaseTable {
     const now = this.#now();
     this.#recent.delete(key);
     this.#recent.set(key, { landedAt: now, since });
+    const cacheKey = key.split('\u0000')[0]!;
+    const flights = this.#recentByKey.get(cacheKey) ?? new Set<string>();
+    this.#recentByKey.set(cacheKey, flights.add(key));
     // Insertion order is landing order: drop what has lapsed, and the oldest past the bound.
     for (const [old, { landedAt }] of this.#recent) {
       if (now - landedAt < RECENT_FILL_MS && this.#recent.size <= MAX_RECENT_FILLS) break;
-      this.#recent.delete(old);
+      this.#dropRecent(old);
     }
+  }
+
+  #dropRecent(flightKey: string): void {
+    this.#recent.delete(flightKey);
+    const cacheKey = flightKey.split('\u0000')[0]!;
+    const flights = this.#recentByKey.get(cacheKey);
+    flights?.delete(flightKey);
+    if (flights?.size === 0) this.#recentByKey.delete(cacheKey);
   }
 
   /** A worker exited: the leases it held pass to a waiter (a new fill), its own waits are dropped. */
