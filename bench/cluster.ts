@@ -3,9 +3,11 @@
  * with the defaults): the CLI with `--workers 1` against `--workers N` (N:
  * one per core, at least 2), in front of one bare node:http origin, in
  * interleaved rounds (median and min-max spread), with the scaling factor
- * per core (the ratio to `--workers 1` divided by N: 1 is perfect scaling)
- * and the CPU the load generator itself used, in cores of the machine (on a
- * 2-core machine it competes with the second worker for the second core):
+ * per core (the ratio to `--workers 1` divided by N: 1 is perfect scaling),
+ * requests per second of server CPU (what the cluster costs per request,
+ * less sensitive to other work on the machine than req/s), and the CPU the
+ * load generator itself used, in cores of the machine (on a 2-core machine
+ * it competes with the second worker for the second core):
  *   - 1 KB memory-tier hits (hits never touch the cluster's IPC);
  *   - the same with `--rate-limit 999999999/1s` (a limit never reached): with
  *     one process the counters are in memory and hits keep the synchronous
@@ -144,8 +146,8 @@ function report(scenarios: Scenario[], runs: Map<string, LoadResult[]>, config: 
       `Per core: the ratio to --workers 1 divided by ${WORKERS} (1 would be perfect scaling). CPU in cores of the ${CORES}: the server's process group, ` +
       `the load generator (${gen}) and everything else on the machine.\n`,
   );
-  console.log(`| scenario | req/s | p99 ms | vs --workers 1 | per core | server CPU | ${gen} used | others |`);
-  console.log('|---|---:|---:|---:|---:|---:|---:|---:|');
+  console.log(`| scenario | req/s | p99 ms | vs --workers 1 | per core | server CPU | req/s per server core | ${gen} used | others |`);
+  console.log('|---|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const s of scenarios) {
     const own = runs.get(s.key)!;
     const rps = own.map((r) => r.rps);
@@ -155,22 +157,29 @@ function report(scenarios: Scenario[], runs: Map<string, LoadResult[]>, config: 
     const ratio = base ? own.map((r, i) => r.rps / base[i]!.rps) : [];
     const perCore = ratio.map((r) => r / WORKERS);
     const load = own.map((r) => r.loadCpu);
+    const perServerCore = own.map((r) => r.rps / r.serverCpu);
     const errors = own.reduce((n, r) => n + r.errors + r.non2xx, 0);
     console.log(
       `| ${s.label}${errors ? ` (**${errors} errors / bad status**)` : ''} | ${fmtRps(median(rps))}${spread(rps, fmtRps)} | ${fmtMs(median(p99))}${spread(p99, fmtMs)} | ` +
         `${base ? `**${fmtRatio(median(ratio))}**${spread(ratio, fmtRatio)}` : '1x'} | ${base ? `${fmtCores(median(perCore))}${spread(perCore, fmtCores)}` : '1'} | ` +
-        `${fmtCores(median(own.map((r) => r.serverCpu)))} | ${fmtCores(median(load))}${spread(load, fmtCores)} of ${CORES} cores | ${fmtCores(median(own.map(otherCpu)))} |`,
+        `${fmtCores(median(own.map((r) => r.serverCpu)))} | ${fmtRps(median(perServerCore))}${spread(perServerCore, fmtRps)} | ${fmtCores(median(load))}${spread(load, fmtCores)} of ${CORES} cores | ${fmtCores(median(own.map(otherCpu)))} |`,
     );
   }
   const rpsOf = (key: string) => median(runs.get(key)!.map((r) => r.rps));
   const hitRatio = runs.get('hitN')!.map((r, i) => r.rps / runs.get('hit1')![i]!.rps);
   const hitLoad = [...runs.get('hit1')!, ...runs.get('hitN')!].map((r) => r.loadCpu);
+  const efficiency = (key: string) => median(runs.get(key)!.map((r) => r.rps / r.serverCpu));
   console.log('');
   console.log(
     `- Hit throughput, --workers ${WORKERS} against --workers 1: ${fmtRatio(median(hitRatio))}${spread(hitRatio, fmtRatio)}, ` +
       `a scaling factor of ${fmtCores(median(hitRatio) / WORKERS)} per core; generator used ${fmtCores(median(hitLoad))}${spread(hitLoad, fmtCores)} of ${CORES} cores ` +
       `(${gen}, median over the hit rounds of both)` +
       (CORES <= WORKERS ? `: on a ${CORES}-core machine the generator competes with the workers for the cores, so the second worker gets what it leaves.` : '.'),
+  );
+  console.log(
+    `- Hits per second of server CPU (less sensitive to what else runs than req/s): ${fmtRps(efficiency('hit1'))} with one process, ` +
+      `${fmtRps(efficiency('hitN'))} with ${WORKERS} workers (${fmtRatio(efficiency('hitN') / efficiency('hit1'))}): ` +
+      'what the cluster costs per hit, and an estimate of the scaling per core where each worker has a core of its own (and nothing else, such as the generator, limits it).',
   );
   console.log(
     `- Hits under a rate limit never reached, against unlimited hits of the same node (medians): ${fmtRatio(rpsOf('limited1') / rpsOf('hit1'))} with one process ` +
