@@ -11,8 +11,8 @@ export type FlightOutcome =
    * The leader stored a response: followers read it from the cache.
    * `since`: set when the leader followed another process's fill (a cluster
    * worker's, through the primary's lease): when that fill began. Its entry
-   * may have been committed before a follower here joined (the follower's
-   * lookup crossed the commit), so an entry stored since then answers them.
+   * may be stamped (`storedAt`) before a follower here joined, whose lookup
+   * ran before the commit could be read; an entry stored since then answers them.
    */
   | { kind: 'stored'; since?: number }
   /** The response could not be shared (not storable): followers go upstream themselves. */
