@@ -13,6 +13,12 @@
  *   the others without waiting (their copy, if any, was an equally valid
  *   answer from the origin).
  *
+ * - Before a purge changes anything, it is recorded in every worker's
+ *   purge log (`createPurgeHandler`, the `purge-begin` broadcast), and
+ *   each worker's commits that passed their purge check have landed
+ *   (`landed`): no fill in any worker commits the old version after the
+ *   purge's deletion.
+ *
  * The pushed-object index is kept per worker and changed here on a
  * peer's notice, from what LMDB holds for the key.
  */

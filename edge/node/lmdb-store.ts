@@ -531,6 +531,7 @@ export class LmdbCacheStore implements CacheStore {
     }
   }
 
+  /** `bytes`: live bodies plus retired ones not reclaimed yet (`sharedReaders`): what the disk holds. */
   stats(): CacheStoreStats {
     if (this.#closed) return { entries: 0, bytes: 0, maxBytes: this.#maxBytes };
     const { entries, bytes, retiredBytes = 0 } = this.#totals();
