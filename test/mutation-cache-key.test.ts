@@ -37,6 +37,10 @@ describe('formatCacheKey / parseCacheKey', () => {
     ['/a.css push:#enc:br', { kind: 'pushed', path: '/a.css', derived: { kind: 'coding', coding: 'br' } }],
     ['/a.css http://example.com#enc:gzip', { kind: 'pulled', path: '/a.css', scheme: 'http', host: 'example.com', derived: { kind: 'coding', coding: 'gzip' } }],
     ['/p.jpg push:#img:w=10;h=;fit=inside;q=75;f=png;pos=centre;e=0', { kind: 'pushed', path: '/p.jpg', derived: { kind: 'image', params: 'w=10;h=;fit=inside;q=75;f=png;pos=centre;e=0' } }],
+    // A sliced object (--slice-size): its record, and its pieces numbered from 0.
+    ['/v.mp4 http://example.com#slice:', { kind: 'pulled', path: '/v.mp4', scheme: 'http', host: 'example.com', derived: { kind: 'slice' } }],
+    ['/v.mp4 http://example.com#slice:0', { kind: 'pulled', path: '/v.mp4', scheme: 'http', host: 'example.com', derived: { kind: 'slice', piece: 0 } }],
+    ['/v.mp4?q=1 https://example.com#h:x-plan=pro#slice:12', { kind: 'pulled', path: '/v.mp4?q=1', scheme: 'https', host: 'example.com', headers: [['x-plan', 'pro']], derived: { kind: 'slice', piece: 12 } }],
   ];
 
   it.each(keys)('%s round-trips', (text, key) => {
@@ -57,6 +61,10 @@ describe('formatCacheKey / parseCacheKey', () => {
     ['an empty path', ' http://example.com'],
     ['no scheme', '/a ://example.com'],
     ['no scheme separator', '/a example.com'],
+    ['a piece number that is not digits', '/v http://h#slice:x'],
+    ['a piece number with a sign', '/v http://h#slice:-1'],
+    ['a piece number followed by more', '/v http://h#slice:1a'],
+    ['a piece number after something else', '/v http://h#slice:a1'],
   ])('is undefined for a string no version produced (%s)', (_, text) => {
     expect(parseCacheKey(text)).toBeUndefined();
   });
