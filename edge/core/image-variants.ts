@@ -371,7 +371,7 @@ export class ImageVariants {
       if (this.deps.pull.purges.softPurgedSince(job.purgeEpoch, variantKey, meta.tags)) meta.invalidated = true;
       const writer = store.createWriter(variantKey, '', output.body.byteLength);
       writer.write(output.body);
-      stored = await writer.commit(meta);
+      stored = await this.deps.pull.purges.landing(writer.commit(meta));
     }
     ctx.log.outcome = job.stale ? 'stale' : 'miss';
     ctx.log.detail = 'transformed';

@@ -342,7 +342,7 @@ export class OriginFetch {
           await writer.abort();
           return false;
         }
-        return writer.commit({
+        return this.purges.landing(writer.commit({
           key: pull.key,
           variant,
           status,
@@ -354,7 +354,7 @@ export class OriginFetch {
           expiresAt: policy.usefulUntil(this.answers.graceFor(pull), KEEP_WITH_VALIDATOR_SECONDS),
           // Soft-purged while it was on its way: stored, but revalidated before its next use.
           ...(this.purges.softPurgedSince(fill.epoch, pull.key, tags) ? { invalidated: true } : {}),
-        });
+        }));
       },
       onSettled: (ok, error) => {
         fill.end();

@@ -45,6 +45,8 @@ export class PurgeLog {
   #fills = 0;
   /** Set by a cluster worker; absent in a process that has the store to itself. */
   sharing: PurgeSharing | undefined;
+  /** Commits that passed their purge check and have not landed yet (see {@link landing}). */
+  readonly #landing = new Set<Promise<unknown>>();
 
   /** A fill starts: remember the returned epoch, and call `end` when it settles. */
   begin(): { epoch: number; end: () => void } {
@@ -69,10 +71,29 @@ export class PurgeLog {
     if (this.#purges.length > MAX_REMEMBERED) this.#floor = this.#purges.shift()!.epoch;
   }
 
-  /** Record a purge here and in every process sharing the store; call before the purge changes the store. */
+  /**
+   * A commit that passed its purge check, started in the same synchronous
+   * step as that check. A store's commit publishes its entry only after its
+   * body writes are through, so a purge recorded after the check could
+   * otherwise change the store first and the old version land after it:
+   * `recordEverywhere` waits for these.
+   */
+  landing<T>(commit: Promise<T>): Promise<T> {
+    this.#landing.add(commit);
+    const landed = () => void this.#landing.delete(commit);
+    commit.then(landed, landed);
+    return commit;
+  }
+
+  /**
+   * Record a purge here and in every process sharing the store; call before
+   * the purge changes the store. Resolves once every commit that did not see
+   * it has landed, so the purge's own changes remove (or mark) them.
+   */
   async recordEverywhere(matches: PurgeMatcher, scope: PurgeScope, soft = false): Promise<void> {
     this.record(matches, soft);
-    await this.sharing?.(scope, soft);
+    const landing = [...this.#landing];
+    await Promise.all([this.sharing?.(scope, soft), Promise.allSettled(landing)]);
   }
 
   /** Was an entry filled since `epoch` selected by a (hard) purge made after it began? */

@@ -144,7 +144,7 @@ export class Recoder {
         meta.size = size;
         // Soft-purged (it or its source) while it was being made: stored, but revalidated before its next use.
         if (purges.softPurgedSince(fill.epoch, target.key, meta.tags) || (target.sourceKey !== undefined && purges.softPurgedSince(fill.epoch, target.sourceKey, meta.tags))) meta.invalidated = true;
-        return writer.commit(meta);
+        return purges.landing(writer.commit(meta));
       },
       onSettled: (stored, error) => {
         fill.end();
@@ -232,7 +232,7 @@ export class Recoder {
       const made = codedBy(current.meta.headers);
       if (!made || made.coding !== 'br') return;
       const headers = { ...current.meta.headers, [CODED_FIELD]: codedLabel('br', level, made.from) };
-      committed = await writer.commit({ ...current.meta, headers, size });
+      committed = await purges.landing(writer.commit({ ...current.meta, headers, size }));
     } finally {
       fill.end();
       if (!committed) await writer.abort().catch(() => {});

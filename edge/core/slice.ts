@@ -484,7 +484,7 @@ export class SlicedObjects {
       let stored = false;
       try {
         if (!this.purges.purgedSince(fill.epoch, pull.key, record.tags)) {
-          stored = await writer.commit(this.pieceMeta(pull, record, index));
+          stored = await this.purges.landing(writer.commit(this.pieceMeta(pull, record, index)));
         } else {
           await writer.abort();
         }
@@ -890,7 +890,7 @@ export class SlicedObjects {
       await writer.abort();
       return bytes;
     }
-    const stored = await writer.commit(this.pieceMeta(pull, record, index));
+    const stored = await this.purges.landing(writer.commit(this.pieceMeta(pull, record, index)));
     if (!stored) return bytes;
     return (await this.storedPiece(pull.key, record, index)) ?? bytes;
   }
