@@ -620,3 +620,42 @@ describe('createPolicyFactory', () => {
     expect(factory.freshen(stored, storedHeaders, 200, { url: '/x', method: 'GET', headers: {} }, { status: 304, headers: { etag: '"w"' } })).toBeNull();
   });
 });
+
+describe('second pass of mutation testing', () => {
+  const T0 = Date.UTC(2026, 0, 1);
+  const factory = createPolicyFactory({ heuristicFraction: 0.1, heuristicMaxAge: 86_400, defaultTtl: 0, targetedFields: TARGETED, now: () => T0 });
+  const response = (headers: Record<string, string>) =>
+    factory.fromResponse({ url: '/x', method: 'GET', headers: {} }, { status: 200, headers: { date: formatHttpDate(T0), ...headers } });
+
+  it('a max-age or s-maxage whose quoted argument is no number is still explicit: no heuristic freshness (RFC 9111 4.2.1)', () => {
+    const lastModified = formatHttpDate(T0 - 10 * 86_400_000);
+    // Without the directive, heuristics would give a day.
+    expect(response({ 'last-modified': lastModified }).freshnessLifetime()).toBe(86_400);
+    expect(response({ 'cache-control': 'max-age="a b"', 'last-modified': lastModified }).freshnessLifetime()).toBe(0);
+    expect(response({ 'cache-control': 's-maxage="x, y"', 'last-modified': lastModified }).freshnessLifetime()).toBe(0);
+    // A stray quote is an argument too (no closing quote: read up to the next comma or space).
+    expect(response({ 'cache-control': 'max-age="', 'last-modified': lastModified }).freshnessLifetime()).toBe(0);
+  });
+
+  it('a response Pragma: no-cache without Cache-Control is never fresh, whatever Expires says; with Cache-Control it is ignored', () => {
+    const expires = formatHttpDate(T0 + 60_000);
+    expect(response({ expires }).freshnessLifetime()).toBe(60);
+    expect(response({ pragma: 'no-cache', expires }).freshnessLifetime()).toBe(0);
+    expect(response({ pragma: 'no-cache', 'last-modified': formatHttpDate(T0 - 10 * 86_400_000) }).freshnessLifetime()).toBe(0);
+    expect(response({ pragma: 'no-cache', 'cache-control': 'max-age=60' }).freshnessLifetime()).toBe(60);
+  });
+
+  it('immutable without max-age keeps a response at least a day (the library\'s minimum), not the heuristic cap', () => {
+    expect(response({ 'cache-control': 'immutable' }).freshnessLifetime()).toBeGreaterThanOrEqual(86_400);
+    expect(response({ 'cache-control': 'public, immutable', 'last-modified': formatHttpDate(T0 - 1000) }).freshnessLifetime()).toBeGreaterThanOrEqual(86_400);
+  });
+
+  it.each([
+    ['A,b', 'a member key starting with an upper-case letter, a valid member after it'],
+    ['1,b', 'a member key starting with a digit, a valid member after it'],
+    ['a=:?,b=::', 'a byte sequence with a character outside base64, a valid one after it'],
+    ['a=%"%e2%82"%ac"', 'a display string whose bytes are not UTF-8 at its closing quote, though what follows would complete them'],
+  ])('%j fails as a whole (%s)', (value) => {
+    expect(parseSfDictionary(value)).toBeUndefined();
+  });
+});
