@@ -635,6 +635,7 @@ describe('second pass of mutation testing', () => {
     expect(response({ 'cache-control': 's-maxage="x, y"', 'last-modified': lastModified }).freshnessLifetime()).toBe(0);
     // A stray quote is an argument too (no closing quote: read up to the next comma or space).
     expect(response({ 'cache-control': 'max-age="', 'last-modified': lastModified }).freshnessLifetime()).toBe(0);
+    expect(response({ 'cache-control': 'max-age="  "', 'last-modified': lastModified }).freshnessLifetime()).toBe(0);
   });
 
   it('a response Pragma: no-cache without Cache-Control is never fresh, whatever Expires says; with Cache-Control it is ignored', () => {
