@@ -222,6 +222,40 @@ describe('purges reach fills in flight', () => {
     expect(await after.text()).toBe('v2-0000000');
     expect(cacheStatus(after)).toMatch(/fwd=uri-miss/);
   });
+
+  it('the waiters of a fill turned away by a purge collapse again: one origin request for the new version, and the key stays cacheable', async () => {
+    t = await startTestEdge({ adminToken: TOKEN });
+    const gate = latch();
+    let version = 1;
+    t.origin.route('/popular.js', async (_req, res) => {
+      const mine = version;
+      res.setHeader('cache-control', 'max-age=600');
+      res.setHeader('content-length', '10');
+      res.write(`v${mine}-`);
+      if (mine === 1) await gate.opened;
+      res.end('0'.repeat(7));
+    });
+    const leader = t.get('/popular.js');
+    await until(() => t!.origin.count('/popular.js') === 1);
+    const waiters = Array.from({ length: 8 }, () => t!.get('/popular.js'));
+    await until(() => t!.edge.edge.pull.flightStats().waiters === 8);
+    version = 2;
+    const purge = await t.get('/_edge/purge', {
+      method: 'POST',
+      headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ urls: ['/popular.js'] }),
+    });
+    expect(purge.status).toBe(200);
+    gate.open();
+    expect(await (await leader).text()).toBe('v1-0000000');
+    for (const answer of await Promise.all(waiters)) expect(await answer.text()).toBe('v2-0000000');
+    // The first fill and one for all eight waiters; not one each, and not remembered as uncacheable.
+    expect(t.origin.count('/popular.js')).toBe(2);
+    await t.settle();
+    const later = await Promise.all(Array.from({ length: 4 }, () => t!.get('/popular.js')));
+    for (const answer of later) expect(cacheStatus(answer)).toMatch(/^edge; hit/);
+    expect(t.origin.count('/popular.js')).toBe(2);
+  });
 });
 
 describe('request framing', () => {

@@ -15,8 +15,12 @@ export type FlightOutcome =
    * ran before the commit could be read; an entry stored since then answers them.
    */
   | { kind: 'stored'; since?: number }
-  /** The response could not be shared (not storable): followers go upstream themselves. */
-  | { kind: 'uncacheable' }
+  /**
+   * The response could not be shared (not storable): followers go upstream
+   * themselves. `purged`: it was storable, but a purge arrived while it was
+   * on its way: the key is not uncacheable, and followers collapse again.
+   */
+  | { kind: 'uncacheable'; purged?: true }
   /** Upstream failed: followers get the same error (or serve stale). */
   | { kind: 'failed'; error: unknown }
   /**

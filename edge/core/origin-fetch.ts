@@ -331,6 +331,8 @@ export class OriginFetch {
     const writer = store.createWriter(pull.key, variant, expectedSize);
     const body = originBody ?? new ReadableStream<Uint8Array>({ start: (c) => c.close() });
     const fill = this.purges.begin();
+    /** The fill was turned away by a purge: storable, so the key is not remembered as uncacheable. */
+    let purgedMidway = false;
     const filled = fillWhileStreaming(body, {
       writer,
       maxBytes: options.maxObjectSize,
@@ -339,6 +341,7 @@ export class OriginFetch {
       commit: async (size) => {
         // Purged while it was on its way: the client has it, the cache does not.
         if (this.purges.purgedSince(fill.epoch, pull.key, tags)) {
+          purgedMidway = true;
           await writer.abort();
           return false;
         }
@@ -363,7 +366,7 @@ export class OriginFetch {
         // An origin failure (an EdgeError: 502/504) is the followers' too; a
         // store that could not commit is not: they go upstream themselves.
         else if (error !== undefined && isEdgeError(error)) plan.land?.({ kind: 'failed', error });
-        else plan.land?.({ kind: 'uncacheable' });
+        else plan.land?.(purgedMidway ? { kind: 'uncacheable', purged: true } : { kind: 'uncacheable' });
       },
     });
 

@@ -463,6 +463,9 @@ export class PullCache {
         // Still waiting since it first joined: an entry stored since then answers it.
         return stored ?? this.collapsed(pull, flightKey, plan, true, joinedAt);
       }
+    } else if (outcome.kind === 'uncacheable' && outcome.purged && !rejoined) {
+      // The leader's response was purged on its way: they collapse again, so one fetches the new version for all.
+      return this.collapsed(pull, flightKey, plan, true);
     } else {
       const since = outcome.kind === 'stored' && outcome.since !== undefined ? Math.min(joinedAt, outcome.since) : joinedAt;
       const answer = await this.followed(pull, plan, outcome, since);
@@ -540,7 +543,7 @@ export class PullCache {
    */
   private remembering(key: string, land: (outcome: FlightOutcome) => void): (outcome: FlightOutcome) => void {
     return (outcome) => {
-      if (outcome.kind === 'uncacheable' || outcome.kind === 'shared') {
+      if ((outcome.kind === 'uncacheable' && !outcome.purged) || outcome.kind === 'shared') {
         this.uncacheable.delete(key);
         this.uncacheable.set(key, this.deps.now() + UNCACHEABLE_MEMORY_MS);
         if (this.uncacheable.size > MAX_UNCACHEABLE_KEYS) this.uncacheable.delete(this.uncacheable.keys().next().value!);

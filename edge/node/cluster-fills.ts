@@ -32,7 +32,7 @@ import type { PrimaryBus, WorkerBus } from './cluster-bus.js';
 /** A flight outcome as it crosses the IPC channel (JSON: errors and bytes flattened). */
 export type WireOutcome =
   | { kind: 'stored' }
-  | { kind: 'uncacheable' }
+  | { kind: 'uncacheable'; purged?: true }
   | { kind: 'failed'; code: string; message: string; headers: Record<string, string>; details: Record<string, unknown> }
   | { kind: 'shared'; status: number; headers: Record<string, string>; body: string; upstreamStatus: string | null };
 
@@ -52,8 +52,9 @@ const MAX_RECENT_FILLS = 10_000;
 export function toWire(outcome: FlightOutcome): WireOutcome {
   switch (outcome.kind) {
     case 'stored':
-    case 'uncacheable':
       return { kind: outcome.kind };
+    case 'uncacheable':
+      return outcome.purged ? { kind: 'uncacheable', purged: true } : { kind: 'uncacheable' };
     case 'failed': {
       const { error } = outcome;
       // Only the node's own errors mean something to the followers; anything else was this worker's problem.
@@ -70,8 +71,9 @@ export function toWire(outcome: FlightOutcome): WireOutcome {
 export function fromWire(outcome: WireOutcome): FlightOutcome {
   switch (outcome.kind) {
     case 'stored':
-    case 'uncacheable':
       return { kind: outcome.kind };
+    case 'uncacheable':
+      return outcome.purged ? { kind: 'uncacheable', purged: true } : { kind: 'uncacheable' };
     case 'failed':
       return {
         kind: 'failed',
