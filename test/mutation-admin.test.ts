@@ -6,6 +6,7 @@
  * prefix target is matched against, and the targets that are refused.
  */
 import { request as httpRequest } from 'node:http';
+import sharp from 'sharp';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startTestEdge, type TestEdge } from './helpers/edge.js';
 import type { OriginResponseSpec } from './helpers/origin.js';
@@ -123,6 +124,22 @@ describe('purge by URLs', () => {
     expect(await cacheStatus('/h.css')).toMatch(/fwd=uri-miss/);
     await t.settle();
     expect(await purged({ urls: ['/h.css'] })).toBe(2);
+  });
+
+  it('takes the image variants of the URL along, also when their source is no longer stored (evicted)', async () => {
+    t = await startTestEdge({ adminToken: TOKEN });
+    const photo = await sharp({ create: { width: 64, height: 48, channels: 3, background: 'teal' } }).jpeg().toBuffer();
+    t.origin.set('/photo.jpg', { headers: { 'content-type': 'image/jpeg', 'cache-control': 'public, max-age=600' }, body: photo });
+    await warm('/photo.jpg?width=32&format=png');
+    expect(await cacheStatus('/photo.jpg?width=32&format=png')).toMatch(/^edge; hit/);
+    // The source leaves the cache (as eviction would take it); its variant stays.
+    const sources = new Set<string>();
+    for await (const meta of t.edge.store.list()) if (meta.sourceKey !== undefined) sources.add(meta.sourceKey);
+    expect(sources.size).toBe(1);
+    expect(await t.edge.store.delete([...sources][0]!)).toBeGreaterThan(0);
+    expect(await cacheStatus('/photo.jpg?width=32&format=png')).toMatch(/^edge; hit/);
+    expect(await purged({ urls: ['/photo.jpg'] })).toBe(1);
+    expect(await cacheStatus('/photo.jpg?width=32&format=png')).not.toMatch(/^edge; hit/);
   });
 
   it('takes a pushed object at that path along, whatever the query', async () => {

@@ -646,6 +646,26 @@ describe('second pass of mutation testing', () => {
     expect(response({ pragma: 'no-cache', 'cache-control': 'max-age=60' }).freshnessLifetime()).toBe(60);
   });
 
+  it('a delta-seconds argument that is not all digits is invalid freshness information: stale, never its leading digits', () => {
+    for (const value of ['max-age=60abc', 'max-age=1.5', 'max-age=-10', 'max-age=+60', 's-maxage=5x, max-age=600', 'max-age=0x10']) {
+      expect(response({ 'cache-control': value }).freshnessLifetime(), value).toBe(0);
+      expect(response({ 'cache-control': value }).isFresh(), value).toBe(false);
+    }
+    expect(response({ 'cache-control': 'max-age=60' }).freshnessLifetime()).toBe(60);
+    expect(response({ 'cache-control': 'max-age="60"' }).freshnessLifetime()).toBe(60);
+  });
+
+  it('a quoted comma inside an extension\'s argument adds no directive', () => {
+    expect(response({ 'cache-control': 'max-age=10, ext="a, max-age=9999"' }).freshnessLifetime()).toBe(10);
+    expect(response({ 'cache-control': 'ext="x, public, s-maxage=9999", max-age=10' }).freshnessLifetime()).toBe(10);
+    expect(response({ 'cache-control': 'no-store, ext="a, max-age=9999"' }).storable()).toBe(false);
+  });
+
+  it('immutable without max-age keeps a response one day (the library\'s minimum, in seconds), not a thousand', () => {
+    expect(response({ 'cache-control': 'immutable' }).freshnessLifetime()).toBe(86_400);
+    expect(response({ 'cache-control': 'immutable, max-age=600' }).freshnessLifetime()).toBe(600);
+  });
+
   it('immutable without max-age keeps a response at least a day (the library\'s minimum), not the heuristic cap', () => {
     expect(response({ 'cache-control': 'immutable' }).freshnessLifetime()).toBeGreaterThanOrEqual(86_400);
     expect(response({ 'cache-control': 'public, immutable', 'last-modified': formatHttpDate(T0 - 1000) }).freshnessLifetime()).toBeGreaterThanOrEqual(86_400);

@@ -770,10 +770,12 @@ async function selectForPurge(request: PurgeRequest, deps: AdminDeps): Promise<M
     const targets = request.urls.map((value, i) => parsePurgeTarget(value, 'urls', i, pull, false));
     for (const target of targets) {
       // Every key of exactly this path and query: each host, each set of keyed
-      // request headers. Derived entries are reached through their source.
+      // request headers, and what was derived from them (image variants,
+      // codings, slices), found here too so that a variant whose source was
+      // evicted still goes with its URL.
       for await (const meta of store.list({ prefix: keysOfPathPrefix(target.path) })) {
         const key = parseCacheKey(meta.key);
-        if (!key || (key.derived && key.derived.kind !== 'slice') || key.kind !== 'pulled' || key.path !== target.path) continue;
+        if (!key || key.kind !== 'pulled' || key.path !== target.path) continue;
         if (target.site && !sameSite(key, target.site)) continue;
         add(meta);
       }

@@ -485,7 +485,18 @@ function policyHeaders(
   if (typeof cc.get('no-cache') === 'string') libCc.delete('no-cache');
   if (typeof cc.get('private') === 'string') libCc.delete('private');
   for (const [name, arg] of libCc) {
-    if (DELTA_SECONDS_DIRECTIVES.has(name) && typeof arg === 'string' && /^\d+$/.test(arg)) libCc.set(name, String(deltaSeconds(arg)));
+    if (DELTA_SECONDS_DIRECTIVES.has(name)) {
+      // The library reads delta-seconds with parseInt ("60abc", "1.5" and "-10" would count as 60, 1 and -10).
+      // An invalid max-age or s-maxage is still explicit freshness information, and invalid freshness
+      // information is best taken as stale (RFC 9111 4.2.1): 0. The stale-* extensions are read here.
+      if (typeof arg === 'string' && /^\d+$/.test(arg)) libCc.set(name, String(deltaSeconds(arg)));
+      else if (name === 'max-age' || name === 's-maxage') libCc.set(name, '0');
+      else libCc.delete(name);
+    } else if (typeof arg === 'string' && /[",]/.test(arg)) {
+      // The library splits the field on every comma, quoted or not: `ext="a, max-age=9999"` would give it a
+      // max-age. Such arguments belong to extensions it does not read (qualified no-cache/private went above).
+      libCc.delete(name);
+    }
   }
   if (headers[field] !== undefined || libCc.size > 0) view['cache-control'] = formatCacheControl(libCc);
   normaliseDates(view, now);
@@ -779,7 +790,9 @@ export function createPolicyFactory(options: PolicyOptions) {
     }
   }
 
-  const libOptions = { shared: true, cacheHeuristic: options.heuristicFraction, immutableMinTimeToLive: 24 * 3600 * 1000 };
+  // immutableMinTimeToLive is documented in milliseconds, but the library compares it with seconds
+  // (maxAge()): one day is 86400 here, or an immutable response without max-age would stay fresh 1000 days.
+  const libOptions = { shared: true, cacheHeuristic: options.heuristicFraction, immutableMinTimeToLive: 24 * 3600 };
 
   return {
     /** Policy for a response just received from upstream. */
