@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { LmdbCacheStore, RETIRED_GRACE_MS } from '../edge/node/lmdb-store.js';
 import type { CacheEntryMeta } from '../edge/core/store/types.js';
-import { answeredBy, CLUSTER_AUTH, connectionAvoiding, onConnection, send, startCluster, stopCluster, type ClusterNode } from './helpers/cluster-node.js';
+import { answeredBy, CLUSTER_AUTH, send, startCluster, stopCluster, throughAnotherWorker, type ClusterNode } from './helpers/cluster-node.js';
 import { startTestOrigin, type TestOrigin } from './helpers/origin.js';
 
 const KEY = 'https://example.test/big';
@@ -197,14 +197,8 @@ describe('--workers 2: a large body replaced by one worker while another streams
     const slow = await startSlowRead(`${node.url}/retired/big.bin`);
     expect(slow.length).toBe(SIZE);
 
-    const { agent, worker } = await connectionAvoiding(node, slow.worker);
-    try {
-      const replaced = await onConnection(agent, `${node.url}/_edge/push/retired/big.bin`, { method: 'PUT', headers: CLUSTER_AUTH, body: newBody });
-      expect(replaced.status).toBe(201);
-      expect(String(replaced.headers['x-request-id']).split('-')[0]).toBe(worker);
-    } finally {
-      agent.destroy();
-    }
+    const replaced = await throughAnotherWorker(node, slow.worker, `${node.url}/_edge/push/retired/big.bin`, { method: 'PUT', headers: CLUSTER_AUTH, body: newBody });
+    expect(replaced.status).toBe(201);
 
     slow.resume();
     const received = await slow.body;
@@ -227,14 +221,8 @@ describe('--workers 2: a large body replaced by one worker while another streams
     const slow = await startSlowRead(`${node.url}/retired/pulled.bin`);
     expect(slow.length).toBe(SIZE);
     origin.set('/retired/pulled.bin', { headers: { 'cache-control': 'max-age=600' }, body: newBody });
-    const { agent, worker } = await connectionAvoiding(node, slow.worker);
-    try {
-      const purged = await onConnection(agent, `${node.url}/_edge/purge`, { method: 'POST', headers: { ...CLUSTER_AUTH, 'content-type': 'application/json' }, body: JSON.stringify({ urls: ['/retired/pulled.bin'] }) });
-      expect(purged.status).toBe(200);
-      expect(String(purged.headers['x-request-id']).split('-')[0]).toBe(worker);
-    } finally {
-      agent.destroy();
-    }
+    const purged = await throughAnotherWorker(node, slow.worker, `${node.url}/_edge/purge`, { method: 'POST', headers: { ...CLUSTER_AUTH, 'content-type': 'application/json' }, body: JSON.stringify({ urls: ['/retired/pulled.bin'] }) });
+    expect(purged.status).toBe(200);
 
     slow.resume();
     const received = await slow.body;

@@ -132,3 +132,20 @@ export async function connectionAvoiding(node: ClusterNode, notWorker: string): 
   }
   throw new Error(`every connection landed on worker ${notWorker}`);
 }
+
+/** One request handled by a worker other than `notWorker` (on a connection of its own, closed after). */
+export async function throughAnotherWorker(
+  node: ClusterNode,
+  notWorker: string,
+  url: string,
+  init: { method?: string; headers?: Record<string, string>; body?: string | Uint8Array } = {},
+): Promise<{ status: number; headers: IncomingHttpHeaders; body: string }> {
+  const { agent, worker } = await connectionAvoiding(node, notWorker);
+  try {
+    const answer = await onConnection(agent, url, init);
+    if (String(answer.headers['x-request-id']).split('-')[0] !== worker) throw new Error(`answered by another worker than ${worker}`);
+    return answer;
+  } finally {
+    agent.destroy();
+  }
+}
