@@ -22,7 +22,7 @@
  */
 import { availableParallelism } from 'node:os';
 import { measureRateIpc, type IpcCost } from './cluster-ipc.js';
-import type { LoadGenerator, LoadResult } from './load.js';
+import { warmUp, type LoadGenerator, type LoadResult } from './load.js';
 import { startChild, startEdgeCli, stop, type Started } from './procs.js';
 
 export interface ClusterBenchConfig {
@@ -106,12 +106,7 @@ export async function clusterSection(config: ClusterBenchConfig): Promise<void> 
     ];
     for (const s of scenarios) if (!s.uniquePaths) await prime(s.url);
 
-    progress(`  warm-up, ${WARMUP_SECONDS} s per scenario `);
-    for (const s of scenarios) {
-      await generator.run(s.url, { duration: WARMUP_SECONDS, connections, threads, uniquePaths: s.uniquePaths });
-      progress('.');
-    }
-    progress(' done\n');
+    await warmUp(scenarios, WARMUP_SECONDS, (s, duration) => generator.run(s.url, { duration, connections, threads, uniquePaths: s.uniquePaths }));
 
     const runs = new Map<string, LoadResult[]>(scenarios.map((s) => [s.key, []]));
     for (let round = 1; round <= rounds; round++) {

@@ -309,3 +309,13 @@ export function chooseLoadGenerator(scriptDir: string, threads: number): LoadGen
   if (forced === 'wrk') throw new Error('BENCH_LOADGEN=wrk: wrk is not on the PATH (apt-get install wrk)');
   return autocannonGenerator('wrk not found on the PATH: apt-get install wrk for a client that costs the server less CPU', threads);
 }
+
+/** Warm-up, not measured (JIT, connection pools, page cache): `seconds` of load on each scenario, a dot each on stderr. */
+export async function warmUp<S>(scenarios: readonly S[], seconds: number, runOne: (scenario: S, seconds: number) => Promise<unknown>): Promise<void> {
+  process.stderr.write(`  warm-up, ${seconds} s per scenario `);
+  for (const scenario of scenarios) {
+    await runOne(scenario, seconds);
+    process.stderr.write('.');
+  }
+  process.stderr.write(' done\n');
+}

@@ -14,7 +14,7 @@
  * median over rounds and the min-max spread.
  */
 import { availableParallelism as availableCores } from 'node:os';
-import type { LoadGenerator, LoadResult } from './load.js';
+import { warmUp, type LoadGenerator, type LoadResult } from './load.js';
 import { startChild, startNginx, startVarnish, stop, type Peer, type Started } from './procs.js';
 
 export interface PullConfig {
@@ -150,13 +150,7 @@ export async function pullSection(config: PullConfig): Promise<void> {
       if (s.warning) progress(`  warning: ${s.label} ${fmtSize(s.bytes)}: ${s.warning}\n`);
     }
 
-    // Warm-up, not measured: JIT, connection pools, page cache.
-    progress(`  warm-up, ${WARMUP_SECONDS} s per scenario `);
-    for (const s of scenarios) {
-      await generator.run(s.url, { duration: WARMUP_SECONDS, connections, threads, uniquePaths: s.uniquePaths });
-      progress('.');
-    }
-    progress(' done\n');
+    await warmUp(scenarios, WARMUP_SECONDS, (s, duration) => generator.run(s.url, { duration, connections, threads, uniquePaths: s.uniquePaths }));
 
     const runs = new Map<string, LoadResult[]>(scenarios.map((s) => [s.key, []]));
     for (let round = 1; round <= rounds; round++) {

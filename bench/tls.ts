@@ -17,7 +17,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { Agent, request } from 'undici';
-import { groupCpuSeconds, onPath, type LoadGenerator } from './load.js';
+import { groupCpuSeconds, onPath, warmUp, type LoadGenerator } from './load.js';
 import { scratch, startChild, stop, type Started } from './procs.js';
 
 export interface TlsBenchConfig {
@@ -257,12 +257,7 @@ export async function tlsSection(config: TlsBenchConfig): Promise<void> {
         ? generator.run(s.url, { duration, connections, threads, serverGroups: [s.group] }).then((r): Run => ({ rps: r.rps, latency: r.p50, errors: r.errors + r.non2xx, serverCpu: r.serverCpu, loadCpu: r.loadCpu }))
         : measured([s.group], () => h2.run(s.url, { duration, connections: h2Connections, streams: STREAMS, threads }));
 
-    progress(`  warm-up, ${WARMUP} s per scenario `);
-    for (const s of scenarios) {
-      await runOne(s, WARMUP);
-      progress('.');
-    }
-    progress(' done\n');
+    await warmUp(scenarios, WARMUP, runOne);
 
     const runs = new Map<string, Run[]>(scenarios.map((s) => [s.key, []]));
     for (let round = 1; round <= ROUNDS; round++) {
