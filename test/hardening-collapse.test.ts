@@ -223,6 +223,78 @@ describe('purges reach fills in flight', () => {
     expect(cacheStatus(after)).toMatch(/fwd=uri-miss/);
   });
 
+  it('a soft purge while a revalidation is under way is kept: its 304 does not make the entry fresh again', async () => {
+    t = await startTestEdge({ adminToken: TOKEN });
+    const gate = latch();
+    t.origin.route('/checked.json', async (req, res) => {
+      res.setHeader('date', new Date(t!.clock.now()).toUTCString());
+      res.setHeader('cache-control', 'max-age=10');
+      res.setHeader('etag', '"c1"');
+      if (req.headers['if-none-match'] === '"c1"') {
+        if (t!.origin.count('/checked.json') === 2) await gate.opened;
+        res.statusCode = 304;
+        res.end();
+        return;
+      }
+      res.end('{"v":1}');
+    });
+    await (await t.get('/checked.json')).text();
+    await t.settle();
+    t.clock.advance(20_000);
+    const revalidating = t.get('/checked.json');
+    await until(() => t!.origin.count('/checked.json') === 2);
+    const purge = await t.get('/_edge/purge', {
+      method: 'POST',
+      headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ urls: ['/checked.json'], soft: true }),
+    });
+    expect(purge.status).toBe(200);
+    gate.open();
+    const answer = await revalidating;
+    expect(await answer.text()).toBe('{"v":1}');
+    expect(cacheStatus(answer)).toMatch(/fwd-status=304/);
+    await t.settle();
+    // Soft-purged after the revalidation was sent: the next request asks the origin again.
+    const next = await t.get('/checked.json');
+    expect(await next.text()).toBe('{"v":1}');
+    expect(cacheStatus(next)).not.toMatch(/^edge; hit/);
+    expect(t.origin.count('/checked.json')).toBe(3);
+  });
+
+  it('a hard purge while a revalidation is under way is kept: its 304 stores nothing', async () => {
+    t = await startTestEdge({ adminToken: TOKEN });
+    const gate = latch();
+    t.origin.route('/gone.json', async (req, res) => {
+      res.setHeader('date', new Date(t!.clock.now()).toUTCString());
+      res.setHeader('cache-control', 'max-age=10');
+      res.setHeader('etag', '"g1"');
+      if (req.headers['if-none-match'] === '"g1"') {
+        await gate.opened;
+        res.statusCode = 304;
+        res.end();
+        return;
+      }
+      res.end('{"v":1}');
+    });
+    await (await t.get('/gone.json')).text();
+    await t.settle();
+    t.clock.advance(20_000);
+    const revalidating = t.get('/gone.json');
+    await until(() => t!.origin.count('/gone.json') === 2);
+    const purge = await t.get('/_edge/purge', {
+      method: 'POST',
+      headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ urls: ['/gone.json'] }),
+    });
+    expect(purge.status).toBe(200);
+    gate.open();
+    expect(await (await revalidating).text()).toBe('{"v":1}');
+    await t.settle();
+    const next = await t.get('/gone.json');
+    expect(cacheStatus(next)).toMatch(/fwd=uri-miss/);
+    expect(t.origin.requests.at(-1)!.headers['if-none-match']).toBeUndefined();
+  });
+
   it('the waiters of a fill turned away by a purge collapse again: one origin request for the new version, and the key stays cacheable', async () => {
     t = await startTestEdge({ adminToken: TOKEN });
     const gate = latch();

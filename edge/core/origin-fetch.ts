@@ -89,6 +89,8 @@ export class OriginFetch {
       if (stored['last-modified'] !== undefined) headers.set('if-modified-since', stored['last-modified']);
     }
 
+    // A revalidation is a fill of the entry's fields: a purge while it is under way must not be undone by its 304.
+    const revalidation = stale ? this.purges.begin() : undefined;
     const started = now();
     let response: Response;
     try {
@@ -102,6 +104,7 @@ export class OriginFetch {
         },
       });
     } catch (error) {
+      revalidation?.end();
       pull.ctx.log.originMs = now() - started;
       plan.land?.({ kind: 'failed', error });
       const fallback = this.answers.staleFallback(pull, stale, {});
@@ -119,15 +122,19 @@ export class OriginFetch {
         headers: this.storableHeaders(response.headers).stored,
       });
       if (freshened) {
+        const { tags } = stale.entry.meta;
+        // Purged meanwhile: this client has its answer, the store keeps the purge (none, or marked to revalidate).
+        const purged = this.purges.purgedSince(revalidation!.epoch, pull.key, tags);
         const meta: CacheEntryMeta = {
           ...stale.entry.meta,
           headers: recodedAgain(storedHeaders, freshened.headers),
           policy: freshened.policy.toObject(),
           storedAt: now(),
           expiresAt: freshened.policy.usefulUntil(this.answers.graceFor(pull), KEEP_WITH_VALIDATOR_SECONDS),
-          invalidated: false,
+          invalidated: this.purges.softPurgedSince(revalidation!.epoch, pull.key, tags),
         };
-        await store.updateMeta(meta);
+        if (!purged) await this.purges.landing(store.updateMeta(meta));
+        revalidation!.end();
         this.answers.remember(meta, freshened.policy);
         plan.land?.({ kind: 'stored' });
         pull.ctx.log.outcome = 'revalidated';
@@ -137,9 +144,12 @@ export class OriginFetch {
           ttl: freshened.policy.freshnessLifetime() - freshened.policy.age(),
         });
       }
+      revalidation!.end();
       // The 304 does not describe what we hold (RFC 9111 4.3.3): ask again, unconditionally.
       return this.fetch(pull, { reason: plan.reason, land: plan.land }, mayStore);
     }
+    // Not a 304: what follows is a fill of its own (with its own purge epoch).
+    revalidation?.end();
 
     if (stale && response.status >= 500) {
       const fallback = this.answers.staleFallback(pull, stale, { fwdStatus: response.status });
