@@ -223,6 +223,33 @@ describe('purges reach fills in flight', () => {
     expect(cacheStatus(after)).toMatch(/fwd=uri-miss/);
   });
 
+  it('a purge while the origin has not answered yet: the answer, asked for before the purge, is not stored', async () => {
+    t = await startTestEdge({ adminToken: TOKEN });
+    const gate = latch();
+    let version = 1;
+    t.origin.route('/late.css', async (_req, res) => {
+      const mine = version;
+      if (mine === 1) await gate.opened;
+      res.setHeader('cache-control', 'max-age=600');
+      res.end(`v${mine}`);
+    });
+    const pending = t.get('/late.css');
+    await until(() => t!.origin.count('/late.css') === 1);
+    version = 2;
+    const purge = await t.get('/_edge/purge', {
+      method: 'POST',
+      headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ urls: ['/late.css'] }),
+    });
+    expect(purge.status).toBe(200);
+    gate.open();
+    expect(await (await pending).text()).toBe('v1');
+    await t.settle();
+    const after = await t.get('/late.css');
+    expect(await after.text()).toBe('v2');
+    expect(cacheStatus(after)).toMatch(/fwd=uri-miss/);
+  });
+
   it('a soft purge while a revalidation is under way is kept: its 304 does not make the entry fresh again', async () => {
     t = await startTestEdge({ adminToken: TOKEN });
     const gate = latch();

@@ -70,6 +70,17 @@ export class OriginFetch {
    * and query, allow-listed headers.
    */
   async fetch(pull: PullRequest, plan: OriginFetchPlan, mayStore = true): Promise<Answer> {
+    // What the origin answers may predate a purge made while it was asked: purges from the moment
+    // the request goes out count against storing the answer (or a revalidation's 304).
+    const asked = this.purges.begin();
+    try {
+      return await this.fetchAsked(pull, plan, mayStore, asked.epoch);
+    } finally {
+      asked.end();
+    }
+  }
+
+  private async fetchAsked(pull: PullRequest, plan: OriginFetchPlan, mayStore: boolean, askedEpoch: number): Promise<Answer> {
     const { origin, policies, store, now } = this.deps;
     const { described } = pull;
     const headers = originRequestHeaders(described.upstream, described.headers, described.forwarding);
@@ -89,8 +100,6 @@ export class OriginFetch {
       if (stored['last-modified'] !== undefined) headers.set('if-modified-since', stored['last-modified']);
     }
 
-    // A revalidation is a fill of the entry's fields: a purge while it is under way must not be undone by its 304.
-    const revalidation = stale ? this.purges.begin() : undefined;
     const started = now();
     let response: Response;
     try {
@@ -104,7 +113,6 @@ export class OriginFetch {
         },
       });
     } catch (error) {
-      revalidation?.end();
       pull.ctx.log.originMs = now() - started;
       plan.land?.({ kind: 'failed', error });
       const fallback = this.answers.staleFallback(pull, stale, {});
@@ -124,17 +132,16 @@ export class OriginFetch {
       if (freshened) {
         const { tags } = stale.entry.meta;
         // Purged meanwhile: this client has its answer, the store keeps the purge (none, or marked to revalidate).
-        const purged = this.purges.purgedSince(revalidation!.epoch, pull.key, tags);
+        const purged = this.purges.purgedSince(askedEpoch, pull.key, tags);
         const meta: CacheEntryMeta = {
           ...stale.entry.meta,
           headers: recodedAgain(storedHeaders, freshened.headers),
           policy: freshened.policy.toObject(),
           storedAt: now(),
           expiresAt: freshened.policy.usefulUntil(this.answers.graceFor(pull), KEEP_WITH_VALIDATOR_SECONDS),
-          invalidated: this.purges.softPurgedSince(revalidation!.epoch, pull.key, tags),
+          invalidated: this.purges.softPurgedSince(askedEpoch, pull.key, tags),
         };
         if (!purged) await this.purges.landing(store.updateMeta(meta));
-        revalidation!.end();
         this.answers.remember(meta, freshened.policy);
         plan.land?.({ kind: 'stored' });
         pull.ctx.log.outcome = 'revalidated';
@@ -144,12 +151,9 @@ export class OriginFetch {
           ttl: freshened.policy.freshnessLifetime() - freshened.policy.age(),
         });
       }
-      revalidation!.end();
       // The 304 does not describe what we hold (RFC 9111 4.3.3): ask again, unconditionally.
       return this.fetch(pull, { reason: plan.reason, land: plan.land }, mayStore);
     }
-    // Not a 304: what follows is a fill of its own (with its own purge epoch).
-    revalidation?.end();
 
     if (stale && response.status >= 500) {
       const fallback = this.answers.staleFallback(pull, stale, { fwdStatus: response.status });
@@ -160,7 +164,7 @@ export class OriginFetch {
       }
     }
 
-    return this.storeAndRespond(pull, plan, response, mayStore);
+    return this.storeAndRespond(pull, plan, response, mayStore, askedEpoch);
   }
 
   /** Split the origin's headers into what the client gets and what is stored. */
@@ -245,7 +249,8 @@ export class OriginFetch {
     return this.storeAndRespond(pull, plan, response, mayStore);
   }
 
-  private async storeAndRespond(pull: PullRequest, plan: OriginFetchPlan, response: Response, mayStore: boolean): Promise<Answer> {
+  /** `askedEpoch`: the purge log's epoch when the origin was asked (by default now): purges since then keep the answer out. */
+  private async storeAndRespond(pull: PullRequest, plan: OriginFetchPlan, response: Response, mayStore: boolean, askedEpoch?: number): Promise<Answer> {
     const { options, policies, store, now } = this.deps;
     const { described } = pull;
     const split = this.storedFields(pull, response.headers);
@@ -341,6 +346,7 @@ export class OriginFetch {
     const writer = store.createWriter(pull.key, variant, expectedSize);
     const body = originBody ?? new ReadableStream<Uint8Array>({ start: (c) => c.close() });
     const fill = this.purges.begin();
+    const epoch = askedEpoch ?? fill.epoch;
     /** The fill was turned away by a purge: storable, so the key is not remembered as uncacheable. */
     let purgedMidway = false;
     const filled = fillWhileStreaming(body, {
@@ -350,7 +356,7 @@ export class OriginFetch {
       waitUntil: pull.ctx.waitUntil,
       commit: async (size) => {
         // Purged while it was on its way: the client has it, the cache does not.
-        if (this.purges.purgedSince(fill.epoch, pull.key, tags)) {
+        if (this.purges.purgedSince(epoch, pull.key, tags)) {
           purgedMidway = true;
           await writer.abort();
           return false;
@@ -366,7 +372,7 @@ export class OriginFetch {
           storedAt: now(),
           expiresAt: policy.usefulUntil(this.answers.graceFor(pull), KEEP_WITH_VALIDATOR_SECONDS),
           // Soft-purged while it was on its way: stored, but revalidated before its next use.
-          ...(this.purges.softPurgedSince(fill.epoch, pull.key, tags) ? { invalidated: true } : {}),
+          ...(this.purges.softPurgedSince(epoch, pull.key, tags) ? { invalidated: true } : {}),
         }));
       },
       onSettled: (ok, error) => {
