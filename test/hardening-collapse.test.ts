@@ -32,6 +32,16 @@ async function until(check: () => boolean): Promise<void> {
 
 const cacheStatus = (res: Response) => res.headers.get('cache-status') ?? '';
 
+/** POST /_edge/purge with the admin token; it must be accepted. */
+async function purge(body: Record<string, unknown>): Promise<void> {
+  const res = await t!.get('/_edge/purge', {
+    method: 'POST',
+    headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+  expect(res.status, await res.text()).toBe(200);
+}
+
 describe('collapsing protects the origin from what it cannot store', () => {
   it('one origin request for 40 concurrent requests whose answer is a shareable 503; every client gets its bytes', async () => {
     t = await startTestEdge();
@@ -209,12 +219,7 @@ describe('purges reach fills in flight', () => {
     const pending = t.get('/moving.css');
     await until(() => t!.origin.count('/moving.css') === 1);
     version = 2;
-    const purge = await t.get('/_edge/purge', {
-      method: 'POST',
-      headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ urls: ['/moving.css'] }),
-    });
-    expect(purge.status).toBe(200);
+    await purge({ urls: ['/moving.css'] });
     gate.open();
     expect(await (await pending).text()).toBe('v1-0000000');
     await t.settle();
@@ -236,12 +241,7 @@ describe('purges reach fills in flight', () => {
     const pending = t.get('/late.css');
     await until(() => t!.origin.count('/late.css') === 1);
     version = 2;
-    const purge = await t.get('/_edge/purge', {
-      method: 'POST',
-      headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ urls: ['/late.css'] }),
-    });
-    expect(purge.status).toBe(200);
+    await purge({ urls: ['/late.css'] });
     gate.open();
     expect(await (await pending).text()).toBe('v1');
     await t.settle();
@@ -270,12 +270,7 @@ describe('purges reach fills in flight', () => {
     t.clock.advance(20_000);
     const revalidating = t.get('/checked.json');
     await until(() => t!.origin.count('/checked.json') === 2);
-    const purge = await t.get('/_edge/purge', {
-      method: 'POST',
-      headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ urls: ['/checked.json'], soft: true }),
-    });
-    expect(purge.status).toBe(200);
+    await purge({ urls: ['/checked.json'], soft: true });
     gate.open();
     const answer = await revalidating;
     expect(await answer.text()).toBe('{"v":1}');
@@ -308,12 +303,7 @@ describe('purges reach fills in flight', () => {
     t.clock.advance(20_000);
     const revalidating = t.get('/gone.json');
     await until(() => t!.origin.count('/gone.json') === 2);
-    const purge = await t.get('/_edge/purge', {
-      method: 'POST',
-      headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ urls: ['/gone.json'] }),
-    });
-    expect(purge.status).toBe(200);
+    await purge({ urls: ['/gone.json'] });
     gate.open();
     expect(await (await revalidating).text()).toBe('{"v":1}');
     await t.settle();
@@ -339,12 +329,7 @@ describe('purges reach fills in flight', () => {
     const waiters = Array.from({ length: 8 }, () => t!.get('/popular.js'));
     await until(() => t!.edge.edge.pull.flightStats().waiters === 8);
     version = 2;
-    const purge = await t.get('/_edge/purge', {
-      method: 'POST',
-      headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ urls: ['/popular.js'] }),
-    });
-    expect(purge.status).toBe(200);
+    await purge({ urls: ['/popular.js'] });
     gate.open();
     expect(await (await leader).text()).toBe('v1-0000000');
     for (const answer of await Promise.all(waiters)) expect(await answer.text()).toBe('v2-0000000');
