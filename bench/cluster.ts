@@ -22,7 +22,7 @@
  */
 import { availableParallelism } from 'node:os';
 import { measureRateIpc, type IpcCost } from './cluster-ipc.js';
-import { warmUp, type LoadGenerator, type LoadResult } from './load.js';
+import { fmtRatio, median, otherCpu, spread, warmUp, type LoadGenerator, type LoadResult } from './load.js';
 import { startChild, startEdgeCli, stop, type Started } from './procs.js';
 
 export interface ClusterBenchConfig {
@@ -53,22 +53,8 @@ interface Scenario {
 const progress = (text: string) => process.stderr.write(text);
 const fmtRps = (n: number) => (Number.isFinite(n) ? (n >= 100 ? Math.round(n).toString() : n.toFixed(1)) : 'n/a');
 const fmtMs = (n: number) => (Number.isFinite(n) ? (n >= 10 ? n.toFixed(1) : n.toFixed(2)) : 'n/a');
-const fmtRatio = (n: number) => (Number.isFinite(n) ? `${n.toFixed(2)}x` : 'n/a');
+
 const fmtCores = (n: number) => (Number.isFinite(n) ? n.toFixed(2) : 'n/a');
-/** CPU the machine used besides the server and the load generator: other processes (for misses, the origin too). */
-const otherCpu = (r: LoadResult) => Math.max(0, r.machineCpu - r.serverCpu - r.loadCpu);
-
-function median(values: number[]): number {
-  const sorted = values.filter(Number.isFinite).sort((a, b) => a - b);
-  if (!sorted.length) return Number.NaN;
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-}
-
-function spread(values: number[], format: (n: number) => string): string {
-  const finite = values.filter(Number.isFinite);
-  return finite.length < 2 ? '' : ` (${format(Math.min(...finite))}-${format(Math.max(...finite))})`;
-}
 
 /** Fill the cache, then ask until both workers have answered from memory (a few requests on new connections). */
 async function prime(url: string): Promise<void> {

@@ -21,7 +21,7 @@ import { brotliCompressSync, brotliDecompressSync, constants, gunzipSync, gzipSy
 import { DEMO_OBJECTS } from '../fixtures/demo-objects.js';
 import { compileTypeMatcher, DEFAULT_COMPRESS_TYPES } from '../edge/core/compression.js';
 import { createZlibCoder } from '../edge/node/zlib-coder.js';
-import type { LoadGenerator, LoadResult } from './load.js';
+import { median, type LoadGenerator, type LoadResult } from './load.js';
 import { startChild, stop } from './procs.js';
 
 export interface CompressionConfig {
@@ -46,12 +46,6 @@ const fmtKb = (bytes: number) => (bytes >= 10 * KB ? `${Math.round(bytes / KB)} 
 const pct = (part: number, whole: number) => `${Math.round((1 - part / whole) * 100)} %`;
 const fmtMs = (ms: number) => (ms >= 100 ? ms.toFixed(0) : ms >= 10 ? ms.toFixed(1) : ms.toFixed(2));
 const fmtRps = (n: number) => (n >= 100 ? Math.round(n).toString() : n.toFixed(1));
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-}
 
 /** A catalog like the demo's products.json, with 600 products. */
 function catalog(): Buffer {

@@ -16,6 +16,7 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import sharp from 'sharp';
+import { median } from './load.js';
 
 interface LoadResult {
   rps: number;
@@ -49,12 +50,6 @@ const IPX_CONNECTIONS = 2 * availableParallelism();
 
 /** The edge's defaults (options.ts, sharp-transformer.ts): quality 75 on the JPEG scale. */
 const EDGE_DEFAULTS = { quality: 75, avifQuality: 56, avifEffort: 2, webpEffort: 4 };
-
-const median = (values: number[]) => {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-};
 
 const progress = (text: string) => process.stderr.write(text);
 
@@ -91,7 +86,6 @@ async function checkFormat(bytes: Buffer, format: Format, width: number, who: st
     throw new Error(`bench images: ${who} returned ${got} ${meta.width}x${meta.height}, expected ${format} width ${width}`);
   }
 }
-
 
 interface Cold {
   ms: number[];

@@ -319,3 +319,22 @@ export async function warmUp<S>(scenarios: readonly S[], seconds: number, runOne
   }
   process.stderr.write(' done\n');
 }
+
+/** The median of the finite values (NaN when there are none). */
+export function median(values: number[]): number {
+  const sorted = values.filter(Number.isFinite).sort((a, b) => a - b);
+  if (!sorted.length) return Number.NaN;
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
+/** ` (min-max)` of the finite values, formatted; empty below two values. */
+export function spread(values: number[], format: (n: number) => string): string {
+  const finite = values.filter(Number.isFinite);
+  return finite.length < 2 ? '' : ` (${format(Math.min(...finite))}-${format(Math.max(...finite))})`;
+}
+
+export const fmtRatio = (n: number) => (Number.isFinite(n) ? `${n.toFixed(2)}x` : 'n/a');
+
+/** CPU the machine used besides the server and the load generator: other processes (for misses, the origin too). */
+export const otherCpu = (r: LoadResult) => Math.max(0, r.machineCpu - r.serverCpu - r.loadCpu);

@@ -14,7 +14,7 @@
  * median over rounds and the min-max spread.
  */
 import { availableParallelism as availableCores } from 'node:os';
-import { warmUp, type LoadGenerator, type LoadResult } from './load.js';
+import { fmtRatio, median, otherCpu, spread, warmUp, type LoadGenerator, type LoadResult } from './load.js';
 import { startChild, startNginx, startVarnish, stop, type Peer, type Started } from './procs.js';
 
 export interface PullConfig {
@@ -55,23 +55,8 @@ const fmtCpuRange = (values: number[]) => {
   const [lo, hi] = [Math.round(Math.min(...finite) * 100), Math.round(Math.max(...finite) * 100)];
   return lo === hi ? `${lo} %` : `${lo}-${hi} %`;
 };
-/** CPU the machine used besides the server and the load generator: other processes (for a miss, the origin). */
-const otherCpu = (r: LoadResult) => Math.max(0, r.machineCpu - r.serverCpu - r.loadCpu);
-const fmtRatio = (n: number) => (Number.isFinite(n) ? `${n.toFixed(2)}x` : 'n/a');
+
 const fmtSize = (bytes: number) => (bytes % KB === 0 ? `${bytes / KB} KB` : `${(bytes / KB).toFixed(1)} KB`);
-
-function median(values: number[]): number {
-  const sorted = values.filter(Number.isFinite).sort((a, b) => a - b);
-  if (!sorted.length) return Number.NaN;
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-}
-
-function spread(values: number[], format: (n: number) => string): string {
-  const finite = values.filter(Number.isFinite);
-  if (finite.length < 2) return '';
-  return ` (${format(Math.min(...finite))}-${format(Math.max(...finite))})`;
-}
 
 async function get(url: string): Promise<{ status: number; headers: Headers; bytes: number }> {
   const res = await fetch(url);

@@ -23,6 +23,7 @@ import { resolveEdgeOptions } from '../edge/core/options.js';
 import { startEdgeServer, type EdgeServer } from '../edge/node/server.js';
 import { SHIELD_DEFAULTS } from '../origin-shield/defaults.js';
 import { startEdgeCli, stop, type Started } from './procs.js';
+import { median } from './load.js';
 
 const N = Number(process.env.BENCH_SHIELD_REQUESTS ?? 6000);
 const M = Number(process.env.BENCH_SHIELD_KEYS ?? 1000);
@@ -220,11 +221,6 @@ const TOPOLOGIES: Topology[] = [
   { label: `3 edge processes x ${WORKERS} workers + 1 shield process x ${WORKERS} workers`, withShield: true, start: processes(true) },
 ];
 
-const median = (values: number[]) => {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-};
 /** The one value when every round agrees, else the median and the min-max. */
 const summary = (values: number[], digits = 0) => {
   const min = Math.min(...values);

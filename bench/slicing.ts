@@ -16,6 +16,7 @@
  */
 import { createServer, get as httpGet, type Server } from 'node:http';
 import { startChild, stop } from './procs.js';
+import { median } from './load.js';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
@@ -29,12 +30,6 @@ const ROUNDS = 3;
 const progress = (text: string) => process.stderr.write(text);
 const fmtMs = (ms: number) => (ms >= 100 ? ms.toFixed(0) : ms >= 10 ? ms.toFixed(1) : ms.toFixed(2));
 const fmtMb = (bytes: number) => `${(bytes / MiB).toFixed(bytes >= 10 * MiB ? 0 : 1)} MiB`;
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-}
 
 /** The pattern every object is cut from: a length that is not a power of two, so pieces do not repeat it in step. */
 const PATTERN = (() => {

@@ -17,7 +17,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { Agent, request } from 'undici';
-import { groupCpuSeconds, onPath, warmUp, type LoadGenerator } from './load.js';
+import { fmtRatio, groupCpuSeconds, median, onPath, warmUp, type LoadGenerator } from './load.js';
 import { scratch, startChild, stop, type Started } from './procs.js';
 
 export interface TlsBenchConfig {
@@ -191,17 +191,10 @@ interface Scenario {
   group: number;
 }
 
-function median(values: number[]): number {
-  const sorted = values.filter(Number.isFinite).sort((a, b) => a - b);
-  if (!sorted.length) return Number.NaN;
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-}
-
 const fmtRps = (n: number) => (Number.isFinite(n) ? Math.round(n).toString() : 'n/a');
 const fmtMs = (n: number) => (Number.isFinite(n) ? (n >= 10 ? n.toFixed(1) : n.toFixed(2)) : 'n/a');
 const fmtPct = (n: number) => (Number.isFinite(n) ? `${Math.round(n * 100)} %` : 'n/a');
-const fmtRatio = (n: number) => (Number.isFinite(n) ? `${n.toFixed(2)}x` : 'n/a');
+
 const range = (values: number[], format: (n: number) => string) => {
   const finite = values.filter(Number.isFinite);
   return finite.length < 2 ? '' : ` (${format(Math.min(...finite))}-${format(Math.max(...finite))})`;
