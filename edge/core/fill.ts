@@ -178,20 +178,38 @@ export function sliceFill(
   waitUntil: (p: Promise<unknown>) => void,
 ): ReadableStream<Uint8Array> {
   const reader = fill.getReader();
-  let position = 0;
   let released = false;
   const release = () => {
     if (released) return;
     released = true;
     drainReader(reader, waitUntil);
   };
+  // A fill that ends short has already failed its commit; the client's answer just ends.
+  return byteRange(reader, start, end, { after: release, short: () => undefined });
+}
+
+/**
+ * The inclusive byte range `[start, end]` of what `reader` yields, sent as the
+ * bytes arrive. `after` runs once the range is sent or the client cancels
+ * (drain the rest, or cancel it); a body that ends before `end` ends the
+ * range with `short()`'s error, or closes it when that gives none.
+ */
+export function byteRange(
+  reader: ReadableStreamDefaultReader<Uint8Array>,
+  start: number,
+  end: number,
+  on: { after: (reason?: unknown) => void; short: () => Error | undefined },
+): ReadableStream<Uint8Array> {
+  let position = 0;
   return new ReadableStream<Uint8Array>(
     {
       async pull(controller) {
         for (;;) {
           const { done, value } = await reader.read();
           if (done) {
-            controller.close();
+            const error = on.short();
+            if (error) controller.error(error);
+            else controller.close();
             return;
           }
           const chunkStart = position;
@@ -200,13 +218,13 @@ export function sliceFill(
           controller.enqueue(value.subarray(Math.max(0, start - chunkStart), Math.min(value.byteLength, end + 1 - chunkStart)));
           if (position > end) {
             controller.close();
-            release();
+            on.after();
           }
           return;
         }
       },
-      cancel() {
-        release();
+      cancel(reason) {
+        on.after(reason);
       },
     },
     { highWaterMark: 0 },

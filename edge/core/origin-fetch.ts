@@ -10,7 +10,7 @@ import { formatCacheStatus, type CacheStatusFields } from './cache-status.js';
 import { variantFor, varyNames } from './cache-key.js';
 import { addCodingVary, codedBy, originHeaders, recodedHeaders, VARY_ADDED_FIELD, type CodingPlan } from './compression.js';
 import { EdgeError, isEdgeError } from './errors.js';
-import { fillWhileStreaming, sliceFill } from './fill.js';
+import { byteRange, fillWhileStreaming, sliceFill } from './fill.js';
 import { headersToRecord, originRequestHeaders, splitList, withoutHopByHop } from './headers.js';
 import { fieldsNotToStore, governingDirectives, parseCacheControl, type EdgePolicy } from './policy.js';
 import { answerFromOrigin, clientValidatorsMatch, decideRange, notModifiedHeaders, statusAllowsBody, type Answer } from './responder.js';
@@ -461,33 +461,10 @@ function unsatisfiableAnswer(answer: OriginAnswer, size: number): Answer {
  */
 function sliceAndStop(source: ReadableStream<Uint8Array>, start: number, end: number): ReadableStream<Uint8Array> {
   const reader = source.getReader();
-  let position = 0;
-  return new ReadableStream<Uint8Array>(
-    {
-      async pull(controller) {
-        for (;;) {
-          const { done, value } = await reader.read();
-          if (done) {
-            controller.error(new EdgeError('EDGE_ORIGIN_UNREACHABLE', "The origin's body broke off before its end."));
-            return;
-          }
-          const chunkStart = position;
-          position += value.byteLength;
-          if (position <= start) continue;
-          controller.enqueue(value.subarray(Math.max(0, start - chunkStart), Math.min(value.byteLength, end + 1 - chunkStart)));
-          if (position > end) {
-            controller.close();
-            reader.cancel().catch(() => {});
-          }
-          return;
-        }
-      },
-      cancel(reason) {
-        return reader.cancel(reason);
-      },
-    },
-    { highWaterMark: 0 },
-  );
+  return byteRange(reader, start, end, {
+    after: (reason) => void reader.cancel(reason).catch(() => {}),
+    short: () => new EdgeError('EDGE_ORIGIN_UNREACHABLE', "The origin's body broke off before its end."),
+  });
 }
 
 /**
