@@ -509,7 +509,9 @@ export class PullCache {
       const { answer } = outcome;
       pull.ctx.log.outcome = 'miss';
       const cacheStatus = formatCacheStatus(this.deps.options.name, { fwd: plan.reason, fwdStatus: plan.stale ? answer.status : undefined, collapsed: true }, answer.upstreamStatus);
-      return { status: answer.status, headers: { ...answer.headers, 'cache-status': cacheStatus }, body: pull.isHead ? null : answer.body };
+      const headers: Record<string, string> = Object.assign({}, answer.headers);
+      headers['cache-status'] = cacheStatus;
+      return { status: answer.status, headers, body: pull.isHead ? null : answer.body };
     }
     if (outcome.kind === 'failed') {
       const fallback = this.staleFallback(pull, plan.stale, { collapsed: true });
@@ -739,7 +741,7 @@ function madeFrom(made: CacheEntryMeta, source: CacheEntryMeta): boolean {
 
 /** `upstream` as it would be had the origin been asked for `acceptEncoding` (undefined: identity). */
 function withAcceptEncoding(upstream: Record<string, string>, acceptEncoding: string | undefined): Record<string, string> {
-  const out = { ...upstream };
+  const out: Record<string, string> = Object.assign({}, upstream);
   if (acceptEncoding === undefined) delete out['accept-encoding'];
   else out['accept-encoding'] = acceptEncoding;
   return out;
