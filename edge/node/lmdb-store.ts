@@ -295,7 +295,7 @@ export class LmdbCacheStore implements CacheStore {
    */
   readonly #recent = new Set<string>();
   /** Decoded metadata per storage key, see #stableMeta (bounded, oldest out). */
-  readonly #metaMemo = new Map<string, { bodyId: StoredMeta['bodyId']; meta: CacheEntryMeta }>();
+  readonly #metaMemo = new Map<string, MemoRecord>();
   #evicting: Promise<void> | undefined;
   #evictAgain = false;
   #sweeping: Promise<void> | undefined;
@@ -380,36 +380,48 @@ export class LmdbCacheStore implements CacheStore {
   getSync(key: string): CacheEntry[] {
     if (this.#closed || key.includes(SEP) || !fitsKey(key)) return [];
     const entries: CacheEntry[] = [];
-    for (const { key: storageKey, value } of this.#meta.getRange({ start: key + SEP, end: key + AFTER_SEP })) {
-      entries.push({ meta: this.#stableMeta(storageKey, value), body: this.#body(value), tier: 'disk' });
+    for (const storageKey of this.#meta.getKeys({ start: key + SEP, end: key + AFTER_SEP })) {
+      const record = this.#readRecord(storageKey);
+      if (!record) continue;
+      entries.push({ meta: record.meta, body: this.#body(record.stored), tier: 'disk' });
       this.#touch(storageKey);
     }
     return entries;
   }
 
   /**
-   * The same metadata object for the same stored record, read after read:
-   * each read decodes a new object, and consumers memoise what they derive
-   * from metadata (the freshness policy, the downstream headers) by object
-   * identity, which a disk hit would otherwise rebuild every time. A record
-   * is the same while its body, storage time, expiry and purge mark are.
+   * A stored record, decoded once per stored version: its bytes are read
+   * without decoding and compared with the last ones decoded for this key.
+   * Decoding the record (msgpack, with its header fields) was over half of
+   * a 1 KB disk hit (about 5.7 of 8.7 µs for the lookup, by --cpu-prof);
+   * reading and comparing the bytes costs a tenth of that.
+   *
+   * The metadata object also stays the same while the record's body,
+   * storage time, expiry and purge mark are: consumers memoise what they
+   * derive from it (the freshness policy, the downstream headers) by object
+   * identity, which a disk hit would otherwise rebuild every time.
    */
-  #stableMeta(storageKey: string, record: StoredMeta): CacheEntryMeta {
+  #readRecord(storageKey: string): MemoRecord | undefined {
+    const fast = this.#meta.getBinaryFast(storageKey);
+    if (fast === undefined) return undefined;
+    // lmdb-js reuses one buffer for these reads and sets `length` on it as a plain property: view just the value.
+    const bytes = Buffer.from(fast.buffer, fast.byteOffset, fast.length);
     const known = this.#metaMemo.get(storageKey);
-    if (
+    if (known && known.bytes.equals(bytes)) return known;
+    // getBinaryFast's buffer is reused by the next read: decode a copy, kept to compare against.
+    const copy = Buffer.from(bytes);
+    const stored = (this.#meta as unknown as { decoder: { decode(bytes: Buffer): StoredMeta } }).decoder.decode(copy);
+    const sameMeta =
       known &&
-      known.bodyId === record.bodyId &&
-      known.meta.storedAt === record.storedAt &&
-      known.meta.expiresAt === record.expiresAt &&
-      known.meta.invalidated === record.invalidated
-    ) {
-      return known.meta;
-    }
-    const meta = publicMeta(record);
+      known.stored.bodyId === stored.bodyId &&
+      known.meta.storedAt === stored.storedAt &&
+      known.meta.expiresAt === stored.expiresAt &&
+      known.meta.invalidated === stored.invalidated;
+    const record = { bytes: copy, stored, meta: sameMeta ? known.meta : publicMeta(stored) };
     this.#metaMemo.delete(storageKey);
-    this.#metaMemo.set(storageKey, { bodyId: record.bodyId, meta });
+    this.#metaMemo.set(storageKey, record);
     if (this.#metaMemo.size > META_MEMO_ENTRIES) this.#metaMemo.delete(this.#metaMemo.keys().next().value!);
-    return meta;
+    return record;
   }
 
   /**
@@ -1081,6 +1093,13 @@ function pushedSize(record: StoredMeta | undefined): number {
 
 /** Metadata objects kept for reuse by disk hits. */
 const META_MEMO_ENTRIES = 10_000;
+
+/** A decoded stored record, with the bytes it was decoded from and its public metadata (see #readRecord). */
+interface MemoRecord {
+  bytes: Buffer;
+  stored: StoredMeta;
+  meta: CacheEntryMeta;
+}
 
 function publicMeta(record: StoredMeta): CacheEntryMeta {
   const { bodyId: _bodyId, chunkSize: _chunkSize, ...meta } = record;
