@@ -349,6 +349,7 @@ describe('one way out: the fresh-hit writer and the general path answer alike', 
     expect(byPath('/plain.txt').map((r) => r.answeredBy)).toContain('hit');
     expect(byPath('/plain.txt').map((r) => r.answeredBy)).toContain('router');
     expect(byPath('/pushed.css').map((r) => r.answeredBy)).toContain('hit');
+    expect(byPath('/img.png?width=32&format=webp').map((r) => r.answeredBy)).toContain('hit');
   });
 
   it('answers disk-tier hits (memory tier off) on the hit writer too, after a restart', async () => {

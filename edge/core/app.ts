@@ -10,7 +10,7 @@
  * decision as plain data for adapters that write it without Web objects.
  */
 import { Hono } from 'hono';
-import { createAccessGate, type AccessGate, type AccessGrant } from './access/gate.js';
+import { createAccessGate, type AccessGate } from './access/gate.js';
 import type { ApiKey } from './access/api-keys.js';
 import type { UploadNonces } from './access/presigned.js';
 import { RateLimiter, type RateCounters } from './access/rate-limit.js';
@@ -223,8 +223,6 @@ interface Configuration {
   images?: ImageVariants;
   /** Deny rules, signatures, API keys, rate limits (`access/gate.ts`): undefined when none is configured. */
   access?: AccessGate;
-  /** Neither a node path nor an image request: the pull path's alone (what the fast path may answer). Built once, not per hit. */
-  plainContent: (described: Described) => boolean;
   /** Requests and background work using it now. */
   users: number;
   /** Set once replaced: called when the last user is done. */
@@ -256,9 +254,7 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
     const pull = previous ? previous.pull.reconfigured(pullDeps) : new PullCache(pullDeps);
     const images = options.images ? new ImageVariants({ options, store: deps.store, pull, policies, transformer: next.imageTransformer, now }, previous?.images) : undefined;
     const access = createAccessGate({ options, now, apiKeys: deps.apiKeys, rateCounters });
-    const plainContent = (described: Described): boolean =>
-      !RESERVED_PATH.test(described.pathname) && !(images && described.search !== '' && images.applies(described.pathname));
-    return { options, policies, pull, images, access, plainContent, users: 0 };
+    return { options, policies, pull, images, access, users: 0 };
   };
   let current = configure({ options, origin: deps.origin, imageTransformer: deps.imageTransformer });
   /** Replaced pull caches whose background re-compressions may still run (`settle()` waits for them). */
@@ -484,6 +480,32 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
   }
 
 
+  /**
+   * The fresh-hit writer's dispatch, synchronous: the same routes as
+   * `dispatch()` (image variants or the pull path), each answering only a
+   * fresh hit it can decide at once. With access rules, only a request the
+   * gate admits synchronously takes this path; `finish()` counts it.
+   */
+  function freshHit(
+    { pull, images, access }: Configuration,
+    method: string,
+    url: string,
+    headers: Record<string, string>,
+    clientIp: string | undefined,
+    log: RequestLog,
+  ): Answer | undefined {
+    const described = pull.describe(url, clientIp, headers);
+    if (RESERVED_PATH.test(described.pathname)) return undefined;
+    const grant = access ? access.checkFast(method, described, clientIp) : undefined;
+    if (grant === null) return undefined;
+    const answer =
+      images && described.search !== '' && images.applies(described.pathname)
+        ? images.answerFreshHit(method, described, log)
+        : pull.answerFreshHit(method, described, log);
+    if (answer) grant?.finish(answer, 'hit');
+    return answer;
+  }
+
   /** The one dispatch of content requests: the access check, then image variants or the pull path. */
   async function dispatch(config: Configuration, request: IncomingRequest, ctx: RequestContext): Promise<Answer> {
     const { access } = config;
@@ -537,16 +559,8 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
     answerFreshHit(method, url, headers, clientIp) {
       const started = now();
       const state = begin(headers);
-      // With access rules, only a request the gate admits synchronously may take this path; finish() counts it.
-      const config = current;
-      const { access } = config;
-      let grant: AccessGrant | null = null;
-      const isContent = access
-        ? (described: Described) => config.plainContent(described) && (grant = access.checkFast(method, described, clientIp)) !== null
-        : config.plainContent;
-      const answer = config.pull.answerFreshHit(method, url, headers, clientIp, state.log, isContent);
+      const answer = freshHit(current, method, url, headers, clientIp, state.log);
       if (!answer) return undefined;
-      (grant as AccessGrant | null)?.finish(answer, 'hit');
       if (state.ownId) answer.headers['x-request-id'] = state.requestId;
       return {
         answer,

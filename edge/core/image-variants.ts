@@ -34,7 +34,8 @@ import type { EdgeOptions } from './options.js';
 import type { EdgePolicy, PolicyFactory } from './policy.js';
 import type { Described } from './describe.js';
 import type { IncomingRequest, PullCache, PullRequest, RequestContext } from './pull.js';
-import type { Answer } from './responder.js';
+import type { RequestLog } from './request.js';
+import { hasBytes, type Answer } from './responder.js';
 import type { CacheEntry, CacheEntryMeta, CacheStore } from './store/types.js';
 
 export interface ImageVariantDeps {
@@ -152,12 +153,64 @@ export class ImageVariants {
     if (key && !(await verifyImageSignature(key, url.pathname, url.searchParams, this.ignoreParam))) {
       throw new EdgeError('EDGE_BAD_SIGNATURE', 'This image URL is not signed, or its signature (sig) does not match its parameters.');
     }
-    return parseImageParams(url.searchParams, {
+    return this.paramsOf(url.searchParams);
+  }
+
+  /** The parameters checked against this node's limits (throws EDGE_BAD_PARAM). */
+  private paramsOf(query: URLSearchParams): ImageParams | null {
+    return parseImageParams(query, {
       maxOutputSide: this.deps.options.imageMaxOutputSide,
       allowedWidths: this.allowedWidths,
       // A signed URL's expires and kid (access/signing.ts) sit beside image parameters; sig covers them.
       ignoreParam: (name) => name === 'expires' || name === 'kid' || this.ignoreParam(name),
     });
+  }
+
+  /**
+   * A fresh hit on a variant this node remembers, decided synchronously for
+   * the Node hit writer, as `handle()` would answer it. Undefined whenever
+   * `handle()` must: signed image URLs (their check is asynchronous),
+   * parameters that do not parse (it answers the 400), no transformer, a
+   * variant not remembered, not in a tier read synchronously, or not fresh.
+   * `described` comes from a plain request target, whose query
+   * URLSearchParams reads as the URL parser would.
+   */
+  answerFreshHit(method: string, described: Described, log: RequestLog): Answer | undefined {
+    const { store, options, transformer } = this.deps;
+    if (!store.getSync || (method !== 'GET' && method !== 'HEAD') || options.imageSigningKey || !transformer || transformer.available?.() === false) {
+      return undefined;
+    }
+    let params: ImageParams | null;
+    try {
+      const query = new URLSearchParams(described.search);
+      params = hasImageParams(query) ? this.paramsOf(query) : null;
+    } catch {
+      return undefined;
+    }
+    if (!params) return undefined;
+    const memoized = this.variantKeys.get(this.memoKey(described.key, params, described.headers.accept ?? null));
+    if (memoized === undefined) return undefined;
+    const [entry] = store.getSync(memoized) ?? [];
+    if (!entry || !hasBytes(entry)) return undefined;
+    return this.rememberedHit(entry, memoized, method === 'HEAD', { log, waitUntil: () => {} }, params, described);
+  }
+
+  /** A remembered variant's entry answered as a hit; undefined when it is purged or not fresh. */
+  private rememberedHit(
+    entry: CacheEntry | undefined,
+    variantKey: string,
+    isHead: boolean,
+    ctx: RequestContext,
+    params: ImageParams,
+    described: Described,
+  ): Answer | undefined {
+    if (!entry || entry.meta.invalidated) return undefined;
+    const policy = this.deps.pull.policyOf(entry.meta);
+    const freshness = policy.evaluate({ url: variantKey, method: 'GET', headers: described.upstream }, this.deps.options.honorRequestCacheControl);
+    if (freshness !== 'fresh' && freshness !== 'stale-allowed') return undefined;
+    ctx.log.key = variantKey;
+    ctx.log.outcome = 'hit';
+    return this.answer(isHead, ctx, params, entry, policy, { hit: true, ttl: policy.freshnessLifetime() - policy.age() }, described);
   }
 
   /**
@@ -173,15 +226,8 @@ export class ImageVariants {
     const memoized = this.variantKeys.get(memoKey);
     if (memoized !== undefined) {
       const [entry] = await store.get(memoized);
-      if (entry && !entry.meta.invalidated) {
-        const policy = this.deps.pull.policyOf(entry.meta);
-        const freshness = policy.evaluate({ url: memoized, method: 'GET', headers: described.upstream }, options.honorRequestCacheControl);
-        if (freshness === 'fresh' || freshness === 'stale-allowed') {
-          ctx.log.key = memoized;
-          ctx.log.outcome = 'hit';
-          return this.answer(isHead, ctx, params, entry, policy, { hit: true, ttl: policy.freshnessLifetime() - policy.age() }, described);
-        }
-      }
+      const hit = this.rememberedHit(entry, memoized, isHead, ctx, params, described);
+      if (hit) return hit;
     }
     const sourceUrl = new URL(described.href);
     // One rewrite of the query (each searchParams.delete re-serialises the URL).

@@ -30,6 +30,7 @@ import {
   answerGatewayTimeout,
   answerWhileFilling,
   droppedResponseFields,
+  hasBytes,
   storedAnswerHeaders,
   type Answer,
 } from './responder.js';
@@ -199,18 +200,10 @@ export class PullCache {
    * path is needed: a miss, anything stale, credentials, a body that is not
    * at hand as bytes, or a store that cannot read synchronously.
    */
-  answerFreshHit(
-    method: string,
-    href: string,
-    headers: Record<string, string>,
-    clientIp: string | undefined,
-    log: RequestLog,
-    isContent: (described: Described) => boolean,
-  ): Answer | undefined {
+  answerFreshHit(method: string, described: Described, log: RequestLog): Answer | undefined {
     const { store } = this.deps;
     if (!store.getSync || (method !== 'GET' && method !== 'HEAD')) return undefined;
-    const described = this.describe(href, clientIp, headers);
-    if (!isContent(described) || described.key.length > MAX_KEY_LENGTH || described.rules?.bypass || described.credentials === 'authorization') return undefined;
+    if (described.key.length > MAX_KEY_LENGTH || described.rules?.bypass || described.credentials === 'authorization') return undefined;
     const pull = this.requestFor(method === 'HEAD', { log, waitUntil: () => {} }, described);
     if (this.pushedPaths.has(described.pathname)) {
       const [entry] = store.getSync(pushedKey(described.pathname)) ?? [];
@@ -720,11 +713,6 @@ function withoutRequestDirectives(headers: Record<string, string>): Record<strin
   const out: Record<string, string> = {};
   for (const name in headers) if (name !== 'cache-control' && name !== 'pragma') out[name] = headers[name]!;
   return out;
-}
-
-/** A body the fast path can write at once. */
-function hasBytes(entry: CacheEntry): boolean {
-  return entry.body.bytes !== undefined || entry.body.size === 0 || entry.body.readAll !== undefined;
 }
 
 /** The key of a pushed object's coding made by the node (a derived key, so purges of the object reach it). */

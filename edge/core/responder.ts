@@ -298,6 +298,11 @@ export function decideRange(request: Record<string, string>, stored: Record<stri
   return { kind: 'partial', start, end };
 }
 
+/** A stored body a synchronous writer (the Node hit path) can write at once. */
+export function hasBytes(entry: CacheEntry): boolean {
+  return entry.body.bytes !== undefined || entry.body.size === 0 || entry.body.readAll !== undefined;
+}
+
 /** The body (or a slice of it) of a stored entry: bytes when the tier has them at hand, else a stream. */
 export function entryBody(entry: CacheEntry, start?: number, end?: number): Uint8Array | ReadableStream<Uint8Array> {
   const bytes = entry.body.bytes ?? entry.body.readAll?.();
