@@ -97,11 +97,15 @@ export async function startChild(args: string[]): Promise<Started> {
 
 let cliRuns = 0;
 
-/** The CLIs the bench can start: `npx edge` and `npx origin-shield` (the same node with shield defaults). */
-const CLI_ENTRY = { edge: '../edge/node/cli.ts', 'origin-shield': '../origin-shield/cli.ts' } as const;
+/**
+ * The CLIs the bench can start: `npx edge` and `npx origin-shield` (the same
+ * node with shield defaults), compiled, as `npm start` runs them (see
+ * `built()` in child.ts).
+ */
+const CLI_ENTRY = { edge: '../dist/edge/node/cli.js', 'origin-shield': '../dist/origin-shield/cli.js' } as const;
 
 /**
- * Start the CLI (`edge/node/cli.ts`, or `origin-shield/cli.ts`; so
+ * Start the CLI (`dist/edge/node/cli.js`, or `dist/origin-shield/cli.js`; so
  * `--workers N` forks a real cluster) on a free loopback port with its data
  * under the scratch directory; resolve once it prints that it listens. The
  * access log is on, as shipped, and goes to /dev/null; the workers share the
@@ -111,7 +115,7 @@ export async function startEdgeCli(args: string[], command: keyof typeof CLI_ENT
   devNull ??= openSync('/dev/null', 'w');
   const dataDir = join(scratch, `cli-${++cliRuns}`);
   const cli = new URL(CLI_ENTRY[command], import.meta.url).pathname;
-  const child = spawnGroup(process.execPath, ['--import', 'tsx', cli, '--port', '0', '--host', '127.0.0.1', '--data-dir', dataDir, ...args], ['ignore', devNull, 'pipe']);
+  const child = spawnGroup(process.execPath, [cli, '--port', '0', '--host', '127.0.0.1', '--data-dir', dataDir, ...args], ['ignore', devNull, 'pipe']);
   let output = '';
   const lines = createInterface({ input: child.stderr! });
   const url = await new Promise<string>((resolve, reject) => {
