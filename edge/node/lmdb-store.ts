@@ -383,7 +383,7 @@ export class LmdbCacheStore implements CacheStore {
     for (const storageKey of this.#meta.getKeys({ start: key + SEP, end: key + AFTER_SEP })) {
       const record = this.#readRecord(storageKey);
       if (!record) continue;
-      entries.push({ meta: record.meta, body: this.#body(record.stored), tier: 'disk' });
+      entries.push({ meta: record.meta, body: record.body, tier: 'disk' });
       this.#touch(storageKey);
     }
     return entries;
@@ -417,7 +417,8 @@ export class LmdbCacheStore implements CacheStore {
       known.meta.storedAt === stored.storedAt &&
       known.meta.expiresAt === stored.expiresAt &&
       known.meta.invalidated === stored.invalidated;
-    const record = { bytes: copy, stored, meta: sameMeta ? known.meta : publicMeta(stored) };
+    // The body reader holds no state of its own: one per stored version.
+    const record = { bytes: copy, stored, meta: sameMeta ? known.meta : publicMeta(stored), body: this.#body(stored) };
     this.#metaMemo.delete(storageKey);
     this.#metaMemo.set(storageKey, record);
     if (this.#metaMemo.size > META_MEMO_ENTRIES) this.#metaMemo.delete(this.#metaMemo.keys().next().value!);
@@ -1106,6 +1107,7 @@ interface MemoRecord {
   bytes: Buffer;
   stored: StoredMeta;
   meta: CacheEntryMeta;
+  body: StoredBody;
 }
 
 function publicMeta(record: StoredMeta): CacheEntryMeta {
