@@ -104,3 +104,51 @@ it('writes whole lines in order under steady traffic, through a pipe whose reade
   expect(parsed.map((line) => line.requestId)).toEqual(Array.from({ length: written }, (_, n) => `r-${n}`));
   expect(parsed[0]!.userAgent).toBe('ua "quoted" é');
 });
+
+it('two cluster workers share stdout without splitting a line, and every request is logged once', async () => {
+  origin = await startTestOrigin((_req, res) => {
+    res.writeHead(200, { 'cache-control': 'max-age=60', 'content-type': 'text/plain' });
+    res.end('shared');
+  });
+  dir = await mkdtemp(join(tmpdir(), 'edge-log-'));
+  child = spawn(process.execPath, ['--import', 'tsx', 'edge/node/cli.ts', '--origin', origin.url, '--port', '0', '--host', '127.0.0.1', '--data-dir', dir, '--workers', '2'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const out: Buffer[] = [];
+  child.stdout!.on('data', (chunk: Buffer) => out.push(chunk));
+  const stderr = createInterface({ input: child.stderr! });
+  const url = await new Promise<string>((resolve, reject) => {
+    stderr.on('line', (line) => {
+      const match = /listening on (http:\/\/\S+)/.exec(line);
+      if (match) resolve(match[1]!);
+    });
+    child!.once('exit', (code) => reject(new Error(`edge exited with ${code}`)));
+  });
+  // Long targets make lines of about 600 bytes: a batch holds a few, and both workers write at once.
+  const padding = 'p'.repeat(500);
+  const total = 1200;
+  let sent = 0;
+  const answered: string[] = [];
+  await Promise.all(
+    Array.from({ length: 24 }, async () => {
+      while (sent < total) {
+        const n = sent++;
+        const res = await fetch(`${url}/shared/${n % 40}?${padding}`);
+        answered.push(res.headers.get('x-request-id')!);
+        await res.arrayBuffer();
+      }
+    }),
+  );
+  const exited = new Promise((resolve) => child!.once('exit', resolve));
+  child.kill('SIGTERM');
+  await exited;
+
+  const lines = Buffer.concat(out).toString('utf8').split('\n');
+  expect(lines.pop()).toBe('');
+  const records = lines.map((line) => JSON.parse(line) as { requestId?: string; msg: string });
+  const ids = records.filter((record) => record.msg === 'request').map((record) => record.requestId!);
+  expect(ids.sort()).toEqual(answered.sort());
+  expect(new Set(ids).size).toBe(total);
+  // Both workers answered (a request id's prefix names its process): their lines met on one pipe.
+  expect(new Set(ids.map((id) => id.slice(0, id.lastIndexOf('-')))).size).toBe(2);
+}, 60_000);
