@@ -470,6 +470,9 @@ describe('configuration reload, in process', () => {
       const jpeg = await sharp({ create: { width: 400, height: 300, channels: 3, background: 'grey' } }).jpeg().toBuffer();
       t.origin.set('/photo.jpg', { headers: { 'content-type': 'image/jpeg', 'cache-control': 'max-age=600' }, body: jpeg });
       expect((await t.get('/photo.jpg?width=123')).status).toBe(200);
+      // A hit too, so the fresh-hit writer has met these parameters (it remembers them per configuration).
+      const hit = await t.get('/photo.jpg?width=123');
+      expect(hit.headers.get('cache-status')).toMatch(/; hit/);
 
       const outcome = await t.edge.reload('test', { ...t.options, imageWidths: '100,200' });
       expect(outcome).toEqual({ applied: true, changed: ['imageWidths'], problems: [] });

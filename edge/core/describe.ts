@@ -11,7 +11,7 @@
  * header the origin never sees cannot shape the body, which closes the
  * unkeyed-header class of cache poisoning instead of listing bad headers.
  */
-import { compileParamMatcher, formatCacheKey, normaliseHost, normaliseQuery, type PulledCacheKey } from './cache-key.js';
+import { compileParamMatcher, formatCacheKey, normaliseHost, normaliseQuery, type NormalisedQuery, type PulledCacheKey } from './cache-key.js';
 import { negotiateCoding, type Coding } from './compression.js';
 import { connectionTokens, type ForwardingOptions } from './headers.js';
 import type { EdgeOptions } from './options.js';
@@ -82,6 +82,10 @@ export interface Described {
   credentials?: 'authorization' | 'cookie';
 }
 
+/** Raw query strings whose normalised form a describer remembers, and the longest it keeps. */
+const REMEMBERED_QUERIES = 1024;
+const MAX_REMEMBERED_QUERY = 512;
+
 /** The first member of a comma-separated forwarding field, trimmed. */
 function firstMember(value: string): string {
   const comma = value.indexOf(',');
@@ -97,6 +101,8 @@ export class RequestDescriber {
   /** Access control's own fields (`access/`): the signed-access cookie and the API key header, never keyed nor forwarded. */
   readonly #accessCookie?: string;
   readonly #apiKeyHeader?: string;
+  /** See #normalisedQuery. */
+  readonly #queries = new Map<string, NormalisedQuery>();
 
   constructor(options: EdgeOptions) {
     this.#options = options;
@@ -129,7 +135,9 @@ export class RequestDescriber {
     const host = normaliseHost(firstMember(forwardedHost ?? headers.host ?? href.slice(schemeEnd + 3, pathStart === -1 ? undefined : pathStart)), proto);
     const rules = this.#routes.length > 0 ? matchRoute(this.#routes, { pathname, host, headers })?.cache : undefined;
     const keepOnly = rules?.queryParams ? new Set(rules.queryParams) : undefined;
-    const query = normaliseQuery(search, this.#ignoreParam, this.#options.sortQuery, keepOnly ? (name) => !keepOnly.has(name) : undefined);
+    const query = keepOnly
+      ? normaliseQuery(search, this.#ignoreParam, this.#options.sortQuery, (name) => !keepOnly.has(name))
+      : this.#normalisedQuery(search);
     const upstream = this.#upstreamHeaders(headers, rules);
     const cacheKey: PulledCacheKey = {
       kind: 'pulled',
@@ -157,6 +165,23 @@ export class RequestDescriber {
       rules,
       ...(credentials ? { credentials } : {}),
     };
+  }
+
+  /**
+   * The query as keyed and forwarded, remembered per raw query string: a
+   * site's requests repeat a few (cache busters, image parameters), and
+   * parsing, decoding and sorting one took about 1.7 µs, a third of a
+   * variant hit's description. Bounded, oldest out; long ones are not kept.
+   */
+  #normalisedQuery(search: string): NormalisedQuery {
+    if (search === '' || search.length > MAX_REMEMBERED_QUERY) return normaliseQuery(search, this.#ignoreParam, this.#options.sortQuery);
+    let query = this.#queries.get(search);
+    if (query === undefined) {
+      query = normaliseQuery(search, this.#ignoreParam, this.#options.sortQuery);
+      if (this.#queries.size >= REMEMBERED_QUERIES) this.#queries.delete(this.#queries.keys().next().value!);
+      this.#queries.set(search, query);
+    }
+    return query;
   }
 
   /** The allow-listed request headers, as the origin will receive them. */

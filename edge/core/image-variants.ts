@@ -59,6 +59,9 @@ const IMAGE_PARAM_SET = new Set(IMAGE_PARAM_NAMES);
 const IMAGE_PATH = /\.(jpe?g|png|webp|avif|gif|tiff?)$/i;
 
 const MAX_REMEMBERED_VARIANTS = 10_000;
+/** Raw query strings whose image parameters the fast path remembers, and the longest it keeps. */
+const REMEMBERED_QUERIES = 1024;
+const MAX_REMEMBERED_QUERY = 512;
 
 /** Conditional and range fields: the source is fetched whole and unconditionally; and as is (identity), since its bytes are decoded as an image. */
 const SOURCE_STRIPPED_FIELDS = new Set(['range', 'if-range', 'if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since', 'accept-encoding']);
@@ -119,6 +122,8 @@ export class ImageVariants {
   private readonly flights = new FlightTable();
   /** Request key (+ accept class) -> variant key, so repeated variant hits skip the source lookup. */
   private readonly variantKeys = new Map<string, string>();
+  /** See fastParams(). */
+  private readonly paramsBySearch = new Map<string, ImageParams | null>();
   private readonly answerMetas = new WeakMap<CacheEntryMeta, { negotiated?: CacheEntryMeta; fixed?: CacheEntryMeta }>();
   private readonly allowedWidths?: number[];
   /** `--ignore-query-params`: tolerated beside image parameters and not covered by `sig`. */
@@ -180,19 +185,37 @@ export class ImageVariants {
     if (!store.getSync || (method !== 'GET' && method !== 'HEAD') || options.imageSigningKey || !transformer || transformer.available?.() === false) {
       return undefined;
     }
-    let params: ImageParams | null;
-    try {
-      const query = new URLSearchParams(described.search);
-      params = hasImageParams(query) ? this.paramsOf(query) : null;
-    } catch {
-      return undefined;
-    }
+    const params = this.fastParams(described.search);
     if (!params) return undefined;
     const memoized = this.variantKeys.get(this.memoKey(described.key, params, described.headers.accept ?? null));
     if (memoized === undefined) return undefined;
     const [entry] = store.getSync(memoized) ?? [];
     if (!entry || !hasBytes(entry)) return undefined;
     return this.rememberedHit(entry, memoized, method === 'HEAD', { log, waitUntil: () => {} }, params, described);
+  }
+
+  /**
+   * The parameters of a raw query string for the fast path, remembered per
+   * string (a site's image URLs repeat; parsing one took about 1.7 µs of a
+   * 12 µs variant hit). Null for no parameters, and for parameters that do
+   * not parse (not remembered: the general path answers the 400). Bounded,
+   * oldest out; built per configuration, so reloaded limits apply at once.
+   */
+  private fastParams(search: string): ImageParams | null {
+    const known = this.paramsBySearch.get(search);
+    if (known !== undefined) return known;
+    let params: ImageParams | null;
+    try {
+      const query = new URLSearchParams(search);
+      params = hasImageParams(query) ? this.paramsOf(query) : null;
+    } catch {
+      return null;
+    }
+    if (search.length <= MAX_REMEMBERED_QUERY) {
+      if (this.paramsBySearch.size >= REMEMBERED_QUERIES) this.paramsBySearch.delete(this.paramsBySearch.keys().next().value!);
+      this.paramsBySearch.set(search, params);
+    }
+    return params;
   }
 
   /** A remembered variant's entry answered as a hit; undefined when it is purged or not fresh. */
