@@ -24,22 +24,28 @@ afterEach(async () => {
   child = origin = dir = undefined;
 });
 
-it('writes one JSON line per request, flushed on a quiet node without more traffic', async () => {
-  origin = await startTestOrigin();
-  origin.set('/logged.txt', { headers: { 'cache-control': 'max-age=60' }, body: 'hello log' });
+/** The real `edge` command in front of `originUrl`, its stdout piped (the access log); resolves with its URL once it listens. */
+async function startCli(originUrl: string, extra: string[] = []): Promise<string> {
   dir = await mkdtemp(join(tmpdir(), 'edge-log-'));
-  child = spawn(process.execPath, ['--import', 'tsx', 'edge/node/cli.ts', '--origin', origin.url, '--port', '0', '--host', '127.0.0.1', '--data-dir', dir], {
+  const started = spawn(process.execPath, ['--import', 'tsx', 'edge/node/cli.ts', '--origin', originUrl, '--port', '0', '--host', '127.0.0.1', '--data-dir', dir, ...extra], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
-  const stderr = createInterface({ input: child.stderr! });
-  const url = await new Promise<string>((resolve, reject) => {
+  child = started;
+  const stderr = createInterface({ input: started.stderr! });
+  return new Promise<string>((resolve, reject) => {
     stderr.on('line', (line) => {
       const match = /listening on (http:\/\/\S+)/.exec(line);
       if (match) resolve(match[1]!);
     });
-    child!.once('exit', (code) => reject(new Error(`edge exited with ${code}`)));
+    started.once('exit', (code) => reject(new Error(`edge exited with ${code}`)));
   });
-  const lines = createInterface({ input: child.stdout! });
+}
+
+it('writes one JSON line per request, flushed on a quiet node without more traffic', async () => {
+  origin = await startTestOrigin();
+  origin.set('/logged.txt', { headers: { 'cache-control': 'max-age=60' }, body: 'hello log' });
+  const url = await startCli(origin.url);
+  const lines = createInterface({ input: child!.stdout! });
   const first = new Promise<string>((resolve) => lines.once('line', resolve));
   const res = await fetch(`${url}/logged.txt`, { headers: { 'user-agent': 'log-test/1', referer: 'https://example.org/page' } });
   expect(await res.text()).toBe('hello log');
@@ -110,20 +116,9 @@ it('two cluster workers share stdout without splitting a line, and every request
     res.writeHead(200, { 'cache-control': 'max-age=60', 'content-type': 'text/plain' });
     res.end('shared');
   });
-  dir = await mkdtemp(join(tmpdir(), 'edge-log-'));
-  child = spawn(process.execPath, ['--import', 'tsx', 'edge/node/cli.ts', '--origin', origin.url, '--port', '0', '--host', '127.0.0.1', '--data-dir', dir, '--workers', '2'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const url = await startCli(origin.url, ['--workers', '2']);
   const out: Buffer[] = [];
-  child.stdout!.on('data', (chunk: Buffer) => out.push(chunk));
-  const stderr = createInterface({ input: child.stderr! });
-  const url = await new Promise<string>((resolve, reject) => {
-    stderr.on('line', (line) => {
-      const match = /listening on (http:\/\/\S+)/.exec(line);
-      if (match) resolve(match[1]!);
-    });
-    child!.once('exit', (code) => reject(new Error(`edge exited with ${code}`)));
-  });
+  child!.stdout!.on('data', (chunk: Buffer) => out.push(chunk));
   // Long targets make lines of about 600 bytes: a batch holds a few, and both workers write at once.
   const padding = 'p'.repeat(500);
   const total = 1200;
@@ -140,7 +135,7 @@ it('two cluster workers share stdout without splitting a line, and every request
     }),
   );
   const exited = new Promise((resolve) => child!.once('exit', resolve));
-  child.kill('SIGTERM');
+  child!.kill('SIGTERM');
   await exited;
 
   const lines = Buffer.concat(out).toString('utf8').split('\n');
