@@ -147,3 +147,20 @@ it('two cluster workers share stdout without splitting a line, and every request
   // Both workers answered (a request id's prefix names its process): their lines met on one pipe.
   expect(new Set(ids.map((id) => id.slice(0, id.lastIndexOf('-')))).size).toBe(2);
 }, 60_000);
+
+it('a process that exits without closing the log still writes the lines it gathered', async () => {
+  const module = new URL('../edge/node/access-log.ts', import.meta.url).pathname;
+  const script = `
+    const { createAccessLog } = await import(${JSON.stringify(module)});
+    const log = createAccessLog({ level: 'info', name: 'edge' });
+    for (let n = 0; n < 3; n++) log.write({ method: 'GET', path: '/gone/' + n, status: 200, durationMs: 0.1, at: Date.now(), requestId: 'exit-' + n, answeredBy: 'hit' });
+    process.exit(0);
+  `;
+  const exiting = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  child = exiting;
+  let out = '';
+  exiting.stdout!.on('data', (chunk: Buffer) => (out += chunk.toString()));
+  expect(await new Promise((resolve) => exiting.once('exit', resolve))).toBe(0);
+  const ids = out.split('\n').filter(Boolean).map((line) => (JSON.parse(line) as { requestId: string }).requestId);
+  expect(ids).toEqual(['exit-0', 'exit-1', 'exit-2']);
+});

@@ -86,6 +86,8 @@ export function createAccessLog(options: { level: string; name: string; fd?: num
   });
   const timer = setInterval(flush, options.flushIntervalMs ?? FLUSH_INTERVAL_MS);
   timer.unref();
+  // A process that exits without closing the log (process.exit, a fatal error) still writes what it gathered: the writes are synchronous.
+  process.on('exit', flush);
   const node = `,"node":${JSON.stringify(options.name)}`;
   return {
     logger,
@@ -98,6 +100,7 @@ export function createAccessLog(options: { level: string; name: string; fd?: num
     },
     close() {
       clearInterval(timer);
+      process.off('exit', flush);
       flush();
     },
   };
