@@ -15,14 +15,24 @@ export function countingOrigin(inner: OriginClient, onBytes: (bytes: number) => 
       const response = await inner.fetch(request);
       if (response.body === null) return response;
       // Errors and cancellation pass through unchanged: the origin client's contract (a body that
-      // closes only at a clean end) holds for the counted stream too.
-      const counted = response.body.pipeThrough(
-        new TransformStream<Uint8Array, Uint8Array>({
-          transform(chunk, controller) {
-            onBytes(chunk.byteLength);
-            controller.enqueue(chunk);
+      // closes only at a clean end) holds for the counted stream too. One pull-driven stream rather
+      // than pipeThrough(TransformStream), which makes three streams and a pipe per response (Web
+      // stream construction alone was about 3 % of a miss's CPU here).
+      const reader = response.body.getReader();
+      const counted = new ReadableStream<Uint8Array>(
+        {
+          async pull(controller) {
+            const { done, value } = await reader.read();
+            if (done) {
+              controller.close();
+              return;
+            }
+            onBytes(value.byteLength);
+            controller.enqueue(value);
           },
-        }),
+          cancel: (reason) => reader.cancel(reason),
+        },
+        { highWaterMark: 0 },
       );
       return new Response(counted, { status: response.status, statusText: response.statusText, headers: response.headers });
     },
