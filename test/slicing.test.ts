@@ -597,9 +597,16 @@ describe('origins and paths', () => {
     const full = await t!.get('/video.mp4');
     expect(full.status).toBe(200);
     expect((await hashBody(full)).hash).toBe(hashOf(1, 0, size - 1));
-    const fetched = origin.served.slice(1).map((served) => served.range);
-    for (const index of [0, 1, 2]) expect(fetched).not.toContain(pieceRange(index, size));
-    for (const index of [6, 7, 8]) expect(fetched).toContain(pieceRange(index, size));
+    // How far the first fill got past the client depends on the socket buffers between them (several
+    // MiB on loopback), so the rule is checked, not a count: the pieces the client got past (0-2) are
+    // kept, and the later GET fetched each of the others once, from the first one not kept to the end.
+    // Pieces are fetched a few ahead, so in no fixed order.
+    const fetched = origin.served.slice(1).map((served) => served.range!).sort((a, b) => Number(/\d+/.exec(a)![0]) - Number(/\d+/.exec(b)![0]));
+    const pieces = Math.ceil(size / PIECE);
+    const first = fetched.length > 0 ? pieces - fetched.length : pieces;
+    expect(first).toBeGreaterThanOrEqual(3);
+    expect(first).toBeLessThan(pieces);
+    expect(fetched).toEqual(Array.from({ length: pieces - first }, (_, i) => pieceRange(first + i, size)));
     expect(origin.served.slice(1).every((served) => served.ifMatch === '"v1"')).toBe(true);
   });
 
