@@ -211,6 +211,13 @@ export interface NormalisedQuery {
  * most origins do: a `;` stays inside its parameter's value in the key and
  * upstream alike. Kept parameters are passed on as the client encoded them.
  */
+/**
+ * Bounds for what is remembered per raw query string (the describer's
+ * normalised queries, the image path's parameters): how many strings, and
+ * the longest kept (longer ones are worked out each time).
+ */
+export const REMEMBERED_QUERIES = { max: 1024, maxLength: 512 } as const;
+
 export function normaliseQuery(search: string, drop: (name: string) => boolean, sort: boolean, alsoDrop?: (name: string) => boolean): NormalisedQuery {
   if (search === '' || search === '?') return { keyed: '', forwarded: '' };
   const kept: { name: string; raw: string }[] = [];

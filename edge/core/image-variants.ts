@@ -10,9 +10,10 @@
  * is its source's, and it records the source's ETag so that once stale it
  * is refreshed without re-encoding when the source did not change.
  */
+import { LRUCache } from 'lru-cache';
 import { concatBytes, sha256Hex } from './bytes.js';
 import type { CacheStatusFields } from './cache-status.js';
-import { compileParamMatcher, derivedKey, pushedKey } from './cache-key.js';
+import { compileParamMatcher, derivedKey, pushedKey, REMEMBERED_QUERIES } from './cache-key.js';
 import { FlightTable, waitForFlight } from './collapse.js';
 import { EdgeError } from './errors.js';
 import {
@@ -59,9 +60,6 @@ const IMAGE_PARAM_SET = new Set(IMAGE_PARAM_NAMES);
 const IMAGE_PATH = /\.(jpe?g|png|webp|avif|gif|tiff?)$/i;
 
 const MAX_REMEMBERED_VARIANTS = 10_000;
-/** Raw query strings whose image parameters the fast path remembers, and the longest it keeps. */
-const REMEMBERED_QUERIES = 1024;
-const MAX_REMEMBERED_QUERY = 512;
 
 /** Conditional and range fields: the source is fetched whole and unconditionally; and as is (identity), since its bytes are decoded as an image. */
 const SOURCE_STRIPPED_FIELDS = new Set(['range', 'if-range', 'if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since', 'accept-encoding']);
@@ -123,7 +121,7 @@ export class ImageVariants {
   /** Request key (+ accept class) -> variant key, so repeated variant hits skip the source lookup. */
   private readonly variantKeys = new Map<string, string>();
   /** See fastParams(). */
-  private readonly paramsBySearch = new Map<string, ImageParams | null>();
+  private readonly paramsBySearch = new LRUCache<string, ImageParams | false>({ max: REMEMBERED_QUERIES.max });
   private readonly answerMetas = new WeakMap<CacheEntryMeta, { negotiated?: CacheEntryMeta; fixed?: CacheEntryMeta }>();
   private readonly allowedWidths?: number[];
   /** `--ignore-query-params`: tolerated beside image parameters and not covered by `sig`. */
@@ -198,12 +196,14 @@ export class ImageVariants {
    * The parameters of a raw query string for the fast path, remembered per
    * string (a site's image URLs repeat; parsing one took about 1.7 µs of a
    * 12 µs variant hit). Null for no parameters, and for parameters that do
-   * not parse (not remembered: the general path answers the 400). Bounded,
-   * oldest out; built per configuration, so reloaded limits apply at once.
+   * not parse (not remembered: the general path answers the 400). Bounded
+   * (REMEMBERED_QUERIES), least recently used out; built per configuration,
+   * so reloaded limits apply at once.
    */
   private fastParams(search: string): ImageParams | null {
     const known = this.paramsBySearch.get(search);
-    if (known !== undefined) return known;
+    // `false` stands for "no image parameters" (lru-cache holds no null).
+    if (known !== undefined) return known || null;
     let params: ImageParams | null;
     try {
       const query = new URLSearchParams(search);
@@ -211,10 +211,7 @@ export class ImageVariants {
     } catch {
       return null;
     }
-    if (search.length <= MAX_REMEMBERED_QUERY) {
-      if (this.paramsBySearch.size >= REMEMBERED_QUERIES) this.paramsBySearch.delete(this.paramsBySearch.keys().next().value!);
-      this.paramsBySearch.set(search, params);
-    }
+    if (search.length <= REMEMBERED_QUERIES.maxLength) this.paramsBySearch.set(search, params ?? false);
     return params;
   }
 
