@@ -498,12 +498,14 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
     if (RESERVED_PATH.test(described.pathname)) return undefined;
     const grant = access ? access.checkFast(method, described, clientIp) : undefined;
     if (grant === null) return undefined;
-    const answer =
-      images && described.search !== '' && images.applies(described.pathname)
-        ? images.answerFreshHit(method, described, log)
-        : pull.answerFreshHit(method, described, log);
+    const answer = images && isImageRequest(images, method, described) ? images.answerFreshHit(method, described, log) : pull.answerFreshHit(method, described, log);
     if (answer) grant?.finish(answer, 'hit');
     return answer;
+  }
+
+  /** What both dispatchers send to image variants: a GET or HEAD with a query on an image path (`route()` then parses it). */
+  function isImageRequest(images: ImageVariants, method: string, described: Described): boolean {
+    return described.search !== '' && (method === 'GET' || method === 'HEAD') && images.applies(described.pathname);
   }
 
   /** The one dispatch of content requests: the access check, then image variants or the pull path. */
@@ -518,7 +520,7 @@ export function createEdgeApp(deps: EdgeAppDeps): EdgeApp {
 
   async function route({ images, pull }: Configuration, request: IncomingRequest, ctx: RequestContext, described: Described): Promise<Answer> {
     const incoming = { ...request, url: described.href };
-    if (images && described.search !== '' && (request.method === 'GET' || request.method === 'HEAD') && images.applies(described.pathname)) {
+    if (images && isImageRequest(images, request.method, described)) {
       const params = await images.parse(new URL(described.href));
       if (params) return images.handle(incoming, ctx, params, described);
     }
