@@ -190,6 +190,17 @@ describe('--workers 2: a large body replaced by one worker while another streams
     await origin?.close();
   });
 
+  /** The slow client, let go, gets the whole old body; then both workers answer `url` with the new one. */
+  async function expectOldThenNew(slow: Awaited<ReturnType<typeof startSlowRead>>, url: string): Promise<void> {
+    slow.resume();
+    const received = await slow.body;
+    expect(received.length).toBe(SIZE);
+    expect(received.equals(oldBody)).toBe(true);
+    const later = await Promise.all(Array.from({ length: 6 }, () => send(url)));
+    expect(new Set(later.map(answeredBy)).size).toBe(2);
+    for (const answer of later) expect(answer.body.equals(newBody)).toBe(true);
+  }
+
   it('the slow client gets the whole old body, later requests the new one, and the disk total counts both until the old is reclaimed', async () => {
     const pushed = await send(`${node.url}/_edge/push/retired/big.bin`, { method: 'PUT', headers: CLUSTER_AUTH, body: oldBody as unknown as string });
     expect(pushed.status).toBe(201);
@@ -200,14 +211,7 @@ describe('--workers 2: a large body replaced by one worker while another streams
     const replaced = await throughAnotherWorker(node, slow.worker, `${node.url}/_edge/push/retired/big.bin`, { method: 'PUT', headers: CLUSTER_AUTH, body: newBody });
     expect(replaced.status).toBe(201);
 
-    slow.resume();
-    const received = await slow.body;
-    expect(received.length).toBe(SIZE);
-    expect(received.equals(oldBody)).toBe(true);
-
-    const later = await Promise.all(Array.from({ length: 6 }, () => send(`${node.url}/retired/big.bin`)));
-    expect(new Set(later.map(answeredBy)).size).toBe(2);
-    for (const answer of later) expect(answer.body.equals(newBody)).toBe(true);
+    await expectOldThenNew(slow, `${node.url}/retired/big.bin`);
 
     // The old body is retired, not gone: counted with the new one until a pass reclaims it (RETIRED_GRACE_MS after the replacement).
     expect(await diskStats(node)).toMatchObject({ entries: 1, bytes: oldBody.length + newBody.length });
@@ -224,14 +228,7 @@ describe('--workers 2: a large body replaced by one worker while another streams
     const purged = await throughAnotherWorker(node, slow.worker, `${node.url}/_edge/purge`, { method: 'POST', headers: { ...CLUSTER_AUTH, 'content-type': 'application/json' }, body: JSON.stringify({ urls: ['/retired/pulled.bin'] }) });
     expect(purged.status).toBe(200);
 
-    slow.resume();
-    const received = await slow.body;
-    expect(received.length).toBe(SIZE);
-    expect(received.equals(oldBody)).toBe(true);
-
-    const later = await Promise.all(Array.from({ length: 6 }, () => send(`${node.url}/retired/pulled.bin`)));
-    expect(new Set(later.map(answeredBy)).size).toBe(2);
-    for (const answer of later) expect(answer.body.equals(newBody)).toBe(true);
+    await expectOldThenNew(slow, `${node.url}/retired/pulled.bin`);
     // One refill for all of them: the purge made the primary forget that the key was filled a moment ago.
     expect(origin.count('/retired/pulled.bin')).toBe(2);
     // One entry still (the refill), the purged body retired and counted beside it.
